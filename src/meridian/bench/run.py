@@ -1,0 +1,209 @@
+"""``meridian bench``: committed tx/s and submit-to-commit latency on one local node.
+
+Three runs against a fresh one-node network with the asset-transfer contract:
+
+1. **throughput** — pre-signed ``create`` proposals sent through the gateway's batch
+   path by several concurrent clients; committed tx/s = transactions / wall time
+   until the last commit.
+2. **latency at half load** — batches paced to half the measured throughput; each
+   transaction's submit-to-commit latency is its request's round trip (the gateway
+   answers when the block with it is committed). p50 / p99.
+3. **lone transaction** — one ``submit`` at a time, p50 / p99.
+
+Proposals are signed before the clock starts: the numbers measure the node, not the
+client's signing. The client shares the machine with the node.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+
+from ..client.lifecycle import deploy
+from ..cli.procs import free_port_block, start_nodes, stop_processes, wait_healthy
+from ..client import Gateway, Identity, connect
+from ..errors import MeridianError
+from ..network.config import BlockConfig, NetworkLayout
+from ..network.init import InitOptions, init_network
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "asset_transfer"
+BATCH = 500
+CLIENTS = 4
+console = Console()
+
+
+@dataclass
+class BenchResult:
+    transactions: int
+    seconds: float
+    tps: float
+    half_load_tps: float
+    p50_ms: float
+    p99_ms: float
+    lone_p50_ms: float
+    lone_p99_ms: float
+    sandbox: str
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _presign(gw: Gateway, prefix: str, n: int) -> list[dict[str, Any]]:
+    builder = gw.builder
+    return [builder.build("demo", "asset-transfer", "create",
+                          (f"{prefix}-{i}", f"owner-{i % 100}", i)).to_dict()
+            for i in range(n)]
+
+
+def _post_batch(gw: Gateway, proposals: list[dict[str, Any]]) -> int:
+    body = gw.request("POST", "/v1/apps/demo/transactions/batch",
+                      {"proposals": proposals, "wait": True, "timeout_ms": 120_000})
+    bad = [r for r in body["results"] if not r["ok"]]
+    if bad:
+        raise MeridianError(f"{len(bad)} transactions failed, e.g. {bad[0]}", code="bench_failed")
+    return len(body["results"])
+
+
+def _throughput(gws: list[Gateway], n: int) -> float:
+    per_client = n // len(gws)
+    signed = [_presign(gw, f"t{i}", per_client) for i, gw in enumerate(gws)]
+    done = [0]
+    lock = threading.Lock()
+
+    def client(gw: Gateway, proposals: list[dict[str, Any]]) -> None:
+        for i in range(0, len(proposals), BATCH):
+            count = _post_batch(gw, proposals[i:i + BATCH])
+            with lock:
+                done[0] += count
+
+    threads = [threading.Thread(target=client, args=(gw, s)) for gw, s in zip(gws, signed,
+                                                                               strict=True)]
+    start = time.perf_counter()
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("throughput", total=per_client * len(gws))
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads):
+            bar.update(task, completed=done[0])
+            time.sleep(0.1)
+    elapsed = time.perf_counter() - start
+    return elapsed
+
+
+def _paced_latency(gw: Gateway, rate: float, seconds: float) -> list[float]:
+    ticks_per_s = 20
+    per_tick = max(1, int(rate / ticks_per_s))
+    total = int(ticks_per_s * seconds)
+    signed = _presign(gw, "lat", per_tick * total)
+    latencies: list[float] = []
+    lock = threading.Lock()
+    threads = []
+
+    def send(batch: list[dict[str, Any]]) -> None:
+        start = time.perf_counter()
+        _post_batch(gw, batch)
+        took = (time.perf_counter() - start) * 1000
+        with lock:
+            latencies.extend([took] * len(batch))
+
+    begin = time.perf_counter()
+    for k in range(total):
+        time.sleep(max(0.0, begin + k / ticks_per_s - time.perf_counter()))
+        t = threading.Thread(target=send, args=(signed[k * per_tick:(k + 1) * per_tick],))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    return latencies
+
+
+def _lone(gw: Gateway, count: int) -> list[float]:
+    contract = gw.app("demo").contract("asset-transfer")
+    out = []
+    for i in range(count):
+        start = time.perf_counter()
+        contract.submit("create", f"lone-{i}", "solo", i)
+        out.append((time.perf_counter() - start) * 1000)
+    return out
+
+
+def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> BenchResult:
+    root = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
+    layout = NetworkLayout(root / "network")
+    config = init_network(layout.root, InitOptions(
+        base_port=free_port_block(1), block=BlockConfig(max_txs=2000, timeout_ms=20)))
+    url = config.nodes[0].url
+    procs = start_nodes(layout, config, detach=True)
+    try:
+        wait_healthy(procs)
+        admins = [connect(url, Identity.from_dir(layout.user_dir(o, "admin")),
+                          network=config.network) for o in ("org1", "org2")]
+        deploy(admins, "demo", EXAMPLE)
+        gws = [connect(url, Identity.from_dir(layout.user_dir("org1", "user1")),
+                       network=config.network, timeout_s=300) for _ in range(CLIENTS)]
+        _post_batch(gws[0], _presign(gws[0], "warm", 1000))
+        elapsed = _throughput(gws, transactions)
+        tps = transactions / elapsed
+        console.print(f"throughput: {transactions} tx in {elapsed:.2f} s = {tps:,.0f} tx/s")
+        latencies = _paced_latency(gws[0], tps / 2, 10.0)
+        lone = _lone(gws[0], 50)
+        sandbox = ",".join(admins[0].status()["sandbox"])
+    finally:
+        stop_processes(procs)
+        shutil.rmtree(root, ignore_errors=True)
+    result = BenchResult(transactions, elapsed, tps, tps / 2, _percentile(latencies, 0.5),
+                         _percentile(latencies, 0.99), _percentile(lone, 0.5),
+                         _percentile(lone, 0.99), sandbox)
+    console.print(f"latency at {result.half_load_tps:,.0f} tx/s: p50 {result.p50_ms:.0f} ms, "
+                  f"p99 {result.p99_ms:.0f} ms; lone tx: p50 {result.lone_p50_ms:.1f} ms, "
+                  f"p99 {result.lone_p99_ms:.1f} ms (sandbox {sandbox})")
+    if output:
+        _append_report(output, result)
+    return result
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def _append_report(path: Path, r: BenchResult) -> None:
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    text = (
+        f"\n### One node, asset-transfer `create` — {when}\n\n"
+        f"- machine: {_machine()}\n- command: `make bench` (`meridian bench "
+        f"--transactions {r.transactions}`), client on the same machine, sandbox "
+        f"`{r.sandbox}`\n\n"
+        "| measure | value |\n|---|---|\n"
+        f"| committed throughput (batch path, {CLIENTS} clients × {BATCH}/request) "
+        f"| {r.tps:,.0f} tx/s |\n"
+        f"| submit-to-commit latency at {r.half_load_tps:,.0f} tx/s (half load), p50 / p99 "
+        f"| {r.p50_ms:.0f} ms / {r.p99_ms:.0f} ms |\n"
+        f"| lone transaction, p50 / p99 | {r.lone_p50_ms:.1f} ms / {r.lone_p99_ms:.1f} ms |\n")
+    if not path.exists():
+        path.write_text("# Benchmarks\n\nNumbers appended by `make bench`; see "
+                        "`src/meridian/bench/run.py` for what each run does.\n")
+    with path.open("a") as f:
+        f.write(text)

@@ -1,0 +1,113 @@
+"""Shared CLI plumbing: options, identity and gateway resolution, output, errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import orjson
+import typer
+from rich.console import Console
+
+from ..client import Gateway, Identity, connect
+from ..errors import MeridianError
+from ..network.config import NetworkConfig, NetworkLayout
+
+console = Console()
+err_console = Console(stderr=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Settings:
+    network_dir: Path
+    identity: str
+    url: str | None
+    app: str | None
+    json: bool
+
+    @property
+    def layout(self) -> NetworkLayout:
+        return NetworkLayout(self.network_dir)
+
+    def config(self) -> NetworkConfig:
+        return self.layout.load()
+
+    def app_name(self) -> str:
+        return self.app or self.config().apps[0].name
+
+    def identity_dir(self, spec: str | None = None) -> Path:
+        """``org/name`` inside the network directory, or a folder path."""
+        spec = spec or self.identity
+        path = Path(spec)
+        if (path / "cert.pem").is_file():
+            return path
+        org, _, name = spec.partition("/")
+        found = self.layout.user_dir(org, name or "user1")
+        if not (found / "cert.pem").is_file():
+            raise MeridianError(f"no identity {spec!r} (looked for {found}/cert.pem)",
+                                code="no_identity",
+                                hint="use --as ORG/NAME (e.g. org1/admin) or a folder "
+                                     "holding cert.pem and key.pem")
+        return found
+
+    def gateway(self, spec: str | None = None, url: str | None = None) -> Gateway:
+        identity = Identity.from_dir(self.identity_dir(spec))
+        config = self.config()
+        url = url or self.url or os.environ.get("MERIDIAN_URL") or config.nodes[0].url
+        return connect(url, identity, network=config.network)
+
+
+def settings(ctx: typer.Context) -> Settings:
+    obj = ctx.find_root().obj
+    if not isinstance(obj, Settings):
+        raise typer.Exit(2)
+    return obj
+
+
+def output(s: Settings, data: Any, human: Callable[[], None] | None = None) -> None:
+    """Print ``data`` as JSON with --json, else the human rendering (or pretty JSON)."""
+    if s.json or human is None:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        human()
+
+
+@contextmanager
+def handle_errors(json_mode: bool = False) -> Iterator[None]:
+    """Turn Meridian errors into a clear message (and exit code 1), once, at the edge."""
+    try:
+        yield
+    except MeridianError as exc:
+        if json_mode:
+            sys.stdout.write(orjson.dumps({"error": exc.to_dict()}).decode() + "\n")
+        else:
+            err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}")
+            if exc.hint:
+                err_console.print(f"[yellow]hint:[/] {exc.hint}")
+        raise typer.Exit(1) from None
+    except httpx.TransportError as exc:
+        err_console.print(f"[bold red]error[/] [unreachable] cannot reach the gateway: {exc}")
+        err_console.print("[yellow]hint:[/] is the network up? try 'meridian up --detach'")
+        raise typer.Exit(1) from None
+
+
+def parse_args(raw: list[str]) -> list[Any]:
+    """Each CLI argument is JSON if it parses as such (numbers, objects), else a string."""
+    out: list[Any] = []
+    for text in raw:
+        try:
+            value = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            value = text
+        if isinstance(value, float):
+            raise MeridianError(f"argument {text!r} is a float; use integers",
+                                code="float_not_allowed")
+        out.append(value)
+    return out

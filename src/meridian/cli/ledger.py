@@ -1,0 +1,63 @@
+"""``meridian ledger verify``: offline re-check of a node's ledgers."""
+
+from __future__ import annotations
+
+import typer
+from rich.progress import Progress
+
+from ..crypto.certs import Membership
+from ..errors import Corruption, NotFound
+from ..node.policy import parse_policy
+from ..node.validate import AppRules
+from ..node.verify import verify_ledger
+from .common import console, handle_errors, output, settings
+
+app = typer.Typer(help="Check ledgers.", no_args_is_help=True)
+
+
+@app.command("verify")
+def verify(
+    ctx: typer.Context,
+    node: str = typer.Option(None, help="Node whose ledgers to check (default: every node)."),
+) -> None:
+    """Re-check hash chain, Merkle roots, verdicts and state of every app ledger."""
+    s = settings(ctx)
+    results = []
+    with handle_errors(s.json):
+        config = s.config()
+        membership = Membership({o.id: o.ca_pem for o in config.orgs}, {
+            o.id: s.layout.crl_file(o.id).read_bytes()
+            for o in config.orgs if s.layout.crl_file(o.id).is_file()})
+        nodes = [config.node(node)] if node else list(config.nodes)
+        for entry in nodes:
+            for app_cfg in config.apps:
+                path = s.layout.data_dir(entry.id) / "ledgers" / f"{app_cfg.name}.sqlite"
+                if not path.is_file():
+                    continue
+                rules = AppRules(config.network, app_cfg.name, frozenset(app_cfg.members),
+                                 parse_policy(app_cfg.system_policy))
+                with Progress(console=console, transient=True, disable=s.json) as bar:
+                    task = bar.add_task(f"{entry.id}/{app_cfg.name}", total=None)
+                    report = verify_ledger(path, membership, rules, progress=lambda d, t: (
+                        bar.update(task, completed=d, total=t)))
+                results.append({"node": entry.id, "app": app_cfg.name, "ok": report.ok,
+                                "blocks": report.blocks, "transactions": report.transactions,
+                                "valid": report.valid, "state_keys": report.state_keys,
+                                "problems": report.problems})
+        if not results:
+            raise NotFound("no ledgers found", code="no_ledger",
+                           hint="start the network once with 'meridian up'")
+
+    def human() -> None:
+        for r in results:
+            mark = "[green]ok[/]" if r["ok"] else "[bold red]FAILED[/]"
+            console.print(f"{mark} {r['node']}/{r['app']}: {r['blocks']} blocks, "
+                          f"{r['transactions']} txs ({r['valid']} valid), "
+                          f"{r['state_keys']} state keys")
+            for problem in r["problems"]:
+                console.print(f"   [red]{problem}[/]")
+
+    output(s, {"ledgers": results}, human)
+    if not all(r["ok"] for r in results):
+        with handle_errors(s.json):
+            raise Corruption("ledger verification failed", code="verify_failed")

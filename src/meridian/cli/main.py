@@ -1,0 +1,196 @@
+"""``meridian``: run a network, deploy contracts, submit transactions, check ledgers.
+
+Global options come before the command (``meridian --as org1/admin contract list``)
+and can also be set with environment variables (MERIDIAN_NETWORK, MERIDIAN_IDENTITY,
+MERIDIAN_URL, MERIDIAN_APP).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import typer
+
+from ..errors import MeridianError, NotFound
+from ..network.config import BlockConfig
+from ..network.init import InitOptions, init_network
+from . import contract, ledger, tx
+from .common import Settings, console, handle_errors, output, settings
+from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_healthy
+
+app = typer.Typer(
+    name="meridian",
+    help="Meridian: an open blockchain-based service network. Start with "
+         "'meridian network init ./network' then 'meridian up'.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+network_app = typer.Typer(help="Create and inspect network directories.", no_args_is_help=True)
+app.add_typer(network_app, name="network")
+app.add_typer(contract.app, name="contract")
+app.add_typer(tx.app, name="tx")
+app.add_typer(tx.block_app, name="block")
+app.add_typer(ledger.app, name="ledger")
+app.command("events")(tx.events)
+
+
+@app.callback()
+def main(
+    ctx: typer.Context,
+    network: Path = typer.Option(Path("network"), "--network", "-n",
+                                 envvar="MERIDIAN_NETWORK",
+                                 help="Network directory (made by 'network init')."),
+    identity: str = typer.Option("org1/user1", "--as", envvar="MERIDIAN_IDENTITY",
+                                 help="Identity: ORG/NAME in the network directory, "
+                                      "or a folder with cert.pem and key.pem."),
+    url: str | None = typer.Option(None, "--url", envvar="MERIDIAN_URL",
+                                   help="Gateway URL (default: the first node)."),
+    app_name: str | None = typer.Option(None, "--app", envvar="MERIDIAN_APP",
+                                        help="Application (channel); default: the first."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON output."),
+) -> None:
+    ctx.obj = Settings(network, identity, url, app_name, json_out)
+
+
+@network_app.command("init")
+def network_init(
+    ctx: typer.Context,
+    directory: Path = typer.Argument(..., help="New (empty) network directory."),
+    orgs: int = typer.Option(2, help="Number of organisations (each gets a CA, admin, user1)."),
+    nodes: int = typer.Option(1, help="Number of nodes (assigned to orgs round robin)."),
+    app_name: str = typer.Option("demo", "--app-name", help="Name of the first application."),
+    network_id: str = typer.Option("meridian", help="Network id (bound into signatures)."),
+    base_port: int = typer.Option(7050, help="Gateway port of node1; node N uses base+N-1."),
+    block_max_txs: int = typer.Option(1000, help="Cut a block at this many transactions."),
+    block_timeout_ms: int = typer.Option(20, help="...or this long after the first arrived."),
+) -> None:
+    """Generate a network: org CAs, node/admin/client identities and genesis config."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        config = init_network(directory, InitOptions(
+            network=network_id, orgs=orgs, nodes=nodes, app=app_name, base_port=base_port,
+            block=BlockConfig(block_max_txs, block_timeout_ms)))
+    output(s, config.to_dict() | {"directory": str(directory)}, lambda: console.print(
+        f"[green]created[/] network [bold]{config.network}[/] in {directory}: "
+        f"{len(config.orgs)} orgs, {len(config.nodes)} node(s), app "
+        f"[bold]{config.apps[0].name}[/]\nnext: meridian -n {directory} up"))
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    detach: bool = typer.Option(False, "--detach", "-d",
+                                help="Start in the background and return once healthy."),
+    sandbox: str = typer.Option("auto", help="Contract sandbox: auto, bwrap or none."),
+) -> None:
+    """Run the network's nodes (foreground until Ctrl-C, or --detach)."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        config = s.config()
+        already = running_pids(s.layout, config)
+        if already:
+            raise MeridianError(f"nodes already running: {', '.join(already)}",
+                                code="already_running", hint="stop them with 'meridian down'")
+        with console.status("starting nodes..."):
+            procs = start_nodes(s.layout, config, detach=detach, sandbox=sandbox)
+            try:
+                wait_healthy(procs)
+            except MeridianError:
+                stop_processes(procs)
+                raise
+        for p in procs:
+            console.print(f"[green]up[/] {p.entry.id} ({p.entry.org}) at {p.entry.url} "
+                          f"pid {p.proc.pid}")
+    if detach:
+        return
+    console.print("running; Ctrl-C stops the network")
+    stop = False
+
+    def _on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    while not stop and all(p.proc.poll() is None for p in procs):
+        time.sleep(0.2)
+    stop_processes(procs)
+    console.print("stopped")
+
+
+@app.command()
+def down(ctx: typer.Context) -> None:
+    """Stop the network's nodes started with 'up --detach'."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        pids = running_pids(s.layout, s.config())
+        if not pids:
+            raise NotFound("no running nodes found", code="not_running")
+        stop_pids(pids)
+    output(s, {"stopped": sorted(pids)},
+           lambda: console.print(f"[green]stopped[/] {', '.join(sorted(pids))}"))
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Per node and app: height, pending transactions, last commit age."""
+    from rich.table import Table
+
+    s = settings(ctx)
+    with handle_errors(s.json):
+        config = s.config()
+        rows = []
+        for entry in config.nodes:
+            try:
+                with s.gateway(url=entry.url) as gw:
+                    rows.append(gw.status())
+            except Exception as exc:  # noqa: BLE001 - a down node is a status, not an error
+                rows.append({"node": entry.id, "org": entry.org, "down": str(exc)[:80]})
+
+    def human() -> None:
+        table = Table("node", "org", "app", "height", "pending", "last commit", "sandbox")
+        for row in rows:
+            if "down" in row:
+                table.add_row(row["node"], row["org"], "-", "-", "-", "[red]down[/]", "-")
+                continue
+            for app_name, a in row["apps"].items():
+                age = a["last_commit_age_ms"]
+                table.add_row(row["node"], row["org"], app_name, str(a["height"]),
+                              str(a["pending"]), "-" if age is None else f"{age / 1000:.1f}s ago",
+                              ",".join(row["sandbox"]))
+        console.print(table)
+
+    output(s, {"nodes": rows}, human)
+
+
+@app.command()
+def demo(
+    ctx: typer.Context,
+    keep: bool = typer.Option(False, help="Keep the demo network directory afterwards."),
+) -> None:
+    """Run the showcase: a local network, the asset-transfer contract, a short scenario."""
+    from .demo import run_demo
+
+    s = settings(ctx)
+    with handle_errors(s.json):
+        run_demo(keep=keep)
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    transactions: int = typer.Option(20_000, help="Transactions for the throughput run."),
+    output_file: Path | None = typer.Option(None, "--output", help="Append results here."),
+) -> None:
+    """Measure committed tx/s and submit-to-commit latency on a local one-node network."""
+    from ..bench.run import run_bench
+
+    s = settings(ctx)
+    with handle_errors(s.json):
+        run_bench(transactions=transactions, output=output_file)
+
+
+if __name__ == "__main__":
+    app()

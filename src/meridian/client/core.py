@@ -1,0 +1,180 @@
+"""Transport-free parts of the SDK: identities, proposals, signing, errors, events."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import orjson
+
+from .. import codec
+from ..crypto.certs import load_cert_der
+from ..crypto.suites import Signer, load_signer
+from ..errors import MeridianError, error_class_for_status
+from ..gateway.auth import sign_request
+from ..types import Proposal, SignedProposal
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A certificate and its private key (kept in this process only)."""
+
+    cert_der: bytes
+    signer: Signer
+
+    @classmethod
+    def from_files(cls, cert: str | Path, key: str | Path) -> Identity:
+        return cls(load_cert_der(Path(cert).read_bytes()), load_signer(Path(key).read_bytes()))
+
+    @classmethod
+    def from_dir(cls, folder: str | Path) -> Identity:
+        folder = Path(folder)
+        return cls.from_files(folder / "cert.pem", folder / "key.pem")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """Outcome of a transaction (see the gateway's receipt)."""
+
+    tx_id: str
+    status: str
+    block: int | None
+    index: int | None
+    code: str | None
+    valid: bool | None
+    response: Any
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Receipt:
+        return cls(d["tx_id"], d["status"], d.get("block"), d.get("index"), d.get("code"),
+                   d.get("valid"), d.get("response"), list(d.get("events") or []))
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEvent:
+    """One committed block as the event stream reports it."""
+
+    block: int
+    hash: str
+    timestamp_ms: int
+    txs: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
+class Checkpoint(Protocol):
+    """Remembers the last block an event consumer finished with."""
+
+    @property
+    def block(self) -> int | None: ...
+
+    def checkpoint_block(self, block: int) -> None: ...
+
+
+class FileCheckpoint:
+    """A :class:`Checkpoint` kept in a small JSON file (atomically replaced)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._block: int | None = None
+        if self.path.is_file():
+            self._block = orjson.loads(self.path.read_bytes()).get("block")
+
+    @property
+    def block(self) -> int | None:
+        return self._block
+
+    def checkpoint_block(self, block: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps({"block": block}))
+        os.replace(tmp, self.path)
+        self._block = block
+
+
+class ProposalBuilder:
+    """Builds and signs proposals for one identity on one network."""
+
+    def __init__(self, identity: Identity, network: str) -> None:
+        self.identity = identity
+        self.network = network
+
+    def build(self, app: str, contract: str, function: str, args: tuple[Any, ...]
+              ) -> SignedProposal:
+        codec.validate_value(list(args), what="arguments")
+        proposal = Proposal(
+            network=self.network, app=app, contract=contract, function=function,
+            args=tuple(args), nonce=secrets.token_bytes(16),
+            timestamp_ms=int(time.time() * 1000), creator=self.identity.cert_der)
+        signature = self.identity.signer.sign(bytes(proposal.signing_digest()))
+        return SignedProposal(proposal, signature)
+
+    def headers(self, method: str, url: httpx.URL, body: bytes) -> dict[str, str]:
+        return sign_request(self.identity.signer, self.identity.cert_der, self.network,
+                            method, url.path, url.query.decode(), body)
+
+
+def raise_for_error(response: httpx.Response) -> Any:
+    """The JSON body of a success, or the typed :class:`MeridianError` of a failure."""
+    try:
+        body = orjson.loads(response.content) if response.content else {}
+    except orjson.JSONDecodeError:
+        body = {}
+    if response.status_code < 400:
+        return body
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        err = {"code": "http_error", "message": f"HTTP {response.status_code}: "
+                                                f"{response.text[:200]}"}
+    cls = error_class_for_status(response.status_code)
+    exc = cls(err.get("message", ""), code=err.get("code"), hint=err.get("hint"),
+              details=err.get("details"))
+    if response.status_code == 429:
+        exc.retry_after_s = float(response.headers.get("retry-after", "1"))  # type: ignore[attr-defined]
+    raise exc
+
+
+def encode_body(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+class SseParser:
+    """Turns the lines of a server-sent-events stream into block events."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> BlockEvent | None:
+        if line.startswith("data:"):
+            self._data.append(line[5:].lstrip())
+        elif line == "" and self._data:
+            text, self._data = "\n".join(self._data), []
+            return _block_event(text)
+        return None
+
+
+def parse_sse(lines: Iterator[str]) -> Iterator[BlockEvent]:
+    parser = SseParser()
+    for line in lines:
+        event = parser.feed(line)
+        if event is not None:
+            yield event
+
+
+def _block_event(text: str) -> BlockEvent:
+    d = orjson.loads(text)
+    return BlockEvent(d["block"], d["hash"], d["timestamp_ms"], d["txs"], d["events"])
+
+
+def start_block(start: int | None, checkpoint: Checkpoint | None) -> int | None:
+    if checkpoint is not None and checkpoint.block is not None:
+        return checkpoint.block + 1
+    return start
+
+
+__all__ = ["MeridianError"]

@@ -1,0 +1,49 @@
+"""Contract lifecycle through the SDK: install, approve, commit, or all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..contracts.lifecycle import LIFECYCLE
+from ..contracts.package import build_archive, compute_package_id, read_archive
+from ..errors import InvalidInput
+from .sync import Gateway
+
+
+def load_package(source: Path) -> tuple[str, bytes]:
+    """(package id, archive bytes) from a package folder or an archive file."""
+    if source.is_dir():
+        return build_archive(source)
+    if not source.is_file():
+        raise InvalidInput(f"{source} is neither a package folder nor an archive",
+                           code="bad_package")
+    archive = source.read_bytes()
+    return compute_package_id(read_archive(archive)), archive
+
+
+def lifecycle_call(gw: Gateway, app_name: str, function: str, name: str, version: str,
+                   sequence: int, package_id: str, policy: str) -> Any:
+    contract = gw.app(app_name).contract(LIFECYCLE)
+    return contract.submit(function, name, version, sequence, package_id, policy)
+
+
+def next_sequence(gw: Gateway, app_name: str, name: str) -> int:
+    for definition in gw.app(app_name).contracts():
+        if definition["name"] == name:
+            return int(definition["sequence"]) + 1
+    return 1
+
+
+def deploy(admins: list[Gateway], app_name: str, source: Path, *, name: str | None = None,
+           policy: str = "ANY") -> dict[str, Any]:
+    """Install on the node, approve as every given org admin, commit (or upgrade)."""
+    package_id, archive = load_package(source)
+    installed = admins[0].install(archive)
+    name = name or installed["name"]
+    sequence = next_sequence(admins[0], app_name, name)
+    for gw in admins:
+        lifecycle_call(gw, app_name, "approve", name, installed["version"], sequence,
+                       package_id, policy)
+    return lifecycle_call(admins[0], app_name, "commit", name, installed["version"],
+                          sequence, package_id, policy)

@@ -1,0 +1,154 @@
+"""The ``_lifecycle`` system contract: approve and commit contract definitions.
+
+Flow (as in Fabric's lifecycle, one app = one channel)::
+
+    install   the package archive is copied to a node (node-local, not a transaction)
+    approve   an admin of each member org approves (name, version, sequence,
+              package id, endorsement policy)           -> approval/<name>/<seq>/<org>
+    commit    once the app's lifecycle policy (default MAJORITY of member orgs) has
+              matching approvals, any member admin commits -> definition/<name>
+    upgrade   the same with sequence + 1 (new package, new policy, or both)
+
+Both steps are ordinary transactions on the app's ledger, so every node sees the
+same definitions at the same height. The commit reads the approvals it counts with
+``get_state``: their versions are checked at validation like any read.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidInput
+from ..node.policy import Policy, parse_policy
+from .api import Contract, ContractError, query, transaction
+from .simulation import SimulationContext
+
+LIFECYCLE = "_lifecycle"
+PACKAGE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}:[0-9a-f]{64}$")
+CONTRACT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class ContractDefinition:
+    name: str
+    version: str
+    sequence: int
+    package_id: str
+    policy: Policy
+
+    @property
+    def label(self) -> str:
+        """What endorsers record as the contract version they ran."""
+        return f"{self.name}@{self.sequence}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "sequence": self.sequence,
+            "package_id": self.package_id,
+            "policy": str(self.policy),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ContractDefinition:
+        return cls(d["name"], d["version"], d["sequence"], d["package_id"],
+                   parse_policy(d["policy"]))
+
+
+def definition_key(name: str) -> str:
+    return f"definition/{name}"
+
+
+def approval_key(name: str, sequence: int, org: str) -> str:
+    return f"approval/{name}/{sequence:08d}/{org}"
+
+
+def get_definition(
+    get: Callable[[str, str], tuple[Any, Any] | None], name: str
+) -> ContractDefinition | None:
+    """The committed definition of ``name`` through a ``get(ns, key)`` reader."""
+    found = get(LIFECYCLE, definition_key(name))
+    return None if found is None else ContractDefinition.from_dict(found[0])
+
+
+def _check_args(name: str, version: str, sequence: int, package_id: str,
+                policy: str) -> Policy:
+    if not CONTRACT_NAME_RE.match(name):
+        raise ContractError(f"contract name {name!r} must match {CONTRACT_NAME_RE.pattern}")
+    if not version or len(version) > 32:
+        raise ContractError("version must be 1..32 characters")
+    if sequence < 1:
+        raise ContractError("sequence starts at 1")
+    if not PACKAGE_ID_RE.match(package_id):
+        raise ContractError(f"package id {package_id!r} is not NAME:SHA256HEX")
+    try:
+        return parse_policy(policy)
+    except InvalidInput as exc:
+        raise ContractError(exc.message) from exc
+
+
+class Lifecycle(Contract):
+    """In-process system contract; ``members`` are the app's member orgs."""
+
+    def __init__(self, members: Collection[str], lifecycle_policy: Policy) -> None:
+        self.members = tuple(sorted(members))
+        self.lifecycle_policy = lifecycle_policy
+
+    def _admin_org(self, ctx: SimulationContext) -> str:
+        caller = ctx.caller
+        if caller.role != "admin" or caller.org not in self.members:
+            raise ContractError(
+                f"only an admin of a member org ({', '.join(self.members)}) may do this; "
+                f"caller is {caller.role} of {caller.org}")
+        return caller.org
+
+    def _next_sequence(self, ctx: SimulationContext, name: str) -> int:
+        current = ctx.get_state(definition_key(name))
+        return 1 if current is None else int(current["sequence"]) + 1
+
+    @transaction
+    def approve(self, ctx: SimulationContext, name: str, version: str, sequence: int,
+                package_id: str, policy: str = "MAJORITY") -> dict[str, Any]:
+        parsed = _check_args(name, version, sequence, package_id, policy)
+        org = self._admin_org(ctx)
+        expected = self._next_sequence(ctx, name)
+        if sequence != expected:
+            raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
+        approval = ContractDefinition(name, version, sequence, package_id, parsed).to_dict()
+        ctx.put_state(approval_key(name, sequence, org), approval)
+        ctx.emit("approved", {"org": org, **approval})
+        return {"org": org, **approval}
+
+    @transaction
+    def commit(self, ctx: SimulationContext, name: str, version: str, sequence: int,
+               package_id: str, policy: str = "MAJORITY") -> dict[str, Any]:
+        parsed = _check_args(name, version, sequence, package_id, policy)
+        self._admin_org(ctx)
+        expected = self._next_sequence(ctx, name)
+        if sequence != expected:
+            raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
+        definition = ContractDefinition(name, version, sequence, package_id, parsed).to_dict()
+        approved = [org for org in self.members
+                    if ctx.get_state(approval_key(name, sequence, org)) == definition]
+        if not self.lifecycle_policy.is_satisfied(approved, self.members):
+            raise ContractError(
+                f"{name} sequence {sequence} is approved by {approved or 'no org'}; the "
+                f"lifecycle policy {self.lifecycle_policy} of {list(self.members)} needs "
+                f"{self.lifecycle_policy.required(self.members)} matching approvals")
+        ctx.put_state(definition_key(name), definition)
+        ctx.emit("committed", definition)
+        return definition
+
+    @query
+    def definitions(self, ctx: SimulationContext) -> list[dict[str, Any]]:
+        return [v for _, v in ctx.get_range("definition/", "definition0", 10_000)]
+
+    @query
+    def approvals(self, ctx: SimulationContext, name: str, sequence: int) -> dict[str, Any]:
+        prefix = f"approval/{name}/{sequence:08d}/"
+        rows = ctx.get_range(prefix, prefix[:-1] + "0", 1000)
+        return {key.rsplit("/", 1)[1]: value for key, value in rows}

@@ -1,0 +1,679 @@
+"""The contract worker process: runs one contract package's calls for the node.
+
+Started by :mod:`.sandbox` (``python -I -c <bootstrap> MERIDIAN_ROOT PACKAGE ENTRY LIMITS``
+or ``python -m meridian.contracts.worker PACKAGE ENTRY LIMITS``). At start it lowers its
+own rlimits, keeps the original stdin/stdout as the protocol channel (fd 0 becomes
+``/dev/null`` and fd 1 a copy of stderr, so ``print`` can't corrupt the protocol),
+installs the :class:`AuditGuard`, imports the contract, then serves requests until
+stdin closes.
+
+Protocol: frames of a 4-byte big-endian length and orjson bytes (at most
+:data:`MAX_FRAME_BYTES`). The parent sends ``{"op": "describe"}`` or ``{"op": "call",
+"function", "args", "ctx"}``; during a call the worker sends Context operations
+(``get``, ``range``, ``query``, ``history``, ``invoke`` wait for ``{"op": "value"}`` or
+``{"op": "error", "code", "message"}``; ``put``, ``delete``, ``add``, ``emit`` get no
+reply), then a final ``{"op": "return", "value"}`` or ``{"op": "error", "code",
+"message"}``.
+
+The audit hook is a second layer, not a security boundary on its own: the OS sandbox
+(bubblewrap, uid 65534, rlimits) is what contains hostile code.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import inspect
+import os
+import resource
+import struct
+import sys
+import traceback
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import orjson
+
+from .. import codec
+from ..errors import InvalidInput
+from .api import CallerIdentity, Contract, ContractError, HistoryEntry, get_kind
+
+MAX_FRAME_BYTES = 4 * 2**20
+MAX_MESSAGE_CHARS = 2000
+FRAME_HEADER = struct.Struct(">I")
+
+# Worker → parent final error codes; the parent accepts only these.
+UNKNOWN_FUNCTION = "unknown_function"
+BAD_ARGUMENT = "bad_argument"
+REJECTED = "contract_rejected"
+ERROR = "contract_error"
+RESOURCE_LIMIT = "contract_resource_limit"
+FORBIDDEN = "contract_forbidden"
+LOAD_FAILED = "contract_load_failed"
+BAD_VALUE = "contract_bad_value"
+LIMIT = "contract_limit"
+FINAL_ERROR_CODES = frozenset(
+    {
+        UNKNOWN_FUNCTION,
+        BAD_ARGUMENT,
+        REJECTED,
+        ERROR,
+        RESOURCE_LIMIT,
+        FORBIDDEN,
+        LOAD_FAILED,
+        BAD_VALUE,
+        LIMIT,
+    }
+)
+
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+FORBIDDEN_EVENTS = frozenset(
+    {
+        "os.remove",
+        "os.rename",
+        "os.mkdir",
+        "os.rmdir",
+        "os.chmod",
+        "os.chown",
+        "os.link",
+        "os.symlink",
+        "os.truncate",
+        "os.utime",
+        "os.chflags",
+        "os.lchflags",
+        "os.setxattr",
+        "os.removexattr",
+        "os.mkfifo",
+        "os.mknod",
+        "os.system",
+        "os.exec",
+        "os.fork",
+        "os.forkpty",
+        "os.posix_spawn",
+        "os.spawn",
+        "os.startfile",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "pty.spawn",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "_thread.start_new_thread",
+        "sqlite3.connect",
+        "shutil.rmtree",
+        "shutil.chown",
+        "webbrowser.open",
+        "urllib.Request",
+        "http.client.connect",
+        "ftplib.connect",
+        "smtplib.connect",
+        "poplib.connect",
+        "imaplib.open",
+        "nntplib.connect",
+        "telnetlib.Telnet.open",
+        "syslog.openlog",
+        "syslog.syslog",
+    }
+)
+FORBIDDEN_PREFIXES = ("socket.", "ctypes.", "subprocess.", "_winapi.", "msvcrt.")
+FORBIDDEN_IMPORTS = frozenset(
+    {
+        "_ctypes",
+        "ctypes",
+        "_posixsubprocess",
+        "subprocess",
+        "multiprocessing",
+        "_xxsubinterpreters",
+        "_testcapi",
+        "_testinternalcapi",
+    }
+)
+LISTING_EVENTS = frozenset({"os.listdir", "os.scandir"})
+
+
+class CallFailed(Exception):
+    """A call (or the load) ends with this error frame."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = _clip(message)
+
+    def to_frame(self) -> dict[str, Any]:
+        return {"op": "error", "code": self.code, "message": self.message}
+
+
+class HostError(ContractError):
+    """A Context operation failed on the node's side (e.g. a bad key or a size limit).
+
+    The whole call fails with the first such error even if the contract catches it.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"[{code}] {message}")
+        self.code = code
+        self.message = message
+
+
+class SandboxViolation(PermissionError):
+    """Raised into contract code that attempts an operation the sandbox forbids."""
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``"<ExcType>: <message>"`` as callers see it."""
+    return _clip(f"{type(exc).__name__}: {exc}")
+
+
+# ------------------------------------------------------------------------------ channel
+
+
+def encode_frame(message: Mapping[str, Any]) -> bytes:
+    """One frame; TypeError if not JSON-encodable, InvalidInput if over the size bound."""
+    body = orjson.dumps(message)
+    if len(body) > MAX_FRAME_BYTES:
+        raise InvalidInput(
+            f"message of {len(body)} bytes is over {MAX_FRAME_BYTES}", code="too_large"
+        )
+    return FRAME_HEADER.pack(len(body)) + body
+
+
+class Channel:
+    """Blocking frame I/O over two file descriptors (the worker's side)."""
+
+    def __init__(self, fd_in: int, fd_out: int) -> None:
+        self._in = fd_in
+        self._out = fd_out
+
+    @classmethod
+    def from_stdio(cls) -> Channel:
+        """Take over fds 0 and 1; leave fd 0 on /dev/null and fd 1 on stderr."""
+        fd_in, fd_out = os.dup(0), os.dup(1)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        os.close(null)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        return cls(fd_in, fd_out)
+
+    def read(self) -> dict[str, Any] | None:
+        """The next message, or None when the parent closed the channel."""
+        header = self._read_exactly(FRAME_HEADER.size)
+        if header is None:
+            return None
+        (size,) = FRAME_HEADER.unpack(header)
+        body = self._read_exactly(size) if size <= MAX_FRAME_BYTES else None
+        message = orjson.loads(body) if body is not None else None
+        if not isinstance(message, dict):
+            os._exit(3)  # the parent broke the protocol: nothing sensible left to do
+        return message
+
+    def write(self, message: Mapping[str, Any]) -> None:
+        view = memoryview(encode_frame(message))
+        while view:
+            view = view[os.write(self._out, view) :]
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks: list[bytes] = []
+        while size:
+            chunk = os.read(self._in, size)
+            if not chunk:
+                return None
+            chunks.append(chunk)
+            size -= len(chunk)
+        return b"".join(chunks)
+
+
+# -------------------------------------------------------------------------------- guard
+
+
+class AuditGuard:
+    """An audit hook that stops writes, sockets, processes, ctypes and similar.
+
+    Forbidden events raise :class:`SandboxViolation` and are remembered in
+    :attr:`violation` even if the contract catches the exception. Reads (``open`` for
+    reading, directory listings) outside ``readable_roots`` fail as if the file did not
+    exist, as they would under bubblewrap; they are not violations.
+    """
+
+    def __init__(self, readable_roots: list[str]) -> None:
+        self.violation: str | None = None
+        self._roots = tuple(dict.fromkeys(os.path.realpath(r) for r in readable_roots))
+        self._busy = False
+
+    def install(self) -> None:
+        for name in FORBIDDEN_IMPORTS:
+            sys.modules.pop(name, None)  # so that importing them again is audited
+        sys.addaudithook(self._hook)
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if self._busy:
+            return
+        self._busy = True
+        try:
+            self._check(event, args)
+        finally:
+            self._busy = False
+
+    def _check(self, event: str, args: tuple[Any, ...]) -> None:
+        if event == "open":
+            self._check_open(*args[:3])
+        elif event in LISTING_EVENTS:
+            self._check_read(args[0] if args and args[0] is not None else ".")
+        elif event == "import":
+            if args[0] in FORBIDDEN_IMPORTS:
+                self._forbid(f"import {args[0]}")
+        elif event in FORBIDDEN_EVENTS or event.startswith(FORBIDDEN_PREFIXES):
+            self._forbid(event)
+
+    def _check_open(self, path: Any, mode: Any, flags: Any) -> None:
+        writes = isinstance(flags, int) and flags >= 0 and flags & _WRITE_FLAGS
+        if writes or (isinstance(mode, str) and any(c in mode for c in "wax+")):
+            self._forbid(f"open {path!r} for writing")
+        if isinstance(path, (str, bytes)):
+            self._check_read(path)
+
+    def _check_read(self, path: Any) -> None:
+        if isinstance(path, int):
+            return
+        real = os.path.realpath(os.fsdecode(path))
+        if not any(real == r or real.startswith(r.rstrip("/") + "/") for r in self._roots):
+            raise FileNotFoundError(
+                errno.ENOENT, "not available inside the contract sandbox", os.fsdecode(path)
+            )
+
+    def _forbid(self, what: str) -> NoReturn:
+        if self.violation is None:
+            self.violation = what
+        raise SandboxViolation(errno.EPERM, f"the contract sandbox forbids {what}")
+
+
+def compute_readable_roots(package_dir: str) -> list[str]:
+    """What contract code may read: its package, the interpreter, meridian, sys.path."""
+    roots = [package_dir, sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix]
+    return roots + [p for p in sys.path if p and os.path.isdir(p)]
+
+
+def apply_rlimits(limits: Mapping[str, Any]) -> None:
+    """Lower this process's rlimits (never raise them) before contract code runs."""
+    cpu = int(limits["cpu_seconds"])
+    _lower(resource.RLIMIT_AS, int(limits["memory_bytes"]))
+    _lower(resource.RLIMIT_CPU, cpu, cpu + 1)
+    _lower(resource.RLIMIT_NOFILE, int(limits["open_files"]))
+    _lower(resource.RLIMIT_FSIZE, 0)
+    _lower(resource.RLIMIT_CORE, 0)
+    if os.getuid() != 0:
+        _lower(resource.RLIMIT_NPROC, 0)  # no new processes or threads for this user
+
+
+def _lower(which: int, soft: int, hard: int | None = None) -> None:
+    _, current_hard = resource.getrlimit(which)
+    hard = soft if hard is None else hard
+    if current_hard != resource.RLIM_INFINITY:
+        soft, hard = min(soft, current_hard), min(hard, current_hard)
+    resource.setrlimit(which, (soft, hard))
+
+
+# ---------------------------------------------------------------------------- functions
+
+
+@dataclass(frozen=True, slots=True)
+class ParamSpec:
+    name: str
+    text: str  # the annotation as written
+    hint: Any  # the resolved annotation, or _Unresolved
+
+
+@dataclass(frozen=True, slots=True)
+class FunctionSpec:
+    """A marked method: its kind and the parameters after ``ctx``."""
+
+    name: str
+    kind: str
+    params: tuple[ParamSpec, ...]
+    required: int
+    rest: ParamSpec | None  # the *args parameter, if any
+
+    def to_dict(self) -> dict[str, Any]:
+        params = [[p.name, p.text] for p in self.params]
+        if self.rest is not None:
+            params.append([f"*{self.rest.name}", self.rest.text])
+        return {"kind": self.kind, "params": params}
+
+
+@dataclass(frozen=True, slots=True)
+class _Unresolved:
+    text: str
+
+
+_TYPING_NAMES = {
+    "Any": Any,
+    "Optional": typing.Optional,
+    "Union": typing.Union,
+    "List": list,
+    "Dict": dict,
+}
+_UNION_ORIGINS = (typing.Union, types.UnionType)
+
+
+def compute_function_specs(cls: type[Contract]) -> dict[str, FunctionSpec]:
+    """The marked methods of a contract class, with their parameter annotations."""
+    specs: dict[str, FunctionSpec] = {}
+    for name in dir(cls):
+        fn = getattr(cls, name, None)
+        kind = None if name.startswith("_") else get_kind(fn)
+        if kind is not None and callable(fn):
+            specs[name] = _compute_spec(name, kind, fn)
+    return specs
+
+
+def _compute_spec(name: str, kind: str, fn: Callable[..., Any]) -> FunctionSpec:
+    globalns = getattr(fn, "__globals__", {})
+    params = list(inspect.signature(fn).parameters.values())[2:]  # self, ctx
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    rest = next((p for p in params if p.kind is p.VAR_POSITIONAL), None)
+    required = sum(1 for p in positional if p.default is p.empty)
+    return FunctionSpec(
+        name,
+        kind,
+        tuple(_param_spec(p, globalns) for p in positional),
+        required,
+        _param_spec(rest, globalns) if rest is not None else None,
+    )
+
+
+def _param_spec(param: inspect.Parameter, globalns: dict[str, Any]) -> ParamSpec:
+    annotation = param.annotation
+    if annotation is param.empty:
+        return ParamSpec(param.name, "Any", Any)
+    if not isinstance(annotation, str):
+        return ParamSpec(param.name, inspect.formatannotation(annotation), annotation)
+    try:
+        hint = eval(annotation, {**_TYPING_NAMES, **globalns})  # the contract's own text
+    except Exception:
+        hint = _Unresolved(annotation)
+    return ParamSpec(param.name, annotation, hint)
+
+
+def validate_args(spec: FunctionSpec, args: list[Any]) -> None:
+    """Raise bad_argument unless ``args`` fit the method's count and annotations."""
+    top = len(spec.params)
+    if len(args) < spec.required or (spec.rest is None and len(args) > top):
+        names = ", ".join(p.name for p in spec.params)
+        wanted = str(top) if spec.required == top else f"{spec.required} to {top}"
+        if spec.rest is not None:
+            wanted = f"at least {spec.required}"
+        raise CallFailed(
+            BAD_ARGUMENT, f"{spec.name}() takes {wanted} argument(s) ({names}), got {len(args)}"
+        )
+    for i, value in enumerate(args):
+        param = spec.params[i] if i < top else spec.rest
+        if param is not None and not _matches(value, param):
+            raise CallFailed(
+                BAD_ARGUMENT,
+                f"{spec.name}(): argument '{param.name}' must be "
+                f"{param.text}, got {_json_type(value)}",
+            )
+
+
+def _matches(value: Any, param: ParamSpec) -> bool:
+    try:
+        return is_instance_of(value, param.hint)
+    except TypeError:
+        raise CallFailed(
+            BAD_ARGUMENT, f"parameter '{param.name}' has an unsupported annotation {param.text!r}"
+        ) from None
+
+
+def is_instance_of(value: Any, hint: Any) -> bool:
+    """Whether a JSON value fits an annotation; TypeError for unsupported annotations.
+
+    Supported: ``Any``, ``str``, ``int`` (not bool), ``bool``, ``list``, ``dict`` (and
+    their parametrised forms, elements not checked), ``None`` and unions of those.
+    """
+    if hint is Any or hint is object:
+        return True
+    if hint is None or hint is type(None):
+        return value is None
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool, list, dict):
+        return isinstance(value, hint)
+    origin = typing.get_origin(hint)
+    if origin in _UNION_ORIGINS:
+        return any(is_instance_of(value, arg) for arg in typing.get_args(hint))
+    if origin in (list, dict):
+        return isinstance(value, origin)
+    raise TypeError(f"unsupported annotation {hint!r}")
+
+
+def _json_type(value: Any) -> str:
+    return {
+        bool: "bool",
+        int: "int",
+        str: "str",
+        list: "list",
+        dict: "dict",
+        type(None): "None",
+    }.get(type(value), type(value).__name__)
+
+
+# ------------------------------------------------------------------------------ context
+
+
+class RemoteContext:
+    """The Context contract code sees: every operation is a message to the node."""
+
+    def __init__(self, channel: Channel, info: Mapping[str, Any]) -> None:
+        self._channel = channel
+        self.host_error: tuple[str, str] | None = None
+        self.tx_id: str = info["tx_id"]
+        self.timestamp_ms: int = info["timestamp_ms"]
+        self.caller = CallerIdentity.from_dict(info["caller"])
+        self.app: str = info["app"]
+        self.contract: str = info["contract"]
+
+    def get_state(self, key: str) -> Any:
+        return self._request({"op": "get", "key": key})
+
+    def put_state(self, key: str, value: Any) -> None:
+        self._send({"op": "put", "key": key, "value": value})
+
+    def delete_state(self, key: str) -> None:
+        self._send({"op": "delete", "key": key})
+
+    def add(self, key: str, delta: int) -> None:
+        self._send({"op": "add", "key": key, "delta": delta})
+
+    def get_range(self, start: str, end: str, limit: int = 1000) -> list[tuple[str, Any]]:
+        rows = self._request({"op": "range", "start": start, "end": end, "limit": limit})
+        return [(k, v) for k, v in rows]
+
+    def query(self, selector: Mapping[str, Any], limit: int = 1000) -> list[tuple[str, Any]]:
+        rows = self._request({"op": "query", "selector": selector, "limit": limit})
+        return [(k, v) for k, v in rows]
+
+    def get_history(self, key: str, limit: int = 100) -> list[HistoryEntry]:
+        rows = self._request({"op": "history", "key": key, "limit": limit})
+        return [HistoryEntry(**row) for row in rows]
+
+    def emit(self, name: str, payload: Any = None) -> None:
+        self._send({"op": "emit", "name": name, "payload": payload})
+
+    def invoke(self, contract: str, function: str, *args: Any) -> Any:
+        return self._request(
+            {"op": "invoke", "contract": contract, "function": function, "args": list(args)}
+        )
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.host_error is not None:
+            raise HostError(*self.host_error)
+        try:
+            self._channel.write(message)
+        except InvalidInput as exc:
+            self._fail(LIMIT, f"{message['op']}: {exc.message}")
+        except TypeError as exc:
+            self._fail(BAD_VALUE, f"{message['op']}: value is not a JSON value ({exc})")
+
+    def _request(self, message: dict[str, Any]) -> Any:
+        self._send(message)
+        reply = self._channel.read()
+        if reply is None:
+            os._exit(0)  # the node went away mid-call
+        if reply.get("op") == "value":
+            return reply.get("value")
+        self._fail(str(reply.get("code")), str(reply.get("message")))
+
+    def _fail(self, code: str, message: str) -> NoReturn:
+        self.host_error = (code, message)
+        raise HostError(code, message)
+
+
+# --------------------------------------------------------------------------------- calls
+
+
+@dataclass(slots=True)
+class LoadedContract:
+    """The contract class and its functions, or why loading failed."""
+
+    cls: type[Contract] | None
+    specs: dict[str, FunctionSpec]
+    failure: CallFailed | None = None
+
+
+def load_contract(package_dir: str, entry: str, guard: AuditGuard) -> LoadedContract:
+    """Import ``module:Class`` from the package; failures are kept, not raised."""
+    try:
+        cls = _import_entry(package_dir, entry)
+        cls()  # constructible without arguments, as every call does
+        return LoadedContract(cls, compute_function_specs(cls))
+    except CallFailed as exc:
+        failure = exc
+    except MemoryError:
+        failure = CallFailed(RESOURCE_LIMIT, "out of memory while loading the contract")
+    except BaseException as exc:
+        failure = CallFailed(LOAD_FAILED, f"cannot load {entry}: {describe_exception(exc)}")
+    if guard.violation is not None:
+        failure = CallFailed(FORBIDDEN, f"loading the contract attempted {guard.violation}")
+    return LoadedContract(None, {}, failure)
+
+
+def _import_entry(package_dir: str, entry: str) -> type[Contract]:
+    module_name, _, class_name = entry.partition(":")
+    if not module_name or not class_name:
+        raise CallFailed(LOAD_FAILED, f"entry {entry!r} must look like 'module:ClassName'")
+    sys.path.insert(0, package_dir)
+    module = importlib.import_module(module_name)
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Contract)):
+        raise CallFailed(LOAD_FAILED, f"{entry} is not a Contract subclass")
+    return cls
+
+
+def handle_describe(loaded: LoadedContract) -> dict[str, Any]:
+    if loaded.failure is not None:
+        return loaded.failure.to_frame()
+    functions = {name: spec.to_dict() for name, spec in loaded.specs.items()}
+    return {"op": "value", "value": {"functions": functions}}
+
+
+def handle_call(
+    message: Mapping[str, Any], loaded: LoadedContract, channel: Channel, guard: AuditGuard
+) -> dict[str, Any]:
+    """Run one call to the end and return the final frame."""
+    try:
+        cls, spec, args = _prepare_call(message, loaded)
+        ctx = RemoteContext(channel, message["ctx"])
+        value = _run_method(cls, spec, ctx, args)
+        _check_outcome(guard, ctx)
+        _validate_return(value)
+    except CallFailed as exc:
+        if guard.violation is not None:
+            return CallFailed(FORBIDDEN, f"the contract attempted {guard.violation}").to_frame()
+        return exc.to_frame()
+    return {"op": "return", "value": value}
+
+
+def _prepare_call(
+    message: Mapping[str, Any], loaded: LoadedContract
+) -> tuple[type[Contract], FunctionSpec, list[Any]]:
+    if loaded.failure is not None or loaded.cls is None:
+        raise loaded.failure or CallFailed(LOAD_FAILED, "contract not loaded")
+    function, args = message.get("function"), message.get("args")
+    spec = loaded.specs.get(function) if isinstance(function, str) else None
+    if spec is None:
+        available = ", ".join(sorted(loaded.specs)) or "none"
+        raise CallFailed(UNKNOWN_FUNCTION, f"unknown function {function!r}; available: {available}")
+    if not isinstance(args, list):
+        raise CallFailed(BAD_ARGUMENT, "arguments must be a list")
+    validate_args(spec, args)
+    return loaded.cls, spec, args
+
+
+def _run_method(
+    cls: type[Contract], spec: FunctionSpec, ctx: RemoteContext, args: list[Any]
+) -> Any:
+    failure: CallFailed | None = None
+    try:
+        return getattr(cls(), spec.name)(ctx, *args)
+    except MemoryError:
+        failure = CallFailed(RESOURCE_LIMIT, "the contract ran out of memory")
+    except HostError as exc:
+        failure = CallFailed(exc.code, exc.message)
+    except ContractError as exc:
+        failure = CallFailed(REJECTED, str(exc))
+    except BaseException as exc:
+        traceback.print_exc()
+        failure = CallFailed(ERROR, describe_exception(exc))
+    raise failure  # outside the handlers, so the failed frames are already freed
+
+
+def _check_outcome(guard: AuditGuard, ctx: RemoteContext) -> None:
+    if guard.violation is not None:
+        raise CallFailed(FORBIDDEN, f"the contract attempted {guard.violation}")
+    if ctx.host_error is not None:
+        raise CallFailed(*ctx.host_error)
+
+
+def _validate_return(value: Any) -> None:
+    try:
+        codec.validate_value(value, what="contract return value")
+        encode_frame({"op": "return", "value": value})
+    except InvalidInput as exc:
+        raise CallFailed(BAD_VALUE, exc.message) from None
+    except TypeError as exc:
+        raise CallFailed(BAD_VALUE, f"contract return value: {exc}") from None
+
+
+def serve(channel: Channel, loaded: LoadedContract, guard: AuditGuard) -> None:
+    """Answer requests until the parent closes the channel."""
+    while (message := channel.read()) is not None:
+        op = message.get("op")
+        if op == "describe":
+            reply = handle_describe(loaded)
+        elif op == "call":
+            reply = handle_call(message, loaded, channel, guard)
+        else:
+            reply = CallFailed(ERROR, f"unknown request {op!r}").to_frame()
+        channel.write(reply)
+
+
+def main(argv: list[str]) -> None:
+    """Worker entry point: ``PACKAGE_DIR ENTRY LIMITS_JSON``."""
+    package_dir, entry, limits_json = argv
+    apply_rlimits(orjson.loads(limits_json))
+    channel = Channel.from_stdio()
+    guard = AuditGuard(compute_readable_roots(package_dir))
+    guard.install()
+    loaded = load_contract(package_dir, entry, guard)
+    serve(channel, loaded, guard)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Hashing, signing suites, certificates and certificate authorities."""

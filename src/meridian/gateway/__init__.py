@@ -1,0 +1,1 @@
+"""The gateway: HTTP/JSON API of a node, authenticated by callers' signatures."""

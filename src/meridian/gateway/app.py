@@ -1,0 +1,359 @@
+"""The REST gateway of a node (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
+
+Every endpoint but ``/v1/health`` is authenticated by a request signature
+(:mod:`meridian.gateway.auth`). Errors are ``{"error": {"code", "message", "hint"}}``
+with a status per error branch (:mod:`meridian.errors`); ``429`` carries
+``Retry-After``. Request bodies are parsed with the canonical codec (strict: no
+floats, bounded sizes) rather than coerced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from .. import __version__, codec
+from ..contracts.lifecycle import LIFECYCLE
+from ..crypto.certs import Identity
+from ..errors import Busy, Conflict, Forbidden, InvalidInput, MeridianError, NotFound
+from ..ledger.merkle import compute_inclusion_proof
+from ..node.channel import Receipt
+from ..node.node import Node, is_admin_of
+from ..types import SignedProposal, TxCode, compute_tx_hash
+from . import schemas
+from .auth import RequestAuthenticator
+
+log = logging.getLogger("meridian.gateway")
+
+MAX_REQUEST_BYTES = 16 * 2**20
+MAX_BATCH = 2000
+MAX_WAIT_MS = 120_000
+SSE_HEARTBEAT_S = 15.0
+
+_TX_CODE_ERRORS = {
+    TxCode.MVCC_READ_CONFLICT: "mvcc_read_conflict",
+    TxCode.PHANTOM_READ_CONFLICT: "phantom_read_conflict",
+    TxCode.DUPLICATE_TXID: "duplicate_tx",
+}
+
+
+class ORJSON(JSONResponse):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def error_response(exc: MeridianError) -> ORJSON:
+    headers = {}
+    if isinstance(exc, Busy):
+        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+    return ORJSON({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
+
+
+def receipt_response(receipt: Receipt) -> ORJSON:
+    if receipt.status == "pending":
+        return ORJSON({"receipt": receipt.to_dict()}, status_code=202)
+    if not receipt.valid:
+        code = receipt.code or TxCode.BAD_PROPOSAL
+        return error_response(Conflict(
+            f"transaction {receipt.tx_id} was ordered in block {receipt.block} but is "
+            f"invalid: {code.name}",
+            code=_TX_CODE_ERRORS.get(code, "tx_invalid"),
+            hint="re-read the current state and submit a new proposal",
+            details={"receipt": receipt.to_dict()}))
+    return ORJSON({"receipt": receipt.to_dict()})
+
+
+async def _json_body(request: Request) -> Any:
+    return codec.decode(await request.body(), max_bytes=MAX_REQUEST_BYTES, what="request body")
+
+
+def _get(d: Any, key: str, kind: type, default: Any) -> Any:
+    if not isinstance(d, dict):
+        raise InvalidInput("request body must be a JSON object", code="malformed")
+    value = d.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InvalidInput(f"'{key}' must be {kind.__name__}", code="malformed")
+    return value
+
+
+def _wait_args(body: Any) -> tuple[bool, float]:
+    wait = _get(body, "wait", bool, True)
+    timeout_ms = _get(body, "timeout_ms", int, 30_000)
+    if not 0 < timeout_ms <= MAX_WAIT_MS:
+        raise InvalidInput(f"timeout_ms must be in 1..{MAX_WAIT_MS}", code="malformed")
+    return wait, timeout_ms / 1000
+
+
+def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
+    """The gateway app of ``node`` (started and stopped with the app if ``manage_node``)."""
+    auth = RequestAuthenticator(node.config.network, node.membership)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if manage_node:
+            await node.start()
+        try:
+            yield
+        finally:
+            if manage_node:
+                await node.stop()
+
+    app = FastAPI(
+        title="Meridian gateway",
+        version=__version__,
+        description=(
+            "REST API of a Meridian node. Every request except /v1/health carries "
+            "X-Meridian-Cert, X-Meridian-Time, X-Meridian-Nonce and X-Meridian-Signature "
+            "(see docs/gateway-api.md). Errors: {\"error\": {\"code\", \"message\", "
+            "\"hint\"}}."),
+        lifespan=lifespan,
+        default_response_class=ORJSON,
+        responses=schemas.ERROR_RESPONSES,
+    )
+
+    @app.exception_handler(MeridianError)
+    async def _meridian_error(_: Request, exc: MeridianError) -> ORJSON:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> ORJSON:
+        return error_response(InvalidInput(f"bad request: {exc.errors()[:3]}", code="malformed"))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> ORJSON:
+        log.exception("unexpected error")
+        return error_response(MeridianError(f"internal error: {type(exc).__name__}",
+                                            hint="see the node log"))
+
+    async def caller(request: Request) -> Identity:
+        body = await request.body()
+        if len(body) > MAX_REQUEST_BYTES:
+            raise InvalidInput("request body too large", code="too_large")
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        return auth.authenticate(request.method, request.url.path, request.url.query,
+                                 headers, body)
+
+    @app.get("/v1/health", tags=["node"], summary="Liveness (unauthenticated)")
+    async def health() -> dict[str, Any]:
+        return {"ok": True, "node": node.id, "network": node.config.network}
+
+    @app.get("/v1/status", tags=["node"], summary="Node status: apps, heights, pending",
+             responses={200: {"model": schemas.StatusOut}})
+    async def status(request: Request) -> Any:
+        await caller(request)
+        return node.status()
+
+    @app.get("/v1/apps", tags=["node"], summary="Apps hosted by this node")
+    async def apps(request: Request) -> Any:
+        await caller(request)
+        return {"apps": [{"name": n, "height": c.height, "members": sorted(c.rules.members)}
+                         for n, c in node.channels.items()]}
+
+    @app.post("/v1/apps/{app_name}/transactions", tags=["transactions"],
+              summary="Submit a signed proposal: endorse, order, and (by default) wait",
+              openapi_extra=schemas.body(schemas.SubmitIn),
+              responses={200: {"model": schemas.ReceiptOut},
+                         202: {"model": schemas.ReceiptOut}})
+    async def submit(app_name: str, request: Request) -> Any:
+        await caller(request)
+        body = await _json_body(request)
+        proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
+        wait, timeout_s = _wait_args(body)
+        receipt = await node.submit(app_name, proposal, wait=wait, timeout_s=timeout_s)
+        return receipt_response(receipt)
+
+    @app.post("/v1/apps/{app_name}/transactions/batch", tags=["transactions"],
+              summary="Submit many signed proposals in one request (the fast path)",
+              openapi_extra=schemas.body(schemas.BatchIn),
+              responses={200: {"model": schemas.BatchOut}})
+    async def submit_batch(app_name: str, request: Request) -> Any:
+        await caller(request)
+        body = await _json_body(request)
+        raw = _get(body, "proposals", list, None)
+        if not 0 < len(raw) <= MAX_BATCH:
+            raise InvalidInput(f"a batch holds 1..{MAX_BATCH} proposals", code="malformed")
+        wait, timeout_s = _wait_args(body)
+        items = [_parse_or_error(item) for item in raw]
+        good = [i for i in items if isinstance(i, SignedProposal)]
+        results = iter(await node.submit_batch(app_name, good, wait=wait, timeout_s=timeout_s)
+                       if good else [])
+        out = []
+        for item in items:
+            res = next(results) if isinstance(item, SignedProposal) else item
+            out.append(_batch_item(res))
+        return {"results": out}
+
+    @app.post("/v1/apps/{app_name}/evaluate", tags=["transactions"],
+              summary="Evaluate a signed proposal on this node (never ordered)",
+              openapi_extra=schemas.body(schemas.EvaluateIn),
+              responses={200: {"model": schemas.EvaluateOut}})
+    async def evaluate(app_name: str, request: Request) -> Any:
+        await caller(request)
+        body = await _json_body(request)
+        proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
+        return {"response": await node.evaluate(app_name, proposal)}
+
+    @app.get("/v1/apps/{app_name}/transactions/{tx_id}", tags=["transactions"],
+             summary="Status and receipt of a transaction",
+             responses={200: {"model": schemas.ReceiptOut}})
+    async def tx_status(app_name: str, tx_id: str, request: Request) -> Any:
+        await caller(request)
+        receipt = node.channel(app_name).get_receipt(tx_id)
+        if receipt is None:
+            raise NotFound(f"no transaction {tx_id} on app {app_name}", code="tx_not_found")
+        return {"receipt": receipt.to_dict()}
+
+    @app.get("/v1/apps/{app_name}/transactions/{tx_id}/proof", tags=["transactions"],
+             summary="Merkle inclusion proof of a transaction against its block header",
+             responses={200: {"model": schemas.ProofOut}})
+    async def tx_proof(app_name: str, tx_id: str, request: Request) -> Any:
+        await caller(request)
+        channel = node.channel(app_name)
+        loc = channel.ledger.get_tx(tx_id)
+        block = channel.ledger.get_block(loc.block) if loc else None
+        if loc is None or block is None:
+            raise NotFound(f"no committed transaction {tx_id}", code="tx_not_found")
+        leaves = [compute_tx_hash(tx) for tx in block.transactions]
+        return {
+            "tx_id": tx_id,
+            "index": loc.index,
+            "code": loc.code.name,
+            "leaf": leaves[loc.index].hex(),
+            "proof": [h.hex() for h in compute_inclusion_proof(leaves, loc.index)],
+            "header": block.header.to_dict(),
+            "block_hash": block.header.hash.hex(),
+        }
+
+    @app.get("/v1/apps/{app_name}/blocks/{number}", tags=["blocks"],
+             summary="A block with its validation codes ('latest' for the newest)",
+             responses={200: {"model": schemas.BlockOut}})
+    async def get_block(app_name: str, number: str, request: Request) -> Any:
+        await caller(request)
+        channel = node.channel(app_name)
+        n = channel.height - 1 if number == "latest" else _block_number(number)
+        block = channel.ledger.get_block(n) if n >= 0 else None
+        if block is None:
+            raise NotFound(f"app {app_name} has no block {number} (height {channel.height})",
+                           code="block_not_found")
+        codes = channel.ledger.get_codes(n) or ()
+        return {"block": block.to_dict(), "hash": block.header.hash.hex(),
+                "codes": [c.name for c in codes]}
+
+    @app.get("/v1/apps/{app_name}/contracts", tags=["contracts"],
+             summary="Committed contract definitions of an app")
+    async def contracts(app_name: str, request: Request) -> Any:
+        await caller(request)
+        channel = node.channel(app_name)
+        rows = channel.ledger.get_range(LIFECYCLE, "definition/", "definition0", 10_000)
+        return {"contracts": [value for _, value, _ in rows]}
+
+    @app.get("/v1/apps/{app_name}/events", tags=["events"],
+             summary="Server-sent events: one message per committed block, from a block on",
+             response_class=StreamingResponse)
+    async def events(app_name: str, request: Request, from_block: int | None = None) -> Any:
+        await caller(request)
+        channel = node.channel(app_name)
+        start = from_block
+        if start is None:
+            last = request.headers.get("last-event-id")
+            start = int(last) + 1 if last and last.isdigit() else channel.height
+        if start < 0:
+            raise InvalidInput("from_block must be >= 0", code="malformed")
+        return StreamingResponse(_sse(channel, start), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @app.post("/v1/packages", tags=["contracts"],
+              summary="Install a contract package archive on this node",
+              openapi_extra=schemas.body(schemas.InstallIn),
+              responses={200: {"model": schemas.PackageOut}})
+    async def install(request: Request) -> Any:
+        identity = await caller(request)
+        if str(identity.role) != "admin":
+            raise Forbidden("only org admins may install packages", code="not_admin")
+        body = await _json_body(request)
+        archive = codec.unb64(_get(body, "archive", str, None), what="archive")
+        package = await asyncio.to_thread(node.install_package, archive)
+        return {"package_id": package.package_id, "name": package.manifest.name,
+                "version": package.manifest.version}
+
+    @app.get("/v1/packages", tags=["contracts"], summary="Packages installed on this node")
+    async def packages(request: Request) -> Any:
+        await caller(request)
+        return {"packages": [{"package_id": p.package_id, "name": p.manifest.name,
+                              "version": p.manifest.version} for p in node.packages.list()]}
+
+    @app.post("/v1/orgs/{org}/crl", tags=["node"],
+              summary="Apply a new certificate revocation list of an org (its admin only)",
+              openapi_extra=schemas.body(schemas.CrlIn))
+    async def update_crl(org: str, request: Request) -> Any:
+        identity = await caller(request)
+        if not is_admin_of(identity, org):
+            raise Forbidden(f"only an admin of {org} may update its revocation list",
+                            code="not_admin")
+        body = await _json_body(request)
+        node.update_crl(org, _get(body, "crl", str, None).encode())
+        return {"ok": True}
+
+    return app
+
+
+def _block_number(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise InvalidInput("block number must be a non-negative integer or 'latest'",
+                           code="malformed")
+    return int(text)
+
+
+def _parse_or_error(item: Any) -> SignedProposal | MeridianError:
+    try:
+        return SignedProposal.from_dict(item)
+    except MeridianError as exc:
+        return exc
+
+
+def _batch_item(res: Receipt | MeridianError) -> dict[str, Any]:
+    if isinstance(res, MeridianError):
+        return {"ok": False, "error": res.to_dict()}
+    if res.status == "committed" and not res.valid:
+        return {"ok": False, "receipt": res.to_dict(),
+                "error": {"code": _TX_CODE_ERRORS.get(res.code or TxCode.BAD_PROPOSAL,
+                                                      "tx_invalid"),
+                          "message": f"invalid: {res.code.name if res.code else '?'}"}}
+    return {"ok": True, "receipt": res.to_dict()}
+
+
+def _block_message(channel: Any, number: int) -> bytes:
+    block = channel.ledger.get_block(number)
+    codes = channel.ledger.get_codes(number) or ()
+    events = channel.ledger.get_events(number, number + 1)
+    data = {
+        "block": number,
+        "hash": block.header.hash.hex(),
+        "timestamp_ms": block.header.timestamp_ms,
+        "txs": [{"tx_id": tx.tx_id, "code": code.name}
+                for tx, code in zip(block.transactions, codes, strict=True)],
+        "events": [{"tx_id": e.tx_id, "contract": e.contract, "name": e.name,
+                    "payload": e.payload} for e in events],
+    }
+    return b"id: %d\nevent: block\ndata: %s\n\n" % (number, orjson.dumps(data))
+
+
+async def _sse(channel: Any, start: int) -> AsyncIterator[bytes]:
+    next_block = start
+    yield b": connected\n\n"
+    while True:
+        while next_block < channel.height:
+            yield _block_message(channel, next_block)
+            next_block += 1
+        if not await channel.wait_for_block(next_block, SSE_HEARTBEAT_S):
+            yield b": heartbeat\n\n"

@@ -1,0 +1,1 @@
+"""The ledger: block store, versioned state, indexes, Merkle proofs, verification."""

@@ -1,0 +1,414 @@
+"""The storage seam and its SQLite backend (WAL, durable commits).
+
+One :class:`SqliteLedger` per application ledger (one file per app in the node's
+data directory). :meth:`SqliteLedger.commit_block` writes a block, its validation
+codes, its state writes, the transaction index, key history and events in **one**
+SQLite transaction (``synchronous=FULL``): a node killed at any instant restarts
+with either all of a block or none of it.
+
+Threads: all writes happen on the caller's writer connection (the node uses one
+committer thread per ledger); reads use :meth:`reader`, a connection per thread.
+The durable *pending* table holds transactions acknowledged to clients but not yet
+in a block, so that an acknowledgement survives ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import orjson
+
+from .. import codec
+from ..contracts.api import HistoryEntry
+from ..crypto.hashing import Digest
+from ..errors import Corruption, InvalidInput
+from ..types import Block, BlockHeader, Transaction, TxCode, Version
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    number INTEGER PRIMARY KEY,
+    hash BLOB NOT NULL,
+    header BLOB NOT NULL,
+    body BLOB NOT NULL,
+    codes BLOB NOT NULL,
+    result_root BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS txs (
+    tx_id TEXT PRIMARY KEY,
+    block INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    code INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS state (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    tx INTEGER NOT NULL,
+    PRIMARY KEY (ns, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    ns TEXT NOT NULL,
+    key TEXT NOT NULL,
+    block INTEGER NOT NULL,
+    tx INTEGER NOT NULL,
+    tx_id TEXT NOT NULL,
+    timestamp_ms INTEGER NOT NULL,
+    value TEXT,
+    PRIMARY KEY (ns, key, block, tx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    block INTEGER NOT NULL,
+    tx INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    tx_id TEXT NOT NULL,
+    contract TEXT NOT NULL,
+    name TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (block, tx, idx)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    tx_id TEXT NOT NULL UNIQUE,
+    body BLOB NOT NULL
+);
+"""
+
+_FIELD_RE = re.compile(r"^[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64}){0,7}$")
+_OPS = {"$eq": "=", "$ne": "!=", "$gt": ">", "$gte": ">=", "$lt": "<", "$lte": "<="}
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """One key's new value (``None`` with ``delete``) as of ``version``."""
+
+    ns: str
+    key: str
+    value: Any
+    delete: bool
+    version: Version
+    tx_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEvent:
+    block: int
+    tx: int
+    idx: int
+    tx_id: str
+    contract: str
+    name: str
+    payload: Any
+
+
+@dataclass(frozen=True, slots=True)
+class CommitBatch:
+    """Everything one block commit writes, produced by validation."""
+
+    block: Block
+    codes: tuple[TxCode, ...]
+    writes: tuple[StateWrite, ...]
+    events: tuple[BlockEvent, ...]
+    result_root: Digest
+
+
+@dataclass(frozen=True, slots=True)
+class TxLocation:
+    tx_id: str
+    block: int
+    index: int
+    code: TxCode
+
+
+class LedgerStore(Protocol):
+    """What the node needs from a ledger backend (SQLite here; PostgreSQL later)."""
+
+    def height(self) -> int: ...
+    def get_header(self, number: int) -> BlockHeader | None: ...
+    def get_block(self, number: int) -> Block | None: ...
+    def get_codes(self, number: int) -> tuple[TxCode, ...] | None: ...
+    def get_result_root(self, number: int) -> Digest | None: ...
+    def get_tx(self, tx_id: str) -> TxLocation | None: ...
+    def commit_block(self, batch: CommitBatch) -> None: ...
+    def add_pending(self, txs: Sequence[Transaction]) -> None: ...
+    def get_pending(self) -> list[Transaction]: ...
+    def close(self) -> None: ...
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA busy_timeout=30000")
+    return conn
+
+
+def _dumps(value: Any) -> str:
+    return codec.encode(value).decode()
+
+
+class SqliteLedger:
+    """One app's ledger in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = _connect(path)
+        self._writer.executescript(_SCHEMA)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._readers: list[sqlite3.Connection] = []
+
+    # ------------------------------------------------------------------ connections
+
+    def reader(self) -> sqlite3.Connection:
+        """This thread's read connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = _connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            self._local.conn = conn
+            with self._lock:
+                self._readers.append(conn)
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+        self._writer.close()
+
+    @contextmanager
+    def _atomic(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite transaction on the writer: all of it commits, or none."""
+        conn = self._writer
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------------ blocks
+
+    def height(self) -> int:
+        """Number of committed blocks (the next block's number)."""
+        row = self.reader().execute("SELECT MAX(number) FROM blocks").fetchone()
+        return 0 if row[0] is None else row[0] + 1
+
+    def get_header(self, number: int) -> BlockHeader | None:
+        row = self.reader().execute(
+            "SELECT header FROM blocks WHERE number=?", (number,)).fetchone()
+        return None if row is None else BlockHeader.from_dict(orjson.loads(row[0]))
+
+    def get_block(self, number: int) -> Block | None:
+        row = self.reader().execute(
+            "SELECT header, body FROM blocks WHERE number=?", (number,)).fetchone()
+        if row is None:
+            return None
+        return _decode_block(row[0], row[1], number)
+
+    def get_codes(self, number: int) -> tuple[TxCode, ...] | None:
+        row = self.reader().execute(
+            "SELECT codes FROM blocks WHERE number=?", (number,)).fetchone()
+        return None if row is None else tuple(TxCode(c) for c in orjson.loads(row[0]))
+
+    def get_result_root(self, number: int) -> Digest | None:
+        row = self.reader().execute(
+            "SELECT result_root FROM blocks WHERE number=?", (number,)).fetchone()
+        return None if row is None else Digest(row[0])
+
+    def iter_raw_blocks(self) -> Iterator[tuple[int, bytes, bytes, bytes, bytes, bytes]]:
+        """(number, hash, header, body, codes, result_root) in order, for verification."""
+        yield from self.reader().execute(
+            "SELECT number, hash, header, body, codes, result_root FROM blocks ORDER BY number")
+
+    def get_tx(self, tx_id: str) -> TxLocation | None:
+        row = self.reader().execute(
+            "SELECT block, idx, code FROM txs WHERE tx_id=?", (tx_id,)).fetchone()
+        return None if row is None else TxLocation(tx_id, row[0], row[1], TxCode(row[2]))
+
+    def known_tx_ids(self, tx_ids: Sequence[str], *, writer: bool = False) -> set[str]:
+        """The subset of ``tx_ids`` already in a committed block."""
+        conn = self._writer if writer else self.reader()
+        found: set[str] = set()
+        for i in range(0, len(tx_ids), 500):
+            chunk = tx_ids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(r[0] for r in conn.execute(
+                f"SELECT tx_id FROM txs WHERE tx_id IN ({marks})", chunk))
+        return found
+
+    def commit_block(self, batch: CommitBatch) -> None:
+        """Write the block and everything derived from it in one atomic step."""
+        block = batch.block
+        number = block.header.number
+        with self._atomic() as conn:
+            conn.execute(
+                "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                (number, block.header.hash, block.header.encode(),
+                 codec.encode([t.to_dict() for t in block.transactions]),
+                 codec.encode([int(c) for c in batch.codes]), batch.result_root))
+            conn.executemany(
+                "INSERT OR IGNORE INTO txs VALUES (?,?,?,?)",
+                [(tx.tx_id, number, i, int(code))
+                 for i, (tx, code) in enumerate(zip(block.transactions, batch.codes,
+                                                    strict=True))])
+            self._apply_writes(conn, batch.writes, block.header.timestamp_ms)
+            conn.executemany(
+                "INSERT INTO events VALUES (?,?,?,?,?,?,?)",
+                [(e.block, e.tx, e.idx, e.tx_id, e.contract, e.name, _dumps(e.payload))
+                 for e in batch.events])
+            conn.executemany(
+                "DELETE FROM pending WHERE tx_id=?",
+                [(tx.tx_id,) for tx in block.transactions])
+
+    @staticmethod
+    def _apply_writes(
+        conn: sqlite3.Connection, writes: Sequence[StateWrite], timestamp_ms: int
+    ) -> None:
+        upserts = [(w.ns, w.key, _dumps(w.value), w.version.block, w.version.tx)
+                   for w in writes if not w.delete]
+        deletes = [(w.ns, w.key) for w in writes if w.delete]
+        conn.executemany("INSERT OR REPLACE INTO state VALUES (?,?,?,?,?)", upserts)
+        conn.executemany("DELETE FROM state WHERE ns=? AND key=?", deletes)
+        conn.executemany(
+            "INSERT INTO history VALUES (?,?,?,?,?,?,?)",
+            [(w.ns, w.key, w.version.block, w.version.tx, w.tx_id, timestamp_ms,
+              None if w.delete else _dumps(w.value)) for w in writes])
+
+    # ----------------------------------------------------------------------- pending
+
+    def add_pending(self, txs: Sequence[Transaction]) -> None:
+        """Durably remember acknowledged transactions not yet in a block."""
+        with self._atomic() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO pending (tx_id, body) VALUES (?,?)",
+                [(tx.tx_id, tx.encode()) for tx in txs])
+
+    def get_pending(self) -> list[Transaction]:
+        rows = self._writer.execute("SELECT body FROM pending ORDER BY seq").fetchall()
+        return [Transaction.decode(r[0]) for r in rows]
+
+    def drop_pending(self, tx_ids: Sequence[str]) -> None:
+        with self._atomic() as conn:
+            conn.executemany("DELETE FROM pending WHERE tx_id=?", [(t,) for t in tx_ids])
+
+    # ------------------------------------------------------------------------- state
+
+    def get(self, ns: str, key: str, *, writer: bool = False) -> tuple[Any, Version] | None:
+        conn = self._writer if writer else self.reader()
+        row = conn.execute(
+            "SELECT value, block, tx FROM state WHERE ns=? AND key=?", (ns, key)).fetchone()
+        return None if row is None else (orjson.loads(row[0]), Version(row[1], row[2]))
+
+    def get_range(
+        self, ns: str, start: str, end: str, limit: int, *, writer: bool = False
+    ) -> list[tuple[str, Any, Version]]:
+        conn = self._writer if writer else self.reader()
+        sql = "SELECT key, value, block, tx FROM state WHERE ns=? AND key>=?"
+        params: list[Any] = [ns, start]
+        if end:
+            sql += " AND key<?"
+            params.append(end)
+        sql += " ORDER BY key LIMIT ?"
+        params.append(limit)
+        return [(k, orjson.loads(v), Version(b, t)) for k, v, b, t in conn.execute(sql, params)]
+
+    def query(
+        self, ns: str, selector: Mapping[str, Any], limit: int
+    ) -> list[tuple[str, Any, Version]]:
+        where, params = compile_selector(selector)
+        sql = (f"SELECT key, value, block, tx FROM state WHERE ns=? {where} "
+               "ORDER BY key LIMIT ?")
+        rows = self.reader().execute(sql, [ns, *params, limit])
+        return [(k, orjson.loads(v), Version(b, t)) for k, v, b, t in rows]
+
+    def get_history(self, ns: str, key: str, limit: int) -> list[HistoryEntry]:
+        rows = self.reader().execute(
+            "SELECT tx_id, block, timestamp_ms, value FROM history WHERE ns=? AND key=? "
+            "ORDER BY block, tx LIMIT ?", (ns, key, limit))
+        return [HistoryEntry(tx_id, block, ts, None if v is None else orjson.loads(v),
+                             v is None) for tx_id, block, ts, v in rows]
+
+    def iter_state(self) -> Iterator[tuple[str, str, str, int, int]]:
+        yield from self.reader().execute(
+            "SELECT ns, key, value, block, tx FROM state ORDER BY ns, key")
+
+    def get_events(self, from_block: int, to_block: int) -> list[BlockEvent]:
+        rows = self.reader().execute(
+            "SELECT block, tx, idx, tx_id, contract, name, payload FROM events "
+            "WHERE block>=? AND block<? ORDER BY block, tx, idx", (from_block, to_block))
+        return [BlockEvent(b, t, i, tx_id, c, n, orjson.loads(p))
+                for b, t, i, tx_id, c, n, p in rows]
+
+    def count_state_bytes(self) -> int:
+        row = self.reader().execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM state")
+        return int(row.fetchone()[0])
+
+
+def _decode_block(header: bytes, body: bytes, number: int) -> Block:
+    try:
+        h = BlockHeader.from_dict(orjson.loads(header))
+        txs = tuple(Transaction.from_dict(t) for t in orjson.loads(body))
+    except (InvalidInput, orjson.JSONDecodeError) as exc:
+        raise Corruption(f"block {number} in the store does not decode: {exc}",
+                         hint="run 'meridian ledger verify' and restore from a peer") from exc
+    return Block(h, txs)
+
+
+def compile_selector(selector: Mapping[str, Any]) -> tuple[str, list[Any]]:
+    """Translate a JSON query selector into a SQL condition on the stored documents.
+
+    ``{"owner": "alice", "value": {"$gte": 10}, "kind": {"$in": ["a", "b"]}}``: every
+    field must match (AND). Fields are dotted paths of ``[A-Za-z0-9_]`` segments;
+    operators are ``$eq $ne $gt $gte $lt $lte $in``; operands are strings, integers,
+    booleans or null (lists of those for ``$in``).
+    """
+    if len(selector) > 16:
+        raise InvalidInput("a selector may have at most 16 fields", code="bad_query")
+    clauses: list[str] = []
+    params: list[Any] = []
+    for field, cond in selector.items():
+        if not isinstance(field, str) or not _FIELD_RE.match(field):
+            raise InvalidInput(f"selector field {field!r} is not a dotted name",
+                               code="bad_query")
+        expr = f"json_extract(value, '$.{field}')"
+        ops = cond if isinstance(cond, dict) else {"$eq": cond}
+        for op, operand in ops.items():
+            clauses.append(_compile_op(expr, op, operand, params))
+    return "".join(f" AND {c}" for c in clauses), params
+
+
+def _compile_op(expr: str, op: str, operand: Any, params: list[Any]) -> str:
+    if op == "$in":
+        if not isinstance(operand, list) or not operand or len(operand) > 100:
+            raise InvalidInput("$in takes a list of 1..100 values", code="bad_query")
+        for item in operand:
+            params.append(_scalar(item))
+        return f"{expr} IN ({','.join('?' * len(operand))})"
+    if op not in _OPS:
+        raise InvalidInput(f"unknown selector operator {op!r}", code="bad_query",
+                           hint="use one of $eq $ne $gt $gte $lt $lte $in")
+    if operand is None:
+        return f"{expr} IS {'NOT ' if op == '$ne' else ''}NULL"
+    params.append(_scalar(operand))
+    return f"{expr} {_OPS[op]} ?"
+
+
+def _scalar(value: Any) -> Any:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, (str, int)):
+        return value
+    raise InvalidInput("selector operands must be strings, integers, booleans or null",
+                       code="bad_query")

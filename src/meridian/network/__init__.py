@@ -1,0 +1,1 @@
+"""The network: its genesis configuration, organisations, nodes and applications."""

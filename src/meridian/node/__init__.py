@@ -1,0 +1,1 @@
+"""The node: channels, mempool, endorsement, validation, commit, events."""

@@ -1,0 +1,235 @@
+"""A channel: one application's ledger on this node, with its ordering and commit loop.
+
+Accepting a transaction means writing it to the ledger's durable *pending* table
+before acknowledging it, so an acknowledged transaction survives ``kill -9``: on
+restart, pending transactions not yet in a block are ordered again (and committed
+ones dropped, by tx id). All ledger writes run on one committer thread per channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..crypto.certs import Membership
+from ..errors import Busy, Conflict, Unavailable
+from ..ledger.store import CommitBatch, SqliteLedger
+from ..types import ZERO_DIGEST, Block, Transaction, TxCode, Version
+from .ordering import ChainTip, Orderer
+from .validate import AppRules, validate_block
+
+log = logging.getLogger("meridian.node")
+
+MAX_PENDING = 50_000
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The outcome of a transaction, as the gateway reports it."""
+
+    tx_id: str
+    status: str  # "committed" | "pending"
+    block: int | None = None
+    index: int | None = None
+    code: TxCode | None = None
+    response: Any = None
+    events: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def valid(self) -> bool:
+        return self.code is TxCode.VALID
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tx_id": self.tx_id,
+            "status": self.status,
+            "block": self.block,
+            "index": self.index,
+            "code": None if self.code is None else self.code.name,
+            "valid": self.valid if self.code is not None else None,
+            "response": self.response,
+            "events": list(self.events),
+        }
+
+
+def receipt_of(tx: Transaction, block: int, index: int, code: TxCode) -> Receipt:
+    valid = code is TxCode.VALID
+    return Receipt(
+        tx.tx_id, "committed", block, index, code,
+        tx.result.response if valid else None,
+        tuple(e.to_dict() for e in tx.result.events) if valid else (),
+    )
+
+
+class WriterState:
+    """The validator's view of committed state, on the committer's connection."""
+
+    def __init__(self, ledger: SqliteLedger) -> None:
+        self.ledger = ledger
+
+    def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
+        return self.ledger.get(ns, key, writer=True)
+
+    def get_range(self, ns: str, start: str, end: str, limit: int) -> list[Any]:
+        return self.ledger.get_range(ns, start, end, limit, writer=True)
+
+    def is_committed(self, tx_id: str) -> bool:
+        return bool(self.ledger.known_tx_ids([tx_id], writer=True))
+
+
+class Channel:
+    """One app's ledger on this node: accept, order, validate, commit, notify."""
+
+    def __init__(
+        self,
+        rules: AppRules,
+        ledger: SqliteLedger,
+        membership: Membership,
+        orderer: Orderer,
+    ) -> None:
+        self.rules = rules
+        self.app = rules.app
+        self.ledger = ledger
+        self.membership = membership
+        self.orderer = orderer
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{self.app}")
+        self._pending_ids: set[str] = set()
+        self._waiters: dict[str, list[asyncio.Future[Receipt]]] = {}
+        self._new_block = asyncio.Condition()
+        self._tip = self._load_tip()
+        self._task: asyncio.Task[None] | None = None
+        self.last_commit_ms = 0
+        self.halted: str | None = None
+
+    # --------------------------------------------------------------------- lifecycle
+
+    def _load_tip(self) -> ChainTip:
+        height = self.ledger.height()
+        if height == 0:
+            return ChainTip(0, ZERO_DIGEST, ZERO_DIGEST, 0)
+        header = self.ledger.get_header(height - 1)
+        root = self.ledger.get_result_root(height - 1)
+        if header is None or root is None:
+            raise Unavailable(f"ledger of {self.app} is missing block {height - 1}")
+        return ChainTip(height, header.hash, root, header.timestamp_ms)
+
+    async def start(self) -> None:
+        """Re-queue acknowledged transactions that were not yet committed, then run."""
+        pending = await self._run(self.ledger.get_pending)
+        committed = await self._run(self.ledger.known_tx_ids, [t.tx_id for t in pending], writer=True)
+        if committed:
+            await self._run(self.ledger.drop_pending, sorted(committed))
+        redo = [t for t in pending if t.tx_id not in committed]
+        if redo:
+            log.info("%s: re-ordering %d acknowledged transactions", self.app, len(redo))
+            self._pending_ids.update(t.tx_id for t in redo)
+            self.orderer.submit(redo)
+        self._task = asyncio.create_task(self.orderer.run(lambda: self._tip, self._commit))
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+        self._executor.shutdown(wait=True)
+        self.ledger.close()
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    # ---------------------------------------------------------------------- accepting
+
+    @property
+    def height(self) -> int:
+        return self._tip.height
+
+    def queued(self) -> int:
+        return len(self._pending_ids)
+
+    def is_pending(self, tx_id: str) -> bool:
+        return tx_id in self._pending_ids
+
+    async def accept(self, txs: Sequence[Transaction]) -> None:
+        """Durably accept endorsed transactions for ordering (the acknowledgement point)."""
+        if self.halted:
+            raise Unavailable(f"app {self.app} stopped committing: {self.halted}",
+                              code="channel_halted")
+        if len(self._pending_ids) + len(txs) > MAX_PENDING:
+            raise Busy(f"{len(self._pending_ids)} transactions are waiting to be ordered",
+                       retry_after_s=1.0, hint="retry after a short pause")
+        for tx in txs:
+            if tx.tx_id in self._pending_ids:
+                raise Conflict(f"transaction {tx.tx_id} is already pending",
+                               code="duplicate_tx")
+        await self._run(self.ledger.add_pending, txs)
+        self._pending_ids.update(tx.tx_id for tx in txs)
+        self.orderer.submit(txs)
+
+    def waiter(self, tx_id: str) -> asyncio.Future[Receipt]:
+        fut: asyncio.Future[Receipt] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(tx_id, []).append(fut)
+        return fut
+
+    async def wait_for(self, tx_id: str, fut: asyncio.Future[Receipt],
+                       timeout_s: float) -> Receipt:
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
+        except TimeoutError:
+            waiters = self._waiters.get(tx_id, [])
+            if fut in waiters:
+                waiters.remove(fut)
+            if not waiters:
+                self._waiters.pop(tx_id, None)
+            return Receipt(tx_id, "pending")
+
+    # ----------------------------------------------------------------------- commit
+
+    def _validate_and_commit(self, block: Block) -> CommitBatch:
+        batch = validate_block(block, WriterState(self.ledger), self.membership, self.rules)
+        self.ledger.commit_block(batch)
+        return batch
+
+    async def _commit(self, block: Block) -> None:
+        try:
+            batch = await self._run(self._validate_and_commit, block)
+        except Exception as exc:  # a node that cannot commit must stop, loudly
+            self.halted = f"commit of block {block.header.number} failed: {exc!r}"
+            log.exception("%s: %s", self.app, self.halted)
+            raise
+        self._tip = ChainTip(block.header.number + 1, block.header.hash, batch.result_root,
+                             block.header.timestamp_ms)
+        self.last_commit_ms = int(time.time() * 1000)
+        for index, (tx, code) in enumerate(zip(block.transactions, batch.codes, strict=True)):
+            self._pending_ids.discard(tx.tx_id)
+            for fut in self._waiters.pop(tx.tx_id, []):
+                if not fut.done():
+                    fut.set_result(receipt_of(tx, block.header.number, index, code))
+        async with self._new_block:
+            self._new_block.notify_all()
+
+    async def wait_for_block(self, number: int, timeout_s: float) -> bool:
+        """Wait until block ``number`` is committed; False on timeout."""
+        async with self._new_block:
+            try:
+                await asyncio.wait_for(
+                    self._new_block.wait_for(lambda: self._tip.height > number), timeout_s)
+            except TimeoutError:
+                return False
+        return True
+
+    def get_receipt(self, tx_id: str) -> Receipt | None:
+        loc = self.ledger.get_tx(tx_id)
+        if loc is None:
+            return Receipt(tx_id, "pending") if tx_id in self._pending_ids else None
+        block = self.ledger.get_block(loc.block)
+        if block is None:
+            return None
+        return receipt_of(block.transactions[loc.index], loc.block, loc.index, loc.code)

@@ -1,0 +1,300 @@
+"""The node: wires identity, channels, contracts and endorsement together.
+
+The gateway calls :meth:`Node.submit`, :meth:`Node.evaluate` and the read methods;
+everything here is transport-free. One node process hosts every app of the network
+configuration it is a member of.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..contracts.api import CallerIdentity
+from ..contracts.lifecycle import LIFECYCLE, get_definition
+from ..contracts.package import InstalledPackage, PackageStore
+from ..contracts.registry import AppContracts, ContractRegistry
+from ..contracts.sandbox import SandboxLimits
+from ..contracts.simulation import Simulation
+from ..crypto.certs import Identity, Membership, load_cert_der, load_signer
+from ..crypto.hashing import compute_signing_digest
+from ..crypto.suites import verify_cached
+from ..errors import (
+    AuthError,
+    Conflict,
+    Forbidden,
+    MeridianError,
+    NotFound,
+)
+from ..ledger.store import SqliteLedger
+from ..network.config import NetworkConfig, NetworkLayout
+from ..types import (
+    DOMAIN_ENDORSEMENT,
+    Endorsement,
+    SignedProposal,
+    Transaction,
+    TxResult,
+    compute_endorsement_payload,
+)
+from .channel import Channel, Receipt
+from .ordering import SoloOrderer
+from .policy import parse_policy
+from .validate import AppRules
+
+log = logging.getLogger("meridian.node")
+
+PROPOSAL_MAX_SKEW_MS = 10 * 60 * 1000
+DEFAULT_WAIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeOptions:
+    """Per-process knobs (the network configuration holds what nodes must agree on)."""
+
+    contract_workers: int = 2
+    limits: SandboxLimits = field(default_factory=SandboxLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class Endorsed:
+    """A simulated and endorsed proposal, ready for ordering."""
+
+    tx: Transaction
+    caller: Identity
+
+
+class Node:
+    def __init__(self, layout: NetworkLayout, node_id: str,
+                 options: NodeOptions | None = None) -> None:
+        self.layout = layout
+        self.config: NetworkConfig = layout.load()
+        self.entry = self.config.node(node_id)
+        self.id = node_id
+        self.options = options or NodeOptions()
+        node_dir = layout.node_dir(node_id)
+        self.signer = load_signer((node_dir / "key.pem").read_bytes())
+        self.cert_der = load_cert_der((node_dir / "cert.pem").read_bytes())
+        self.membership = Membership(
+            {org.id: org.ca_pem for org in self.config.orgs}, self._load_crls())
+        self.data_dir: Path = layout.data_dir(node_id)
+        self.packages = PackageStore(self.data_dir / "packages")
+        self.registry = ContractRegistry(self.packages, limits=self.options.limits,
+                                         workers=self.options.contract_workers)
+        self.channels: dict[str, Channel] = {}
+        self.started_ms = int(time.time() * 1000)
+
+    def _load_crls(self) -> dict[str, bytes]:
+        crls = {}
+        for org in self.config.orgs:
+            path = self.layout.crl_file(org.id)
+            if path.is_file():
+                crls[org.id] = path.read_bytes()
+        return crls
+
+    # --------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for app in self.config.apps:
+            if self.entry.org not in app.members:
+                continue
+            rules = AppRules(self.config.network, app.name, frozenset(app.members),
+                             parse_policy(app.system_policy))
+            ledger = SqliteLedger(self.data_dir / "ledgers" / f"{app.name}.sqlite")
+            orderer = SoloOrderer(self.config.network, app.name,
+                                  max_txs=self.config.block.max_txs,
+                                  timeout_ms=self.config.block.timeout_ms)
+            channel = Channel(rules, ledger, self.membership, orderer)
+            self.registry.add_app(AppContracts(app.name, app.members,
+                                               parse_policy(app.lifecycle_policy), ledger.get))
+            await channel.start()
+            self.channels[app.name] = channel
+        log.info("node %s (org %s) serving apps %s", self.id, self.entry.org,
+                 ", ".join(self.channels) or "none")
+
+    async def stop(self) -> None:
+        for channel in self.channels.values():
+            await channel.stop()
+        await self.registry.close()
+
+    def channel(self, app: str) -> Channel:
+        channel = self.channels.get(app)
+        if channel is None:
+            raise NotFound(f"app {app!r} is not hosted on node {self.id}", code="unknown_app",
+                           hint=f"hosted apps: {', '.join(self.channels) or 'none'}")
+        return channel
+
+    # ----------------------------------------------------------------- authorisation
+
+    def authenticate(self, cert_der: bytes) -> Identity:
+        """Validate a caller's certificate (org CA, dates, revocation)."""
+        return self.membership.validate(cert_der)
+
+    def check_proposal(self, app: str, signed: SignedProposal) -> Identity:
+        """Creator, signature, app membership and freshness of a proposal."""
+        proposal = signed.proposal
+        if proposal.network != self.config.network:
+            raise Forbidden(f"proposal is for network {proposal.network!r}, this is "
+                            f"{self.config.network!r}", code="wrong_network")
+        if proposal.app != app:
+            raise Forbidden("proposal app does not match the URL", code="wrong_app")
+        channel = self.channel(app)
+        caller = self.membership.validate(proposal.creator)
+        if not verify_cached(caller.suite, caller.public_key, bytes(proposal.signing_digest()),
+                             signed.signature):
+            raise AuthError("the proposal signature does not verify with the creator's "
+                            "certificate", code="bad_signature",
+                            hint="sign the proposal with the key of the certificate it names")
+        if caller.org not in channel.rules.members:
+            raise Forbidden(f"org {caller.org} is not a member of app {app}",
+                            code="not_a_member")
+        skew = abs(int(time.time() * 1000) - proposal.timestamp_ms)
+        if skew > PROPOSAL_MAX_SKEW_MS:
+            raise AuthError(f"proposal timestamp is {skew // 1000} s away from node time",
+                            code="stale_proposal", hint="check the client clock and resend")
+        return caller
+
+    # ------------------------------------------------------------------- endorsement
+
+    async def simulate(self, app: str, signed: SignedProposal, caller: Identity,
+                       *, submit: bool) -> TxResult:
+        proposal = signed.proposal
+        channel = self.channel(app)
+        sim = Simulation(
+            channel.ledger, app=app, tx_id=proposal.tx_id, timestamp_ms=proposal.timestamp_ms,
+            caller=CallerIdentity(caller.org, caller.name, str(caller.role),
+                                  dict(caller.attrs), caller.fingerprint),
+            invoker=self.registry.invoke)
+        response, label = await self.registry.call(
+            sim, proposal.contract, proposal.function, list(proposal.args), submit=submit)
+        return sim.result(response, label)
+
+    def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
+        payload = compute_endorsement_payload(signed.proposal.tx_id, result)
+        digest = compute_signing_digest(DOMAIN_ENDORSEMENT, self.config.network, payload)
+        endorsement = Endorsement(self.cert_der, self.signer.sign(bytes(digest)))
+        return Transaction(signed, result, (endorsement,))
+
+    async def prepare(self, app: str, signed: SignedProposal) -> Endorsed:
+        """Check, simulate and endorse one proposal for submission."""
+        caller = self.check_proposal(app, signed)
+        channel = self.channel(app)
+        tx_id = signed.proposal.tx_id
+        if channel.is_pending(tx_id) or channel.ledger.get_tx(tx_id) is not None:
+            raise Conflict(f"transaction {tx_id} was already submitted", code="duplicate_tx",
+                           hint="a replayed proposal is never executed twice; "
+                                "query its status instead", details={"tx_id": tx_id})
+        result = await self.simulate(app, signed, caller, submit=True)
+        self._check_policies(channel, signed.proposal.contract, result)
+        return Endorsed(self.endorse(signed, result), caller)
+
+    def _check_policies(self, channel: Channel, invoked: str, result: TxResult) -> None:
+        """Refuse to order what this node's endorsement alone cannot make valid."""
+        members = channel.rules.members
+        for ns in {rw.namespace for rw in result.rwsets} | {invoked}:
+            if ns.startswith("_"):
+                policy = channel.rules.system_policy
+            else:
+                definition = get_definition(channel.ledger.get, ns)
+                if definition is None:
+                    continue
+                policy = definition.policy
+            if not policy.is_satisfied({self.entry.org}, members):
+                raise Forbidden(
+                    f"endorsement policy {policy} of {ns} needs more orgs than this node's "
+                    f"({self.entry.org})", code="endorsement_policy_unsatisfiable",
+                    hint="upgrade the contract with a policy this network's nodes can meet")
+
+    # ----------------------------------------------------------------------- gateway
+
+    async def submit(self, app: str, signed: SignedProposal, *, wait: bool,
+                     timeout_s: float = DEFAULT_WAIT_S) -> Receipt:
+        endorsed = await self.prepare(app, signed)
+        return (await self.submit_endorsed(app, [endorsed], wait=wait, timeout_s=timeout_s))[0]
+
+    async def submit_endorsed(self, app: str, items: Sequence[Endorsed], *, wait: bool,
+                              timeout_s: float = DEFAULT_WAIT_S) -> list[Receipt]:
+        channel = self.channel(app)
+        txs = [item.tx for item in items]
+        futures = [channel.waiter(tx.tx_id) for tx in txs] if wait else []
+        await channel.accept(txs)
+        if not wait:
+            return [Receipt(tx.tx_id, "pending", response=tx.result.response) for tx in txs]
+        return list(await asyncio.gather(*(
+            channel.wait_for(tx.tx_id, fut, timeout_s)
+            for tx, fut in zip(txs, futures, strict=True))))
+
+    async def submit_batch(self, app: str, items: Sequence[SignedProposal], *, wait: bool,
+                           timeout_s: float = DEFAULT_WAIT_S
+                           ) -> list[Receipt | MeridianError]:
+        """Endorse many proposals concurrently and accept the good ones in one write."""
+        results = await asyncio.gather(*(self._prepare_or_error(app, s) for s in items))
+        seen: set[str] = set()
+        endorsed: list[Endorsed] = []
+        for i, res in enumerate(results):
+            if isinstance(res, Endorsed):
+                if res.tx.tx_id in seen:
+                    results[i] = Conflict("duplicate proposal in the batch", code="duplicate_tx")
+                    continue
+                seen.add(res.tx.tx_id)
+                endorsed.append(res)
+        receipts = iter(await self.submit_endorsed(app, endorsed, wait=wait,
+                                                   timeout_s=timeout_s) if endorsed else [])
+        return [next(receipts) if isinstance(r, Endorsed) else r for r in results]
+
+    async def _prepare_or_error(self, app: str, signed: SignedProposal
+                                ) -> Endorsed | MeridianError:
+        try:
+            return await self.prepare(app, signed)
+        except MeridianError as exc:
+            return exc
+
+    async def evaluate(self, app: str, signed: SignedProposal) -> Any:
+        caller = self.check_proposal(app, signed)
+        result = await self.simulate(app, signed, caller, submit=False)
+        return result.response
+
+    def install_package(self, archive: bytes) -> InstalledPackage:
+        return self.packages.install(archive)
+
+    def update_crl(self, org: str, crl_pem: bytes) -> None:
+        """Apply a new revocation list for ``org`` (checked against the org's CA)."""
+        self.membership.update_crl(org, crl_pem)
+        path = self.layout.crl_file(org)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(crl_pem)
+        os.replace(tmp, path)
+
+    def status(self) -> dict[str, Any]:
+        now = int(time.time() * 1000)
+        return {
+            "node": self.id,
+            "org": self.entry.org,
+            "network": self.config.network,
+            "uptime_s": (now - self.started_ms) // 1000,
+            "sandbox": self.registry.sandbox_modes or [self.options.limits.mode],
+            "apps": {
+                name: {
+                    "height": ch.height,
+                    "pending": ch.queued(),
+                    "last_commit_age_ms": now - ch.last_commit_ms if ch.last_commit_ms else None,
+                    "halted": ch.halted,
+                    "members": sorted(ch.rules.members),
+                }
+                for name, ch in self.channels.items()
+            },
+        }
+
+
+def is_admin_of(identity: Identity, org: str) -> bool:
+    return str(identity.role) == "admin" and identity.org == org
+
+
+__all__ = ["LIFECYCLE", "Endorsed", "Node", "NodeOptions", "is_admin_of"]

@@ -1,0 +1,265 @@
+"""Validation: the pure verdict on each transaction of an ordered block.
+
+:func:`validate_block` takes a block and a read-only view of committed state and
+returns a :class:`~meridian.ledger.store.CommitBatch`: one :class:`TxCode` per
+transaction and the state writes and events of the valid ones. It writes nothing;
+the committer stores the batch in one atomic step. Every node computes the same
+batch from the same block and state, which the next header's ``last_result_root``
+lets nodes compare.
+
+Checks, in order, for each transaction (first failure wins):
+
+1. proposal is for this network and app                      BAD_PROPOSAL
+2. tx id not already committed or earlier in the block       DUPLICATE_TXID
+3. creator certificate valid at block time, member org       BAD_CREATOR_CERTIFICATE
+4. creator signature over the proposal                       BAD_CREATOR_SIGNATURE
+5. every endorsement: node certificate of a member org and
+   a valid signature over (tx id, result digest)             BAD_ENDORSEMENT
+6. each written namespace has a definition, and the invoked
+   contract's definition is the one endorsers ran           UNKNOWN_CONTRACT /
+                                                              CONTRACT_VERSION_MISMATCH
+7. endorsing orgs satisfy each namespace's policy            ENDORSEMENT_POLICY_FAILURE
+8. every read version is still current (earlier valid
+   transactions of the same block included)                  MVCC_READ_CONFLICT
+9. every range read returns the same keys and versions       PHANTOM_READ_CONFLICT
+10. every incremented key holds an integer (or nothing)      INVALID_DELTA
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from .. import codec
+from ..crypto.certs import Identity, Membership
+from ..crypto.hashing import Digest, compute_digest
+from ..crypto.suites import verify_cached
+from ..errors import CertificateError
+from ..ledger.store import BlockEvent, CommitBatch, StateWrite
+from ..types import (
+    Block,
+    NsRWSet,
+    RangeRead,
+    Transaction,
+    TxCode,
+    Version,
+    compute_endorsement_payload,
+)
+from ..types import DOMAIN_ENDORSEMENT as _DOMAIN_ENDORSEMENT
+from ..crypto.hashing import compute_signing_digest
+from ..contracts.lifecycle import LIFECYCLE, get_definition
+from .policy import Policy
+
+
+class CommittedState(Protocol):
+    """Committed state as the validator reads it (the committer's connection)."""
+
+    def get(self, ns: str, key: str) -> tuple[Any, Version] | None: ...
+
+    def get_range(
+        self, ns: str, start: str, end: str, limit: int
+    ) -> list[tuple[str, Any, Version]]: ...
+
+    def is_committed(self, tx_id: str) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AppRules:
+    """What validation needs to know about the app (from its configuration)."""
+
+    network: str
+    app: str
+    members: frozenset[str]
+    system_policy: Policy  # endorsement policy of system namespaces (e.g. _lifecycle)
+
+
+_MISSING = object()
+
+
+class _Overlay:
+    """Committed state plus the writes of earlier valid transactions in this block."""
+
+    def __init__(self, state: CommittedState) -> None:
+        self.state = state
+        self.pending: dict[tuple[str, str], tuple[Any, Version | None]] = {}
+
+    def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
+        hit = self.pending.get((ns, key), _MISSING)
+        if hit is _MISSING:
+            return self.state.get(ns, key)
+        value, version = hit  # type: ignore[misc]
+        return None if version is None else (value, version)
+
+    def get_range(self, ns: str, start: str, end: str, limit: int) -> list[tuple[str, Version]]:
+        local = {k: v for (n, k), v in self.pending.items()
+                 if n == ns and k >= start and (not end or k < end)}
+        rows = {k: ver for k, _, ver in self.state.get_range(ns, start, end, limit + len(local))}
+        for key, (_, version) in local.items():
+            if version is None:
+                rows.pop(key, None)
+            else:
+                rows[key] = version
+        return sorted(rows.items())[:limit]
+
+    def put(self, write: StateWrite) -> None:
+        self.pending[(write.ns, write.key)] = (
+            None if write.delete else write.value, None if write.delete else write.version)
+
+
+def validate_block(
+    block: Block,
+    state: CommittedState,
+    membership: Membership,
+    rules: AppRules,
+) -> CommitBatch:
+    """Verdicts, state writes and events for ``block``; pure with respect to storage."""
+    overlay = _Overlay(state)
+    seen: set[str] = set()
+    codes: list[TxCode] = []
+    writes: list[StateWrite] = []
+    events: list[BlockEvent] = []
+    block_time = datetime.fromtimestamp(block.header.timestamp_ms / 1000, UTC)
+    number = block.header.number
+    for index, tx in enumerate(block.transactions):
+        code = _validate_tx(tx, overlay, membership, rules, seen, block_time)
+        if code is TxCode.VALID:
+            code, tx_writes = _compute_writes(tx, overlay, Version(number, index))
+            if code is TxCode.VALID:
+                for write in tx_writes:
+                    overlay.put(write)
+                writes.extend(tx_writes)
+                events.extend(
+                    BlockEvent(number, index, i, tx.tx_id, e.contract, e.name, e.payload)
+                    for i, e in enumerate(tx.result.events))
+        seen.add(tx.tx_id)
+        codes.append(code)
+    root = compute_result_root(codes, writes)
+    return CommitBatch(block, tuple(codes), tuple(writes), tuple(events), root)
+
+
+def compute_result_root(codes: Collection[TxCode], writes: Collection[StateWrite]) -> Digest:
+    """Digest of a block's verdicts and state writes (carried by the next header)."""
+    return compute_digest(codec.encode({
+        "codes": [int(c) for c in codes],
+        "writes": [[w.ns, w.key, w.version.to_list(), None if w.delete else w.value, w.delete]
+                   for w in writes],
+    }))
+
+
+def _validate_tx(
+    tx: Transaction,
+    overlay: _Overlay,
+    membership: Membership,
+    rules: AppRules,
+    seen: set[str],
+    when: datetime,
+) -> TxCode:
+    proposal = tx.proposal
+    if proposal.network != rules.network or proposal.app != rules.app:
+        return TxCode.BAD_PROPOSAL
+    if tx.tx_id in seen or overlay.state.is_committed(tx.tx_id):
+        return TxCode.DUPLICATE_TXID
+    creator = _identity(membership, proposal.creator, when)
+    if creator is None or creator.org not in rules.members:
+        return TxCode.BAD_CREATOR_CERTIFICATE
+    if not verify_cached(creator.suite, creator.public_key,
+                         bytes(proposal.signing_digest()), tx.signed_proposal.signature):
+        return TxCode.BAD_CREATOR_SIGNATURE
+    endorsing = _endorsing_orgs(tx, membership, rules, when)
+    if endorsing is None:
+        return TxCode.BAD_ENDORSEMENT
+    code = _check_definitions(tx, overlay, rules, endorsing)
+    if code is not TxCode.VALID:
+        return code
+    return _check_reads(tx.result.rwsets, overlay)
+
+
+def _identity(membership: Membership, cert: bytes, when: datetime) -> Identity | None:
+    try:
+        return membership.validate(cert, now=when)
+    except CertificateError:
+        return None
+
+
+def _endorsing_orgs(
+    tx: Transaction, membership: Membership, rules: AppRules, when: datetime
+) -> set[str] | None:
+    if not tx.endorsements:
+        return None
+    payload = compute_endorsement_payload(tx.tx_id, tx.result)
+    digest = bytes(compute_signing_digest(_DOMAIN_ENDORSEMENT, rules.network, payload))
+    orgs: set[str] = set()
+    for endorsement in tx.endorsements:
+        node = _identity(membership, endorsement.endorser, when)
+        if node is None or node.role != "node" or node.org not in rules.members:
+            return None
+        if not verify_cached(node.suite, node.public_key, digest, endorsement.signature):
+            return None
+        orgs.add(node.org)
+    return orgs
+
+
+def _check_definitions(
+    tx: Transaction, overlay: _Overlay, rules: AppRules, endorsing: set[str]
+) -> TxCode:
+    invoked = tx.proposal.contract
+    namespaces = {rw.namespace for rw in tx.result.rwsets} | {invoked}
+    for ns in sorted(namespaces):
+        if ns.startswith("_"):
+            if ns != LIFECYCLE:
+                return TxCode.UNKNOWN_CONTRACT
+            policy = rules.system_policy
+            label = f"{LIFECYCLE}@0"
+        else:
+            definition = get_definition(overlay.get, ns)
+            if definition is None:
+                return TxCode.UNKNOWN_CONTRACT
+            policy, label = definition.policy, definition.label
+        if ns == invoked and tx.result.contract_version != label:
+            return TxCode.CONTRACT_VERSION_MISMATCH
+        if not policy.is_satisfied(endorsing, rules.members):
+            return TxCode.ENDORSEMENT_POLICY_FAILURE
+    return TxCode.VALID
+
+
+def _check_reads(rwsets: tuple[NsRWSet, ...], overlay: _Overlay) -> TxCode:
+    for rw in rwsets:
+        for read in rw.reads:
+            found = overlay.get(rw.namespace, read.key)
+            if (found[1] if found else None) != read.version:
+                return TxCode.MVCC_READ_CONFLICT
+        for rng in rw.range_reads:
+            if not _range_unchanged(rw.namespace, rng, overlay):
+                return TxCode.PHANTOM_READ_CONFLICT
+    return TxCode.VALID
+
+
+def _range_unchanged(ns: str, rng: RangeRead, overlay: _Overlay) -> bool:
+    limit = len(rng.reads) + (1 if rng.exhausted else 0)
+    now = overlay.get_range(ns, rng.start, rng.end, max(limit, 1))
+    if not rng.exhausted:
+        now = now[: len(rng.reads)]
+    return now == [(r.key, r.version) for r in rng.reads]
+
+
+def _compute_writes(
+    tx: Transaction, overlay: _Overlay, version: Version
+) -> tuple[TxCode, list[StateWrite]]:
+    writes: list[StateWrite] = []
+    for rw in tx.result.rwsets:
+        for w in rw.writes:
+            writes.append(StateWrite(rw.namespace, w.key, w.value, w.delete, version,
+                                     tx.tx_id))
+        for d in rw.deltas:
+            found = overlay.get(rw.namespace, d.key)
+            current = 0 if found is None else found[0]
+            if not isinstance(current, int) or isinstance(current, bool):
+                return TxCode.INVALID_DELTA, []
+            total = current + d.delta
+            if not -(2**63) <= total < 2**63:
+                return TxCode.INVALID_DELTA, []
+            writes.append(StateWrite(rw.namespace, d.key, total, False, version, tx.tx_id))
+    return TxCode.VALID, writes
+

@@ -1,0 +1,113 @@
+"""``meridian ledger verify``: re-check a ledger from its genesis block.
+
+For every block: its number follows the previous one, ``previous_hash`` is the
+previous header's hash, ``data_hash`` is the Merkle root of its transactions, the
+stored hash is the header's hash, and ``last_result_root`` is the previous block's
+result root. Then the block is validated again against a replay of the ledger in a
+scratch database, and the verdicts and result root must equal the stored ones.
+Finally the replayed state must equal the stored state, key by key.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+from ..crypto.certs import Membership
+from ..crypto.hashing import Digest
+from ..ledger.merkle import compute_root
+from ..ledger.store import SqliteLedger
+from ..types import ZERO_DIGEST, Block, BlockHeader, Transaction, TxCode, compute_tx_hash
+from .channel import WriterState
+from .validate import AppRules, validate_block
+
+
+@dataclass
+class VerifyReport:
+    blocks: int = 0
+    transactions: int = 0
+    valid: int = 0
+    state_keys: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_ledger(
+    path: Path,
+    membership: Membership,
+    rules: AppRules,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Verify the ledger file at ``path`` of the app that ``rules`` describe."""
+    report = VerifyReport()
+    store = SqliteLedger(path)
+    with tempfile.TemporaryDirectory(prefix="meridian-verify-") as tmp:
+        replay = SqliteLedger(Path(tmp) / "replay.sqlite")
+        try:
+            store.reader().execute("BEGIN")  # one consistent snapshot, even while the node runs
+            total = store.height()
+            _verify_blocks(store, replay, membership, rules, report, total, progress)
+            if report.ok:
+                _compare_state(store, replay, report)
+        finally:
+            replay.close()
+            store.close()
+    return report
+
+
+def _verify_blocks(store: SqliteLedger, replay: SqliteLedger, membership: Membership,
+                   rules: AppRules, report: VerifyReport, total: int,
+                   progress: Callable[[int, int], None] | None) -> None:
+    prev_hash, prev_root = ZERO_DIGEST, ZERO_DIGEST
+    for number, stored_hash, header_raw, body_raw, codes_raw, root in store.iter_raw_blocks():
+        where = f"block {number}"
+        header = BlockHeader.from_dict(orjson.loads(header_raw))
+        txs = tuple(Transaction.from_dict(t) for t in orjson.loads(body_raw))
+        checks = [
+            (number == report.blocks and header.number == number, "is out of sequence"),
+            (header.hash == stored_hash, "hash does not match its header"),
+            (header.previous_hash == prev_hash, "previous_hash does not link to the chain"),
+            (header.last_result_root == prev_root, "last_result_root differs from the "
+                                                   "previous block's result root"),
+            (header.data_hash == compute_root([compute_tx_hash(t) for t in txs]),
+             "data_hash is not the Merkle root of its transactions"),
+        ]
+        report.problems.extend(f"{where}: {msg}" for ok, msg in checks if not ok)
+        if report.problems:
+            return
+        batch = validate_block(Block(header, txs), WriterState(replay), membership, rules)
+        stored_codes = [TxCode(c) for c in orjson.loads(codes_raw)]
+        if list(batch.codes) != stored_codes:
+            report.problems.append(f"{where}: re-validation gives different verdicts")
+        if batch.result_root != root:
+            report.problems.append(f"{where}: re-validation gives a different result root")
+        if report.problems:
+            return
+        replay.commit_block(batch)
+        report.blocks += 1
+        report.transactions += len(txs)
+        report.valid += sum(1 for c in stored_codes if c is TxCode.VALID)
+        prev_hash, prev_root = header.hash, Digest(root)
+        if progress:
+            progress(report.blocks, total)
+
+
+def _compare_state(store: SqliteLedger, replay: SqliteLedger, report: VerifyReport) -> None:
+    stored = store.iter_state()
+    replayed = replay.iter_state()
+    for a, b in zip(stored, replayed, strict=False):
+        if a != b:
+            report.problems.append(f"state differs at {a[0]}/{a[1]} (replay has {b[0]}/{b[1]})")
+            return
+        report.state_keys += 1
+    if next(stored, None) is not None or next(replayed, None) is not None:
+        report.problems.append("state has a different number of keys than the replay")
+

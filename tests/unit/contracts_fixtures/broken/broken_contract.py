@@ -1,0 +1,3 @@
+"""Fails at import time."""
+
+import meridian_no_such_module  # noqa: F401

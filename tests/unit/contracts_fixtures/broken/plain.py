@@ -1,0 +1,5 @@
+"""Importable, but its class is not a Contract."""
+
+
+class Plain:
+    pass

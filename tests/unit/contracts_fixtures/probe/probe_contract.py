@@ -1,0 +1,168 @@
+"""A contract exercising every Context operation and every way a call can fail."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from meridian.contracts import Context, Contract, ContractError, query, transaction
+
+
+WORKER_TOKEN = os.urandom(8).hex()  # tells the tests which worker process ran a call
+
+
+class Probe(Contract):
+    @transaction
+    def put(self, ctx: Context, key: str, value: Any) -> None:
+        ctx.put_state(key, value)
+
+    @query
+    def get(self, ctx: Context, key: str) -> Any:
+        return ctx.get_state(key)
+
+    @transaction
+    def put_then_get(self, ctx: Context, key: str, value: Any) -> Any:
+        ctx.put_state(key, value)
+        return ctx.get_state(key)
+
+    @transaction
+    def delete(self, ctx: Context, key: str) -> None:
+        ctx.delete_state(key)
+
+    @transaction
+    def bump(self, ctx: Context, key: str, by: int) -> None:
+        ctx.add(key, by)
+
+    @query
+    def scan(self, ctx: Context, start: str, end: str, limit: int = 1000) -> list[Any]:
+        return [[k, v] for k, v in ctx.get_range(start, end, limit)]
+
+    @query
+    def find(self, ctx: Context, selector: dict) -> list[Any]:
+        return [[k, v] for k, v in ctx.query(selector)]
+
+    @query
+    def history(self, ctx: Context, key: str) -> list[Any]:
+        return [[h.tx_id, h.block, h.value, h.deleted] for h in ctx.get_history(key)]
+
+    @transaction
+    def announce(self, ctx: Context, name: str, payload: Any = None) -> None:
+        ctx.emit(name, payload)
+
+    @transaction
+    def relay(self, ctx: Context, contract: str, function: str, *args: Any) -> Any:
+        return ctx.invoke(contract, function, *args)
+
+    @query
+    def whoami(self, ctx: Context) -> dict:
+        return {"tx_id": ctx.tx_id, "timestamp_ms": ctx.timestamp_ms, "app": ctx.app,
+                "contract": ctx.contract, "org": ctx.caller.org, "name": ctx.caller.name,
+                "role": ctx.caller.role, "team": ctx.caller.attr("team")}
+
+    @query
+    def typed(self, ctx: Context, s: str, n: int, b: bool, items: list, obj: dict,
+              maybe: int | None) -> list[Any]:
+        return [s, n, b, items, obj, maybe]
+
+    @query
+    def chatty(self, ctx: Context, text: str) -> str:
+        print(text)
+        print("\x00\x00\x00\x10{not a frame")
+        return text
+
+    @transaction
+    def swallow_bad_key(self, ctx: Context) -> str:
+        try:
+            ctx.put_state("", 1)
+            ctx.get_state("after")
+        except ContractError:
+            return "caught"
+        return "not caught"
+
+    @transaction
+    def reject(self, ctx: Context, why: str) -> None:
+        raise ContractError(why)
+
+    @transaction
+    def explode(self, ctx: Context) -> None:
+        raise ValueError("boom")
+
+    @query
+    def spin(self, ctx: Context) -> None:
+        while True:
+            pass
+
+    @query
+    def hog(self, ctx: Context) -> int:
+        chunks = []
+        while True:
+            chunks.append(bytearray(16 * 2**20))
+
+    @query
+    def dial(self, ctx: Context) -> str:
+        import socket
+
+        try:
+            socket.create_connection(("127.0.0.1", 9), timeout=1)
+        except OSError as exc:
+            return f"swallowed {type(exc).__name__}"
+        return "connected"
+
+    @transaction
+    def scribble(self, ctx: Context, path: str) -> str:
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+        except OSError as exc:
+            return f"swallowed {type(exc).__name__}"
+        return "written"
+
+    @query
+    def read(self, ctx: Context, path: str) -> str:
+        with open(path) as f:
+            return f.read()
+
+    @query
+    def exists(self, ctx: Context, path: str) -> bool:
+        return os.path.exists(path)
+
+    @query
+    def spawn(self, ctx: Context) -> int:
+        return os.system("true")
+
+    @query
+    def bad_return(self, ctx: Context) -> Any:
+        return {"ratio": 0.5}
+
+    @query
+    def unencodable_put(self, ctx: Context) -> None:
+        ctx.put_state("k", {1, 2})
+
+    @query
+    def echo(self, ctx: Context, value: Any) -> Any:
+        return value
+
+    @query
+    def nap(self, ctx: Context, ms: int) -> str:
+        time.sleep(ms / 1000)
+        return WORKER_TOKEN
+
+    @query
+    def token(self, ctx: Context) -> str:
+        return WORKER_TOKEN
+
+    @query
+    def die(self, ctx: Context) -> None:
+        os._exit(7)
+
+    @query
+    def corrupt(self, ctx: Context) -> None:
+        for fd in range(3, 16):  # whichever is the protocol pipe gets a bogus frame header
+            try:
+                os.write(fd, b"\x7f\xff\xff\xffjunk")
+            except OSError:
+                pass
+
+    def helper(self) -> None:
+        """Not marked: not callable from outside."""
