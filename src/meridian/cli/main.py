@@ -192,5 +192,15 @@ def bench(
         run_bench(transactions=transactions, output=output_file)
 
 
+def run() -> None:
+    """Console entry point; ``--json`` is accepted anywhere on the command line."""
+    import sys
+
+    args = sys.argv[1:]
+    if "--json" in args and args.index("--json") > 0:
+        args = ["--json", *[a for a in args if a != "--json"]]
+    app(args=args, prog_name="meridian")
+
+
 if __name__ == "__main__":
-    app()
+    run()

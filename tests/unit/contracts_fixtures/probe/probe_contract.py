@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Any
 
 from meridian.contracts import Context, Contract, ContractError, query, transaction
-
 
 WORKER_TOKEN = os.urandom(8).hex()  # tells the tests which worker process ran a call
 
@@ -56,13 +56,21 @@ class Probe(Contract):
 
     @query
     def whoami(self, ctx: Context) -> dict:
-        return {"tx_id": ctx.tx_id, "timestamp_ms": ctx.timestamp_ms, "app": ctx.app,
-                "contract": ctx.contract, "org": ctx.caller.org, "name": ctx.caller.name,
-                "role": ctx.caller.role, "team": ctx.caller.attr("team")}
+        return {
+            "tx_id": ctx.tx_id,
+            "timestamp_ms": ctx.timestamp_ms,
+            "app": ctx.app,
+            "contract": ctx.contract,
+            "org": ctx.caller.org,
+            "name": ctx.caller.name,
+            "role": ctx.caller.role,
+            "team": ctx.caller.attr("team"),
+        }
 
     @query
-    def typed(self, ctx: Context, s: str, n: int, b: bool, items: list, obj: dict,
-              maybe: int | None) -> list[Any]:
+    def typed(
+        self, ctx: Context, s: str, n: int, b: bool, items: list, obj: dict, maybe: int | None
+    ) -> list[Any]:
         return [s, n, b, items, obj, maybe]
 
     @query
@@ -159,10 +167,8 @@ class Probe(Contract):
     @query
     def corrupt(self, ctx: Context) -> None:
         for fd in range(3, 16):  # whichever is the protocol pipe gets a bogus frame header
-            try:
+            with contextlib.suppress(OSError):
                 os.write(fd, b"\x7f\xff\xff\xffjunk")
-            except OSError:
-                pass
 
     def helper(self) -> None:
         """Not marked: not callable from outside."""
