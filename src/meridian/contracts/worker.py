@@ -250,7 +250,7 @@ class AuditGuard:
     def install(self) -> None:
         for name in FORBIDDEN_IMPORTS:
             sys.modules.pop(name, None)  # so that importing them again is audited
-        sys.addaudithook(self._hook)
+        pass  # MUTANT
 
     def _hook(self, event: str, args: tuple[Any, ...]) -> None:
         if self._busy:

@@ -1,0 +1,107 @@
+"""Fixtures that run real node processes on loopback, always stopped afterwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from meridian.cli.procs import free_port_block, wait_healthy, NodeProcess
+from meridian.client import Gateway, Identity, connect
+from meridian.client.lifecycle import deploy
+from meridian.network.config import BlockConfig, NetworkConfig, NetworkLayout
+from meridian.network.init import InitOptions, init_network
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "asset_transfer"
+FIXTURES = ROOT / "tests" / "integration" / "contracts"
+
+
+@dataclass
+class RunningNetwork:
+    layout: NetworkLayout
+    config: NetworkConfig
+    procs: list[NodeProcess]
+
+    @property
+    def url(self) -> str:
+        return self.config.nodes[0].url
+
+    def gateway(self, who: str = "org1/user1", **kw: object) -> Gateway:
+        org, name = who.split("/")
+        return connect(self.url, Identity.from_dir(self.layout.user_dir(org, name)),
+                       network=self.config.network, **kw)  # type: ignore[arg-type]
+
+    def start(self, sandbox: str = "auto") -> None:
+        """(Re)start every node process and wait until healthy."""
+        self.procs = [
+            NodeProcess(entry, subprocess.Popen(
+                [sys.executable, "-m", "meridian.node.main", "--network",
+                 str(self.layout.root), "--node", entry.id, "--sandbox", sandbox,
+                 "--log-level", "WARNING"],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=open(self.layout.data_dir(entry.id) / "stderr.log", "ab"),  # noqa: SIM115
+                start_new_session=True))
+            for entry in self.config.nodes]
+        wait_healthy(self.procs, timeout_s=60)
+
+    def kill(self) -> None:
+        """SIGKILL every node (no clean shutdown)."""
+        for p in self.procs:
+            if p.proc.poll() is None:
+                os.killpg(p.proc.pid, signal.SIGKILL)
+            p.proc.wait(10)
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.proc.poll() is None:
+                p.proc.terminate()
+        for p in self.procs:
+            try:
+                p.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.proc.pid, signal.SIGKILL)
+                p.proc.wait(10)
+
+    def deploy(self, source: Path = EXAMPLE, policy: str = "ANY") -> dict[str, object]:
+        admins = [self.gateway(f"{org}/admin") for org in ("org1", "org2")]
+        try:
+            return deploy(admins, "demo", source, policy=policy)
+        finally:
+            for gw in admins:
+                gw.close()
+
+
+def make_network(tmp: Path, **block: int) -> RunningNetwork:
+    layout = NetworkLayout(tmp / "network")
+    config = init_network(layout.root, InitOptions(
+        base_port=free_port_block(1), block=BlockConfig(**block) if block else BlockConfig()))
+    return RunningNetwork(layout, config, [])
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
+    """A one-node, two-org network with asset-transfer deployed (shared by a module)."""
+    net = make_network(tmp_path_factory.mktemp("net"))
+    net.start()
+    try:
+        net.deploy()
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture()
+def fresh_network(tmp_path: Path) -> Iterator[RunningNetwork]:
+    """A network of its own for tests that kill or restart nodes."""
+    net = make_network(tmp_path)
+    try:
+        yield net
+    finally:
+        net.kill()
