@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, NewType, TypeVar
 
@@ -169,6 +169,13 @@ class Proposal:
     nonce: bytes
     timestamp_ms: int
     creator: bytes  # the creator's X.509 certificate, DER
+    _encoded: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _tx_id: str = field(init=False, repr=False, compare=False, default="")
+
+    def __post_init__(self) -> None:
+        encoded = codec.encode(self.to_dict())
+        object.__setattr__(self, "_encoded", encoded)
+        object.__setattr__(self, "_tx_id", compute_digest(encoded).hex())
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -210,11 +217,11 @@ class Proposal:
         )
 
     def encode(self) -> bytes:
-        return codec.encode(self.to_dict())
+        return self._encoded
 
     @property
     def tx_id(self) -> TxId:
-        return compute_tx_id(self)
+        return TxId(self._tx_id)
 
     def signing_digest(self) -> Digest:
         return compute_signing_digest(DOMAIN_PROPOSAL, self.network, self.encode())
@@ -445,6 +452,7 @@ class Transaction:
     signed_proposal: SignedProposal
     result: TxResult
     endorsements: tuple[Endorsement, ...]
+    _encoded: bytes = field(init=False, repr=False, compare=False, default=b"")
 
     @property
     def proposal(self) -> Proposal:
@@ -472,7 +480,10 @@ class Transaction:
         )
 
     def encode(self) -> bytes:
-        return codec.encode(self.to_dict())
+        """Canonical bytes (computed once: records are immutable)."""
+        if not self._encoded:
+            object.__setattr__(self, "_encoded", codec.encode(self.to_dict()))
+        return self._encoded
 
     @classmethod
     def decode(cls, data: bytes) -> Transaction:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from meridian.contracts import pool as pool_module
 from meridian.contracts import sandbox
 from meridian.contracts.api import CallerIdentity, HistoryEntry
 from meridian.contracts.pool import ContractPool, SandboxLimits
@@ -290,6 +291,17 @@ def test_concurrent_calls_use_both_workers(mode: str) -> None:
     asyncio.run(scenario())
 
 
+@both_modes
+def test_large_values_cross_the_protocol(mode: str) -> None:
+    big = "x" * (3 * 2**20)
+
+    async def scenario() -> None:
+        async with open_pool(mode) as pool:
+            assert await call(pool, "echo", big) == big
+
+    asyncio.run(scenario())
+
+
 def test_workers_are_replaced_after_max_calls() -> None:
     async def scenario() -> None:
         async with open_pool(workers=1, max_calls_per_worker=2) as pool:
@@ -526,6 +538,17 @@ def test_invalid_package_that_cannot_be_loaded(entry: str, mentions: str) -> Non
             assert info.value.code == "contract_load_failed"
             assert mentions in info.value.message
             await expect_failure(pool, "anything", [], "contract_load_failed")
+
+    asyncio.run(scenario())
+
+
+def test_invalid_contract_that_never_finishes_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool_module, "STARTUP_TIMEOUT_S", 1.0)
+
+    async def scenario() -> None:
+        async with open_pool(package=FIXTURES / "broken", entry="hang:Hang", workers=1) as pool:
+            err = await expect_failure(pool, "anything", [], "contract_load_failed")
+            assert "did not load" in err.message
 
     asyncio.run(scenario())
 

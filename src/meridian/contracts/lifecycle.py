@@ -55,8 +55,9 @@ class ContractDefinition:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ContractDefinition:
-        return cls(d["name"], d["version"], d["sequence"], d["package_id"],
-                   parse_policy(d["policy"]))
+        return cls(
+            d["name"], d["version"], d["sequence"], d["package_id"], parse_policy(d["policy"])
+        )
 
 
 def definition_key(name: str) -> str:
@@ -75,8 +76,7 @@ def get_definition(
     return None if found is None else ContractDefinition.from_dict(found[0])
 
 
-def _check_args(name: str, version: str, sequence: int, package_id: str,
-                policy: str) -> Policy:
+def _check_args(name: str, version: str, sequence: int, package_id: str, policy: str) -> Policy:
     if not CONTRACT_NAME_RE.match(name):
         raise ContractError(f"contract name {name!r} must match {CONTRACT_NAME_RE.pattern}")
     if not version or len(version) > 32:
@@ -103,7 +103,8 @@ class Lifecycle(Contract):
         if caller.role != "admin" or caller.org not in self.members:
             raise ContractError(
                 f"only an admin of a member org ({', '.join(self.members)}) may do this; "
-                f"caller is {caller.role} of {caller.org}")
+                f"caller is {caller.role} of {caller.org}"
+            )
         return caller.org
 
     def _next_sequence(self, ctx: SimulationContext, name: str) -> int:
@@ -111,8 +112,15 @@ class Lifecycle(Contract):
         return 1 if current is None else int(current["sequence"]) + 1
 
     @transaction
-    def approve(self, ctx: SimulationContext, name: str, version: str, sequence: int,
-                package_id: str, policy: str = "MAJORITY") -> dict[str, Any]:
+    def approve(
+        self,
+        ctx: SimulationContext,
+        name: str,
+        version: str,
+        sequence: int,
+        package_id: str,
+        policy: str = "MAJORITY",
+    ) -> dict[str, Any]:
         parsed = _check_args(name, version, sequence, package_id, policy)
         org = self._admin_org(ctx)
         expected = self._next_sequence(ctx, name)
@@ -124,21 +132,32 @@ class Lifecycle(Contract):
         return {"org": org, **approval}
 
     @transaction
-    def commit(self, ctx: SimulationContext, name: str, version: str, sequence: int,
-               package_id: str, policy: str = "MAJORITY") -> dict[str, Any]:
+    def commit(
+        self,
+        ctx: SimulationContext,
+        name: str,
+        version: str,
+        sequence: int,
+        package_id: str,
+        policy: str = "MAJORITY",
+    ) -> dict[str, Any]:
         parsed = _check_args(name, version, sequence, package_id, policy)
         self._admin_org(ctx)
         expected = self._next_sequence(ctx, name)
         if sequence != expected:
             raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
         definition = ContractDefinition(name, version, sequence, package_id, parsed).to_dict()
-        approved = [org for org in self.members
-                    if ctx.get_state(approval_key(name, sequence, org)) == definition]
+        approved = [
+            org
+            for org in self.members
+            if ctx.get_state(approval_key(name, sequence, org)) == definition
+        ]
         if not self.lifecycle_policy.is_satisfied(approved, self.members):
             raise ContractError(
                 f"{name} sequence {sequence} is approved by {approved or 'no org'}; the "
                 f"lifecycle policy {self.lifecycle_policy} of {list(self.members)} needs "
-                f"{self.lifecycle_policy.required(self.members)} matching approvals")
+                f"{self.lifecycle_policy.required(self.members)} matching approvals"
+            )
         ctx.put_state(definition_key(name), definition)
         ctx.emit("committed", definition)
         return definition

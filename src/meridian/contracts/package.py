@@ -48,11 +48,11 @@ class Manifest:
             raise InvalidInput(f"{MANIFEST} must be a JSON object", code="bad_package")
         name, version, entry = d.get("name"), d.get("version"), d.get("entry")
         if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise InvalidInput(f"{MANIFEST}: name must match {_NAME_RE.pattern}",
-                               code="bad_package")
+            raise InvalidInput(
+                f"{MANIFEST}: name must match {_NAME_RE.pattern}", code="bad_package"
+            )
         if not isinstance(version, str) or not 0 < len(version) <= 32:
-            raise InvalidInput(f"{MANIFEST}: version must be 1..32 characters",
-                               code="bad_package")
+            raise InvalidInput(f"{MANIFEST}: version must be 1..32 characters", code="bad_package")
         if not isinstance(entry, str) or not _ENTRY_RE.match(entry):
             raise InvalidInput(f"{MANIFEST}: entry must be 'module:Class'", code="bad_package")
         return cls(name, version, entry)
@@ -67,8 +67,11 @@ class InstalledPackage:
 
 def _read_folder(folder: Path) -> dict[str, bytes]:
     if not (folder / MANIFEST).is_file():
-        raise InvalidInput(f"{folder} has no {MANIFEST}", code="bad_package",
-                           hint="add a manifest with name, version and entry")
+        raise InvalidInput(
+            f"{folder} has no {MANIFEST}",
+            code="bad_package",
+            hint="add a manifest with name, version and entry",
+        )
     files: dict[str, bytes] = {}
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder).as_posix()
@@ -83,11 +86,13 @@ def _read_folder(folder: Path) -> dict[str, bytes]:
 
 def _check_size(files: dict[str, bytes]) -> None:
     if len(files) > MAX_PACKAGE_FILES:
-        raise InvalidInput(f"a package may hold at most {MAX_PACKAGE_FILES} files",
-                           code="bad_package")
+        raise InvalidInput(
+            f"a package may hold at most {MAX_PACKAGE_FILES} files", code="bad_package"
+        )
     if sum(len(b) for b in files.values()) > MAX_PACKAGE_BYTES:
-        raise InvalidInput(f"a package may hold at most {MAX_PACKAGE_BYTES} bytes",
-                           code="bad_package")
+        raise InvalidInput(
+            f"a package may hold at most {MAX_PACKAGE_BYTES} bytes", code="bad_package"
+        )
 
 
 def compute_package_id(files: dict[str, bytes]) -> str:
@@ -178,11 +183,14 @@ class PackageStore:
     def get(self, package_id: str) -> InstalledPackage:
         target = self._dir(package_id)
         if not (target / MANIFEST).is_file():
-            raise NotFound(f"package {package_id} is not installed on this node",
-                           code="package_not_installed",
-                           hint="install it with 'meridian contract install'")
-        return InstalledPackage(package_id, Manifest.parse((target / MANIFEST).read_bytes()),
-                                target)
+            raise NotFound(
+                f"package {package_id} is not installed on this node",
+                code="package_not_installed",
+                hint="install it with 'meridian contract install'",
+            )
+        return InstalledPackage(
+            package_id, Manifest.parse((target / MANIFEST).read_bytes()), target
+        )
 
     def list(self) -> list[InstalledPackage]:
         found = []

@@ -64,6 +64,8 @@ from .worker import (
 log = logging.getLogger("meridian.contracts")
 
 EXIT_WAIT_S = 1.0
+STARTUP_TIMEOUT_S = 30.0
+STREAM_LIMIT_BYTES = 2**20
 CLOSE_WAIT_S = 5.0
 STDERR_LOG_BYTES = 64 * 1024
 STDERR_LINE_CHARS = 500
@@ -91,7 +93,11 @@ class ContractInfo:
 
 
 class _WorkerGone(Exception):
-    """The worker died or broke the protocol; it must not be used again."""
+    """The worker died (``exited``) or broke the protocol; it must not be used again."""
+
+    def __init__(self, message: str, *, exited: bool = False) -> None:
+        super().__init__(message)
+        self.exited = exited
 
 
 # ------------------------------------------------------------------------------- worker
@@ -119,6 +125,7 @@ class _Worker:
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
+            limit=STREAM_LIMIT_BYTES,
             cwd=cwd,
             env=compute_worker_env(),
             start_new_session=True,
@@ -134,7 +141,7 @@ class _Worker:
         try:
             await self._stdin.drain()
         except (ConnectionError, RuntimeError) as exc:
-            raise _WorkerGone(f"cannot write to the worker: {exc}") from exc
+            raise _WorkerGone(f"cannot write to the worker: {exc}", exited=True) from exc
 
     async def receive(self) -> dict[str, Any]:
         """The next message; _WorkerGone at EOF or on anything but a well-formed frame."""
@@ -144,12 +151,27 @@ class _Worker:
                 raise _WorkerGone(f"the worker sent a frame of {size} bytes")
             message = orjson.loads(await self._stdout.readexactly(size))
         except asyncio.IncompleteReadError:
-            raise _WorkerGone("the worker closed its output") from None
+            raise _WorkerGone("the worker closed its output", exited=True) from None
         except orjson.JSONDecodeError:
             raise _WorkerGone("the worker sent a malformed frame") from None
         if not isinstance(message, dict) or not isinstance(message.get("op"), str):
             raise _WorkerGone("the worker sent a message without an op")
         return message
+
+    async def wait_ready(self) -> None:
+        """Wait for the worker to have loaded the contract (or reported why it can't)."""
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                message = await self.receive()
+        except TimeoutError:
+            raise ContractFailure(
+                f"the contract did not load within {STARTUP_TIMEOUT_S} s",
+                code="contract_load_failed",
+            ) from None
+        except _WorkerGone as exc:
+            raise await _death_error(self, exc) from None
+        if message["op"] != "ready":
+            raise ContractFailure("the worker did not start properly", code="contract_crashed")
 
     def kill(self) -> None:
         """SIGKILL the whole process group (bubblewrap takes its namespace down)."""
@@ -380,7 +402,7 @@ class ContractPool:
                     code="contract_timeout",
                 ) from None
             except _WorkerGone as exc:
-                raise await _death_error(worker, str(exc)) from None
+                raise await _death_error(worker, exc) from None
 
     @contextlib.asynccontextmanager
     async def _checkout(self) -> AsyncIterator[_Worker]:
@@ -393,12 +415,15 @@ class ContractPool:
             yield slot.worker
         finally:
             worker = slot.worker
-            if worker is not None and (
-                worker.busy or not worker.alive or worker.calls >= self.limits.max_calls_per_worker
-            ):
+            if worker is not None and (self._closed or not self._is_reusable(worker)):
                 self._discard(worker)
                 slot.worker = None
             self._slots.put_nowait(slot)
+
+    def _is_reusable(self, worker: _Worker) -> bool:
+        """Idle, alive, not retired and under its call budget."""
+        calls_left = worker.calls < self.limits.max_calls_per_worker
+        return not worker.busy and worker.alive and calls_left
 
     async def _start_worker(self) -> _Worker:
         validate_package_dir(self.sandbox_mode, self.package_dir)
@@ -409,6 +434,11 @@ class ContractPool:
                 f"cannot start a contract worker: {exc}", code="contract_crashed"
             ) from exc
         self._live.add(worker)
+        try:
+            await worker.wait_ready()
+        except BaseException:
+            self._discard(worker)
+            raise
         return worker
 
     def _discard(self, worker: _Worker) -> None:
@@ -419,9 +449,9 @@ class ContractPool:
         task.add_done_callback(self._reaping.discard)
 
 
-async def _death_error(worker: _Worker, reason: str) -> ContractFailure:
+async def _death_error(worker: _Worker, gone: _WorkerGone) -> ContractFailure:
     """contract_resource_limit if an rlimit (or the OOM killer) ended it, else crashed."""
-    status = await worker.exit_status(EXIT_WAIT_S)
+    status = await worker.exit_status(EXIT_WAIT_S) if gone.exited else None
     worker.kill()
     signum = -status if status is not None and status < 0 else None
     if status is not None and status > 128:  # bubblewrap reports 128 + signal
@@ -432,7 +462,7 @@ async def _death_error(worker: _Worker, reason: str) -> ContractFailure:
             code="contract_resource_limit",
         )
     return ContractFailure(
-        f"the contract worker died: {reason} (exit status {status})", code="contract_crashed"
+        f"the contract worker died: {gone} (exit status {status})", code="contract_crashed"
     )
 
 

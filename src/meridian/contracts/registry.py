@@ -17,13 +17,13 @@ from typing import Any
 from ..errors import ContractArgumentError, ContractFailure, InvalidInput, NotFound
 from ..node.policy import Policy
 from .api import ContractError, get_kind
-from .lifecycle import LIFECYCLE, ContractDefinition, Lifecycle, get_definition
+from .lifecycle import LIFECYCLE, ContractDefinition, Lifecycle
 from .package import PackageStore
 from .pool import ContractPool
 from .sandbox import SandboxLimits
 from .simulation import Simulation
 
-DefinitionReader = Callable[[str, str], tuple[Any, Any] | None]
+DefinitionReader = Callable[[str], ContractDefinition | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,14 +33,13 @@ class AppContracts:
     app: str
     members: tuple[str, ...]
     lifecycle_policy: Policy
-    read: DefinitionReader  # committed state reader get(ns, key)
+    definition: DefinitionReader  # committed definition of a contract, by name
 
 
 class ContractRegistry:
     """Resolves ``(app, contract)`` to running code and calls it within a simulation."""
 
-    def __init__(self, packages: PackageStore, *, limits: SandboxLimits,
-                 workers: int = 2) -> None:
+    def __init__(self, packages: PackageStore, *, limits: SandboxLimits, workers: int = 2) -> None:
         self.packages = packages
         self.limits = limits
         self.workers = workers
@@ -51,10 +50,13 @@ class ContractRegistry:
         self._apps[app.app] = app
 
     def definition(self, app: str, contract: str) -> ContractDefinition:
-        found = get_definition(self._apps[app].read, contract)
+        found = self._apps[app].definition(contract)
         if found is None:
-            raise NotFound(f"app {app} has no contract {contract!r}", code="unknown_contract",
-                           hint="list contracts with 'meridian contract list'")
+            raise NotFound(
+                f"app {app} has no contract {contract!r}",
+                code="unknown_contract",
+                hint="list contracts with 'meridian contract list'",
+            )
         return found
 
     def pool_for(self, app: str, definition: ContractDefinition) -> ContractPool:
@@ -62,13 +64,15 @@ class ContractRegistry:
         pool = self._pools.get(key)
         if pool is None:
             package = self.packages.get(definition.package_id)
-            pool = ContractPool(package.path, package.manifest.entry, workers=self.workers,
-                                limits=self.limits)
+            pool = ContractPool(
+                package.path, package.manifest.entry, workers=self.workers, limits=self.limits
+            )
             self._pools[key] = pool
         return pool
 
-    async def call(self, sim: Simulation, contract: str, function: str, args: list[Any],
-                   *, submit: bool) -> tuple[Any, str]:
+    async def call(
+        self, sim: Simulation, contract: str, function: str, args: list[Any], *, submit: bool
+    ) -> tuple[Any, str]:
         """Run ``contract.function(*args)``; returns (response, contract version label)."""
         if contract == LIFECYCLE:
             return self._call_lifecycle(sim, function, args, submit=submit), f"{LIFECYCLE}@0"
@@ -80,32 +84,38 @@ class ContractRegistry:
         fn = info.functions.get(function)
         if fn is None:
             raise NotFound(
-                f"contract {contract} has no function {function!r}", code="unknown_function",
-                hint=f"functions: {', '.join(sorted(info.functions))}")
+                f"contract {contract} has no function {function!r}",
+                code="unknown_function",
+                hint=f"functions: {', '.join(sorted(info.functions))}",
+            )
         if submit and fn.kind != "transaction":
-            raise InvalidInput(f"{contract}.{function} is a query: evaluate it instead",
-                               code="not_a_transaction")
+            raise InvalidInput(
+                f"{contract}.{function} is a query: evaluate it instead", code="not_a_transaction"
+            )
         return await pool.call(function, args, sim.context(contract)), definition.label
 
-    async def invoke(self, sim: Simulation, contract: str, function: str,
-                     args: list[Any]) -> Any:
+    async def invoke(self, sim: Simulation, contract: str, function: str, args: list[Any]) -> Any:
         """A contract calling another contract of the same app (in the same simulation)."""
         if contract.startswith("_"):
-            raise ContractFailure("contracts cannot call system contracts",
-                                  code="contract_invoke_unavailable")
+            raise ContractFailure(
+                "contracts cannot call system contracts", code="contract_invoke_unavailable"
+            )
         response, _ = await self.call(sim, contract, function, args, submit=False)
         return response
 
-    def _call_lifecycle(self, sim: Simulation, function: str, args: list[Any], *,
-                        submit: bool) -> Any:
+    def _call_lifecycle(
+        self, sim: Simulation, function: str, args: list[Any], *, submit: bool
+    ) -> Any:
         app = self._apps[sim.app]
         contract = Lifecycle(app.members, app.lifecycle_policy)
         method = getattr(contract, function, None) if not function.startswith("_") else None
         kind = get_kind(method)
         if method is None or kind is None:
-            raise NotFound(f"{LIFECYCLE} has no function {function!r}",
-                           code="unknown_function",
-                           hint=f"functions: {', '.join(sorted(contract.functions()))}")
+            raise NotFound(
+                f"{LIFECYCLE} has no function {function!r}",
+                code="unknown_function",
+                hint=f"functions: {', '.join(sorted(contract.functions()))}",
+            )
         if submit and kind != "transaction":
             raise InvalidInput(f"{LIFECYCLE}.{function} is a query", code="not_a_transaction")
         _check_system_args(method, args)
@@ -130,9 +140,11 @@ def _check_system_args(method: Callable[..., Any], args: list[Any]) -> None:
     if not len(required) <= len(args) <= len(params):
         raise ContractArgumentError(
             f"{method.__name__} takes {len(required)}..{len(params)} arguments "
-            f"({', '.join(p.name for p in params)}), got {len(args)}")
+            f"({', '.join(p.name for p in params)}), got {len(args)}"
+        )
     for param, arg in zip(params, args, strict=False):
         expected = {"str": str, "int": int}.get(str(param.annotation))
         if expected and (not isinstance(arg, expected) or isinstance(arg, bool)):
             raise ContractArgumentError(
-                f"argument {param.name} must be {param.annotation}, got {type(arg).__name__}")
+                f"argument {param.name} must be {param.annotation}, got {type(arg).__name__}"
+            )

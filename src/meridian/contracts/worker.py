@@ -4,8 +4,9 @@ Started by :mod:`.sandbox` (``python -I -c <bootstrap> MERIDIAN_ROOT PACKAGE ENT
 or ``python -m meridian.contracts.worker PACKAGE ENTRY LIMITS``). At start it lowers its
 own rlimits, keeps the original stdin/stdout as the protocol channel (fd 0 becomes
 ``/dev/null`` and fd 1 a copy of stderr, so ``print`` can't corrupt the protocol),
-installs the :class:`AuditGuard`, imports the contract, then serves requests until
-stdin closes.
+installs the :class:`AuditGuard`, imports the contract, sends ``{"op": "ready"}`` (also
+when loading failed: requests are then answered with the load error) and serves
+requests until stdin closes.
 
 Protocol: frames of a 4-byte big-endian length and orjson bytes (at most
 :data:`MAX_FRAME_BYTES`). The parent sends ``{"op": "describe"}`` or ``{"op": "call",
@@ -250,7 +251,7 @@ class AuditGuard:
     def install(self) -> None:
         for name in FORBIDDEN_IMPORTS:
             sys.modules.pop(name, None)  # so that importing them again is audited
-        pass  # MUTANT
+        sys.addaudithook(self._hook)
 
     def _hook(self, event: str, args: tuple[Any, ...]) -> None:
         if self._busy:
@@ -473,6 +474,7 @@ class RemoteContext:
     def __init__(self, channel: Channel, info: Mapping[str, Any]) -> None:
         self._channel = channel
         self.host_error: tuple[str, str] | None = None
+        self.finished = False
         self.tx_id: str = info["tx_id"]
         self.timestamp_ms: int = info["timestamp_ms"]
         self.caller = CallerIdentity.from_dict(info["caller"])
@@ -512,6 +514,8 @@ class RemoteContext:
         )
 
     def _send(self, message: dict[str, Any]) -> None:
+        if self.finished:
+            raise ContractError("this Context belongs to a call that has finished")
         if self.host_error is not None:
             raise HostError(*self.host_error)
         try:
@@ -586,18 +590,20 @@ def handle_describe(loaded: LoadedContract) -> dict[str, Any]:
 def handle_call(
     message: Mapping[str, Any], loaded: LoadedContract, channel: Channel, guard: AuditGuard
 ) -> dict[str, Any]:
-    """Run one call to the end and return the final frame."""
+    """Run one call to the end and return the final frame.
+
+    Precedence: a sandbox violation, then the first Context error, then what the method
+    raised, then a return value that is not a JSON value.
+    """
     try:
         cls, spec, args = _prepare_call(message, loaded)
-        ctx = RemoteContext(channel, message["ctx"])
-        value = _run_method(cls, spec, ctx, args)
-        _check_outcome(guard, ctx)
-        _validate_return(value)
     except CallFailed as exc:
-        if guard.violation is not None:
-            return CallFailed(FORBIDDEN, f"the contract attempted {guard.violation}").to_frame()
         return exc.to_frame()
-    return {"op": "return", "value": value}
+    ctx = RemoteContext(channel, message["ctx"])
+    value, raised = _run_method(cls, spec, ctx, args)
+    ctx.finished = True
+    failure = _get_host_failure(guard, ctx) or raised or _check_return(value)
+    return failure.to_frame() if failure else {"op": "return", "value": value}
 
 
 def _prepare_call(
@@ -618,37 +624,36 @@ def _prepare_call(
 
 def _run_method(
     cls: type[Contract], spec: FunctionSpec, ctx: RemoteContext, args: list[Any]
-) -> Any:
-    failure: CallFailed | None = None
+) -> tuple[Any, CallFailed | None]:
+    """The method's return value, or how it failed (its frames already freed)."""
     try:
-        return getattr(cls(), spec.name)(ctx, *args)
+        return getattr(cls(), spec.name)(ctx, *args), None
     except MemoryError:
-        failure = CallFailed(RESOURCE_LIMIT, "the contract ran out of memory")
-    except HostError as exc:
-        failure = CallFailed(exc.code, exc.message)
+        return None, CallFailed(RESOURCE_LIMIT, "the contract ran out of memory")
     except ContractError as exc:
-        failure = CallFailed(REJECTED, str(exc))
+        return None, CallFailed(REJECTED, str(exc))
     except BaseException as exc:
         traceback.print_exc()
-        failure = CallFailed(ERROR, describe_exception(exc))
-    raise failure  # outside the handlers, so the failed frames are already freed
+        return None, CallFailed(ERROR, describe_exception(exc))
 
 
-def _check_outcome(guard: AuditGuard, ctx: RemoteContext) -> None:
+def _get_host_failure(guard: AuditGuard, ctx: RemoteContext) -> CallFailed | None:
     if guard.violation is not None:
-        raise CallFailed(FORBIDDEN, f"the contract attempted {guard.violation}")
+        return CallFailed(FORBIDDEN, f"the contract attempted {guard.violation}")
     if ctx.host_error is not None:
-        raise CallFailed(*ctx.host_error)
+        return CallFailed(*ctx.host_error)
+    return None
 
 
-def _validate_return(value: Any) -> None:
+def _check_return(value: Any) -> CallFailed | None:
     try:
         codec.validate_value(value, what="contract return value")
         encode_frame({"op": "return", "value": value})
     except InvalidInput as exc:
-        raise CallFailed(BAD_VALUE, exc.message) from None
+        return CallFailed(BAD_VALUE, exc.message)
     except TypeError as exc:
-        raise CallFailed(BAD_VALUE, f"contract return value: {exc}") from None
+        return CallFailed(BAD_VALUE, f"contract return value: {exc}")
+    return None
 
 
 def serve(channel: Channel, loaded: LoadedContract, guard: AuditGuard) -> None:
@@ -672,6 +677,7 @@ def main(argv: list[str]) -> None:
     guard = AuditGuard(compute_readable_roots(package_dir))
     guard.install()
     loaded = load_contract(package_dir, entry, guard)
+    channel.write({"op": "ready"})
     serve(channel, loaded, guard)
 
 

@@ -362,6 +362,12 @@ def verify_cached(suite: str, public_key: bytes, message: bytes, signature: byte
     return verdict
 
 
+def remember_own_signature(suite: str, public_key: bytes, message: bytes,
+                           signature: bytes) -> None:
+    """Record a signature this process just made as valid (saves re-verifying it)."""
+    _VERIFY_CACHE.put(compute_digest_parts(suite.encode(), public_key, message, signature), True)
+
+
 def clear_verify_cache() -> None:
     """Forget every cached verdict (tests, key rotation drills)."""
     _VERIFY_CACHE.clear()

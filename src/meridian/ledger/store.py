@@ -256,7 +256,7 @@ class SqliteLedger:
             conn.execute(
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
                 (number, block.header.hash, block.header.encode(),
-                 codec.encode([t.to_dict() for t in block.transactions]),
+                 b"[" + b",".join(t.encode() for t in block.transactions) + b"]",
                  codec.encode([int(c) for c in batch.codes]), batch.result_root))
             conn.executemany(
                 "INSERT OR IGNORE INTO txs VALUES (?,?,?,?)",

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
 from ..crypto.certs import Membership
 from ..errors import Busy, Conflict, Unavailable
 from ..ledger.store import CommitBatch, SqliteLedger
@@ -105,6 +106,7 @@ class Channel:
         self._task: asyncio.Task[None] | None = None
         self.last_commit_ms = 0
         self.halted: str | None = None
+        self._definitions: dict[str, ContractDefinition | None] = {}
 
     # --------------------------------------------------------------------- lifecycle
 
@@ -206,6 +208,8 @@ class Channel:
             raise
         self._tip = ChainTip(block.header.number + 1, block.header.hash, batch.result_root,
                              block.header.timestamp_ms)
+        if any(w.ns == LIFECYCLE for w in batch.writes):
+            self._definitions.clear()
         self.last_commit_ms = int(time.time() * 1000)
         for index, (tx, code) in enumerate(zip(block.transactions, batch.codes, strict=True)):
             self._pending_ids.discard(tx.tx_id)
@@ -224,6 +228,12 @@ class Channel:
             except TimeoutError:
                 return False
         return True
+
+    def get_definition(self, name: str) -> ContractDefinition | None:
+        """The committed definition of contract ``name`` (cached until the next change)."""
+        if name not in self._definitions:
+            self._definitions[name] = get_definition(self.ledger.get, name)
+        return self._definitions[name]
 
     def get_receipt(self, tx_id: str) -> Receipt | None:
         loc = self.ledger.get_tx(tx_id)

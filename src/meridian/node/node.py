@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from ..contracts.api import CallerIdentity
-from ..contracts.lifecycle import LIFECYCLE, get_definition
+from ..contracts.lifecycle import LIFECYCLE
 from ..contracts.package import InstalledPackage, PackageStore
 from ..contracts.registry import AppContracts, ContractRegistry
 from ..contracts.sandbox import SandboxLimits
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership, load_cert_der, load_signer
 from ..crypto.hashing import compute_signing_digest
-from ..crypto.suites import verify_cached
+from ..crypto.suites import remember_own_signature, verify_cached
 from ..errors import (
     AuthError,
     Conflict,
@@ -57,7 +57,7 @@ DEFAULT_WAIT_S = 30.0
 class NodeOptions:
     """Per-process knobs (the network configuration holds what nodes must agree on)."""
 
-    contract_workers: int = 2
+    contract_workers: int = 6
     limits: SandboxLimits = field(default_factory=SandboxLimits)
 
 
@@ -80,6 +80,7 @@ class Node:
         node_dir = layout.node_dir(node_id)
         self.signer = load_signer((node_dir / "key.pem").read_bytes())
         self.cert_der = load_cert_der((node_dir / "cert.pem").read_bytes())
+        self._public_key = self.signer.public_key_bytes()
         self.membership = Membership(
             {org.id: org.ca_pem for org in self.config.orgs}, self._load_crls())
         self.data_dir: Path = layout.data_dir(node_id)
@@ -112,7 +113,8 @@ class Node:
                                   timeout_ms=self.config.block.timeout_ms)
             channel = Channel(rules, ledger, self.membership, orderer)
             self.registry.add_app(AppContracts(app.name, app.members,
-                                               parse_policy(app.lifecycle_policy), ledger.get))
+                                               parse_policy(app.lifecycle_policy),
+                                               channel.get_definition))
             await channel.start()
             self.channels[app.name] = channel
         log.info("node %s (org %s) serving apps %s", self.id, self.entry.org,
@@ -178,8 +180,9 @@ class Node:
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
         payload = compute_endorsement_payload(signed.proposal.tx_id, result)
         digest = compute_signing_digest(DOMAIN_ENDORSEMENT, self.config.network, payload)
-        endorsement = Endorsement(self.cert_der, self.signer.sign(bytes(digest)))
-        return Transaction(signed, result, (endorsement,))
+        signature = self.signer.sign(bytes(digest))
+        remember_own_signature(self.signer.suite, self._public_key, bytes(digest), signature)
+        return Transaction(signed, result, (Endorsement(self.cert_der, signature),))
 
     async def prepare(self, app: str, signed: SignedProposal) -> Endorsed:
         """Check, simulate and endorse one proposal for submission."""
@@ -201,7 +204,7 @@ class Node:
             if ns.startswith("_"):
                 policy = channel.rules.system_policy
             else:
-                definition = get_definition(channel.ledger.get, ns)
+                definition = channel.get_definition(ns)
                 if definition is None:
                     continue
                 policy = definition.policy
