@@ -20,8 +20,12 @@ class AssetTransfer(Contract):
             raise ContractError(f"asset {asset_id} already exists")
         if value < 0:
             raise ContractError("value must not be negative")
-        asset = {"id": asset_id, "owner": owner, "value": value,
-                 "created_by": f"{ctx.caller.name}@{ctx.caller.org}"}
+        asset = {
+            "id": asset_id,
+            "owner": owner,
+            "value": value,
+            "created_by": f"{ctx.caller.name}@{ctx.caller.org}",
+        }
         ctx.put_state(asset_id, asset)
         ctx.add("stats/assets", 1)
         ctx.emit("created", {"id": asset_id, "owner": owner})

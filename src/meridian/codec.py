@@ -33,7 +33,9 @@ def encode(value: Any) -> bytes:
     try:
         return orjson.dumps(value, option=_OPTS)
     except TypeError as exc:
-        raise InvalidInput(f"value cannot be encoded canonically: {exc}", code="unencodable") from exc
+        raise InvalidInput(
+            f"value cannot be encoded canonically: {exc}", code="unencodable"
+        ) from exc
 
 
 def decode(data: bytes | str, *, max_bytes: int, what: str = "message") -> Any:

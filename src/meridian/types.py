@@ -126,9 +126,7 @@ def _digest(value: Any, what: str) -> Digest:
     return Digest(codec.unhex(value, what=what, length=DIGEST_BYTES))
 
 
-def _list_of(
-    value: Any, limit: int, what: str, parse: Callable[[Any], T]
-) -> tuple[T, ...]:
+def _list_of(value: Any, limit: int, what: str, parse: Callable[[Any], T]) -> tuple[T, ...]:
     return tuple(parse(item) for item in _bounded_list(value, limit, what))
 
 
@@ -261,8 +259,9 @@ class KVRead:
 
     @classmethod
     def from_dict(cls, d: Any) -> KVRead:
-        return cls(_key(_field(d, "key", str, "read"), "read.key"),
-                   Version.from_list(d.get("version")))
+        return cls(
+            _key(_field(d, "key", str, "read"), "read.key"), Version.from_list(d.get("version"))
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,8 +287,9 @@ class RangeRead:
         return cls(
             start=_field(d, "start", str, what),
             end=_field(d, "end", str, what),
-            reads=_list_of(_field(d, "reads", list, what), MAX_RWSET_ENTRIES, what,
-                           KVRead.from_dict),
+            reads=_list_of(
+                _field(d, "reads", list, what), MAX_RWSET_ENTRIES, what, KVRead.from_dict
+            ),
             exhausted=_field(d, "exhausted", bool, what),
         )
 
@@ -362,8 +362,9 @@ class NsRWSet:
         return cls(
             namespace=ns,
             reads=_list_of(_field(d, "reads", list, what), lim, what, KVRead.from_dict),
-            range_reads=_list_of(_field(d, "range_reads", list, what), 64, what,
-                                 RangeRead.from_dict),
+            range_reads=_list_of(
+                _field(d, "range_reads", list, what), 64, what, RangeRead.from_dict
+            ),
             writes=_list_of(_field(d, "writes", list, what), lim, what, KVWrite.from_dict),
             deltas=_list_of(_field(d, "deltas", list, what), lim, what, KVDelta.from_dict),
         )
@@ -475,8 +476,9 @@ class Transaction:
         return cls(
             signed_proposal=SignedProposal.from_dict(_field(d, "signed_proposal", dict, what)),
             result=TxResult.from_dict(_field(d, "result", dict, what)),
-            endorsements=_list_of(_field(d, "endorsements", list, what), MAX_ENDORSEMENTS,
-                                  what, Endorsement.from_dict),
+            endorsements=_list_of(
+                _field(d, "endorsements", list, what), MAX_ENDORSEMENTS, what, Endorsement.from_dict
+            ),
         )
 
     def encode(self) -> bytes:
@@ -533,8 +535,7 @@ class BlockHeader:
             number=_nonneg(_field(d, "number", int, what), "header.number"),
             previous_hash=_digest(_field(d, "previous_hash", str, what), "previous_hash"),
             data_hash=_digest(_field(d, "data_hash", str, what), "data_hash"),
-            last_result_root=_digest(_field(d, "last_result_root", str, what),
-                                     "last_result_root"),
+            last_result_root=_digest(_field(d, "last_result_root", str, what), "last_result_root"),
             timestamp_ms=_nonneg(_field(d, "timestamp_ms", int, what), "header.timestamp_ms"),
             tx_count=tx_count,
         )
@@ -564,8 +565,9 @@ class Block:
     @classmethod
     def from_dict(cls, d: Any) -> Block:
         header = BlockHeader.from_dict(_field(d, "header", dict, "block"))
-        txs = _list_of(_field(d, "transactions", list, "block"), MAX_BLOCK_TXS, "block",
-                       Transaction.from_dict)
+        txs = _list_of(
+            _field(d, "transactions", list, "block"), MAX_BLOCK_TXS, "block", Transaction.from_dict
+        )
         if len(txs) != header.tx_count:
             raise InvalidInput("block.tx_count does not match its transactions", code="malformed")
         return cls(header, txs)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meridian.cli.procs import free_port_block, wait_healthy, NodeProcess
+from meridian.cli.procs import NodeProcess, free_port_block, wait_healthy
 from meridian.client import Gateway, Identity, connect
 from meridian.client.lifecycle import deploy
 from meridian.network.config import BlockConfig, NetworkConfig, NetworkLayout
@@ -35,20 +35,40 @@ class RunningNetwork:
 
     def gateway(self, who: str = "org1/user1", **kw: object) -> Gateway:
         org, name = who.split("/")
-        return connect(self.url, Identity.from_dir(self.layout.user_dir(org, name)),
-                       network=self.config.network, **kw)  # type: ignore[arg-type]
+        return connect(
+            self.url,
+            Identity.from_dir(self.layout.user_dir(org, name)),
+            network=self.config.network,
+            **kw,
+        )  # type: ignore[arg-type]
 
     def start(self, sandbox: str = "auto") -> None:
         """(Re)start every node process and wait until healthy."""
         self.procs = [
-            NodeProcess(entry, subprocess.Popen(
-                [sys.executable, "-m", "meridian.node.main", "--network",
-                 str(self.layout.root), "--node", entry.id, "--sandbox", sandbox,
-                 "--log-level", "WARNING"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=open(self.layout.data_dir(entry.id) / "stderr.log", "ab"),  # noqa: SIM115
-                start_new_session=True))
-            for entry in self.config.nodes]
+            NodeProcess(
+                entry,
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "meridian.node.main",
+                        "--network",
+                        str(self.layout.root),
+                        "--node",
+                        entry.id,
+                        "--sandbox",
+                        sandbox,
+                        "--log-level",
+                        "WARNING",
+                    ],
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=open(self.layout.data_dir(entry.id) / "stderr.log", "ab"),  # noqa: SIM115
+                    start_new_session=True,
+                ),
+            )
+            for entry in self.config.nodes
+        ]
         wait_healthy(self.procs, timeout_s=60)
 
     def kill(self) -> None:
@@ -80,8 +100,12 @@ class RunningNetwork:
 
 def make_network(tmp: Path, **block: int) -> RunningNetwork:
     layout = NetworkLayout(tmp / "network")
-    config = init_network(layout.root, InitOptions(
-        base_port=free_port_block(1), block=BlockConfig(**block) if block else BlockConfig()))
+    config = init_network(
+        layout.root,
+        InitOptions(
+            base_port=free_port_block(1), block=BlockConfig(**block) if block else BlockConfig()
+        ),
+    )
     return RunningNetwork(layout, config, [])
 
 

@@ -21,8 +21,9 @@ from .conftest import RunningNetwork
 SUBMITTERS = 4
 
 
-def _submit_until_failure(gw: Gateway, prefix: str, acked: dict[str, str],
-                          lock: threading.Lock, stop: threading.Event) -> None:
+def _submit_until_failure(
+    gw: Gateway, prefix: str, acked: dict[str, str], lock: threading.Lock, stop: threading.Event
+) -> None:
     contract = gw.app("demo").contract("asset-transfer")
     i = 0
     while not stop.is_set():
@@ -43,9 +44,12 @@ def _load_and_kill(net: RunningNetwork, round_no: int, acked: dict[str, str]) ->
     lock = threading.Lock()
     stop = threading.Event()
     gateways = [net.gateway(timeout_s=10) for _ in range(SUBMITTERS)]
-    threads = [threading.Thread(target=_submit_until_failure,
-                                args=(gw, f"r{round_no}c{n}", acked, lock, stop))
-               for n, gw in enumerate(gateways)]
+    threads = [
+        threading.Thread(
+            target=_submit_until_failure, args=(gw, f"r{round_no}c{n}", acked, lock, stop)
+        )
+        for n, gw in enumerate(gateways)
+    ]
     for t in threads:
         t.start()
     time.sleep(2.0)
@@ -95,7 +99,19 @@ def test_sigkill_under_load_loses_nothing_acknowledged(fresh_network: RunningNet
     net.stop()
 
     verify = subprocess.run(
-        [sys.executable, "-m", "meridian.cli.main", "--network", str(net.layout.root),
-         "--json", "ledger", "verify"], capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "meridian.cli.main",
+            "--network",
+            str(net.layout.root),
+            "--json",
+            "ledger",
+            "verify",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert '"ok": true' in verify.stdout

@@ -217,6 +217,7 @@ class Identities:
     not_yet_valid: Identity
     foreign_same_name: Identity  # "org1" from a CA that is not the network's
     foreign_org: Identity  # an org that is not in the network
+    org_ca: Identity  # the org's CA certificate and key, which are no identity
 
 
 def _issue(ca: CertificateAuthority, name: str, **kw: Any) -> Identity:
@@ -241,6 +242,7 @@ def ids(network: RunningNetwork) -> Identities:
         not_yet_valid=_issue(ca, "early", days=30, not_before=now + timedelta(days=2)),
         foreign_same_name=_issue(CertificateAuthority.create("org1"), "intruder"),
         foreign_org=_issue(CertificateAuthority.create("org9"), "intruder"),
+        org_ca=Identity(load_cert_der(ca.cert_pem), load_signer(ca.key_pem)),
     )
 
 
@@ -423,6 +425,7 @@ BAD_IDENTITIES = {
     "not yet valid": ("not_yet_valid", "certificate_expired"),
     "foreign CA, member org name": ("foreign_same_name", "certificate_invalid"),
     "org not in the network": ("foreign_org", "unknown_org"),
+    "the org's CA certificate": ("org_ca", "certificate_invalid"),
 }
 
 
@@ -684,6 +687,13 @@ def test_submit_without_waiting_commits_later(client: Client) -> None:
         {"contract": CONTRACT, "name": "created", "payload": {"id": asset, "owner": "bob"}}
     ]
     assert client.read_asset(asset)["owner"] == "bob"
+
+
+def test_evaluate_never_reaches_the_ledger(client: Client) -> None:
+    asset = new_asset()
+    with ledger_unchanged(client, asset):
+        response = ok(client.evaluate("create", asset, "ivan", 4))["response"]
+        assert response["id"] == asset and response["owner"] == "ivan"
 
 
 def test_invalid_unknown_transaction(client: Client) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import platform
 import shutil
-import statistics
 import tempfile
 import threading
 import time
@@ -31,9 +30,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress
 
-from ..client.lifecycle import deploy
 from ..cli.procs import free_port_block, start_nodes, stop_processes, wait_healthy
 from ..client import Gateway, Identity, connect
+from ..client.lifecycle import deploy
 from ..errors import MeridianError
 from ..network.config import BlockConfig, NetworkLayout
 from ..network.init import InitOptions, init_network
@@ -64,14 +63,20 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _presign(gw: Gateway, prefix: str, n: int) -> list[dict[str, Any]]:
     builder = gw.builder
-    return [builder.build("demo", "asset-transfer", "create",
-                          (f"{prefix}-{i}", f"owner-{i % 100}", i)).to_dict()
-            for i in range(n)]
+    return [
+        builder.build(
+            "demo", "asset-transfer", "create", (f"{prefix}-{i}", f"owner-{i % 100}", i)
+        ).to_dict()
+        for i in range(n)
+    ]
 
 
 def _post_batch(gw: Gateway, proposals: list[dict[str, Any]]) -> int:
-    body = gw.request("POST", "/v1/apps/demo/transactions/batch",
-                      {"proposals": proposals, "wait": True, "timeout_ms": 120_000})
+    body = gw.request(
+        "POST",
+        "/v1/apps/demo/transactions/batch",
+        {"proposals": proposals, "wait": True, "timeout_ms": 120_000},
+    )
     bad = [r for r in body["results"] if not r["ok"]]
     if bad:
         raise MeridianError(f"{len(bad)} transactions failed, e.g. {bad[0]}", code="bench_failed")
@@ -86,12 +91,13 @@ def _throughput(gws: list[Gateway], n: int) -> float:
 
     def client(gw: Gateway, proposals: list[dict[str, Any]]) -> None:
         for i in range(0, len(proposals), BATCH):
-            count = _post_batch(gw, proposals[i:i + BATCH])
+            count = _post_batch(gw, proposals[i : i + BATCH])
             with lock:
                 done[0] += count
 
-    threads = [threading.Thread(target=client, args=(gw, s)) for gw, s in zip(gws, signed,
-                                                                               strict=True)]
+    threads = [
+        threading.Thread(target=client, args=(gw, s)) for gw, s in zip(gws, signed, strict=True)
+    ]
     start = time.perf_counter()
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("throughput", total=per_client * len(gws))
@@ -123,7 +129,7 @@ def _paced_latency(gw: Gateway, rate: float, seconds: float) -> list[float]:
     begin = time.perf_counter()
     for k in range(total):
         time.sleep(max(0.0, begin + k / ticks_per_s - time.perf_counter()))
-        t = threading.Thread(target=send, args=(signed[k * per_tick:(k + 1) * per_tick],))
+        t = threading.Thread(target=send, args=(signed[k * per_tick : (k + 1) * per_tick],))
         t.start()
         threads.append(t)
     for t in threads:
@@ -144,17 +150,28 @@ def _lone(gw: Gateway, count: int) -> list[float]:
 def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> BenchResult:
     root = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
     layout = NetworkLayout(root / "network")
-    config = init_network(layout.root, InitOptions(
-        base_port=free_port_block(1), block=BlockConfig(max_txs=2000, timeout_ms=20)))
+    config = init_network(
+        layout.root,
+        InitOptions(base_port=free_port_block(1), block=BlockConfig(max_txs=2000, timeout_ms=20)),
+    )
     url = config.nodes[0].url
     procs = start_nodes(layout, config, detach=True)
     try:
         wait_healthy(procs)
-        admins = [connect(url, Identity.from_dir(layout.user_dir(o, "admin")),
-                          network=config.network) for o in ("org1", "org2")]
+        admins = [
+            connect(url, Identity.from_dir(layout.user_dir(o, "admin")), network=config.network)
+            for o in ("org1", "org2")
+        ]
         deploy(admins, "demo", EXAMPLE)
-        gws = [connect(url, Identity.from_dir(layout.user_dir("org1", "user1")),
-                       network=config.network, timeout_s=300) for _ in range(CLIENTS)]
+        gws = [
+            connect(
+                url,
+                Identity.from_dir(layout.user_dir("org1", "user1")),
+                network=config.network,
+                timeout_s=300,
+            )
+            for _ in range(CLIENTS)
+        ]
         _post_batch(gws[0], _presign(gws[0], "warm", 1000))
         elapsed = _throughput(gws, transactions)
         tps = transactions / elapsed
@@ -165,12 +182,22 @@ def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> Benc
     finally:
         stop_processes(procs)
         shutil.rmtree(root, ignore_errors=True)
-    result = BenchResult(transactions, elapsed, tps, tps / 2, _percentile(latencies, 0.5),
-                         _percentile(latencies, 0.99), _percentile(lone, 0.5),
-                         _percentile(lone, 0.99), sandbox)
-    console.print(f"latency at {result.half_load_tps:,.0f} tx/s: p50 {result.p50_ms:.0f} ms, "
-                  f"p99 {result.p99_ms:.0f} ms; lone tx: p50 {result.lone_p50_ms:.1f} ms, "
-                  f"p99 {result.lone_p99_ms:.1f} ms (sandbox {sandbox})")
+    result = BenchResult(
+        transactions,
+        elapsed,
+        tps,
+        tps / 2,
+        _percentile(latencies, 0.5),
+        _percentile(latencies, 0.99),
+        _percentile(lone, 0.5),
+        _percentile(lone, 0.99),
+        sandbox,
+    )
+    console.print(
+        f"latency at {result.half_load_tps:,.0f} tx/s: p50 {result.p50_ms:.0f} ms, "
+        f"p99 {result.p99_ms:.0f} ms; lone tx: p50 {result.lone_p50_ms:.1f} ms, "
+        f"p99 {result.lone_p99_ms:.1f} ms (sandbox {sandbox})"
+    )
     if output:
         _append_report(output, result)
     return result
@@ -185,8 +212,10 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
-            f"{platform.system()} {platform.release()}")
+    return (
+        f"{os.cpu_count()} cores ({model}), Python {platform.python_version()}, "
+        f"{platform.system()} {platform.release()}"
+    )
 
 
 def _append_report(path: Path, r: BenchResult) -> None:
@@ -197,13 +226,16 @@ def _append_report(path: Path, r: BenchResult) -> None:
         f"--transactions {r.transactions}`), client on the same machine, sandbox "
         f"`{r.sandbox}`\n\n"
         "| measure | value |\n|---|---|\n"
-        f"| committed throughput (batch path, {CLIENTS} clients × {BATCH}/request) "
+        f"| committed throughput (batch path, {CLIENTS} clients, {BATCH} per request) "
         f"| {r.tps:,.0f} tx/s |\n"
         f"| submit-to-commit latency at {r.half_load_tps:,.0f} tx/s (half load), p50 / p99 "
         f"| {r.p50_ms:.0f} ms / {r.p99_ms:.0f} ms |\n"
-        f"| lone transaction, p50 / p99 | {r.lone_p50_ms:.1f} ms / {r.lone_p99_ms:.1f} ms |\n")
+        f"| lone transaction, p50 / p99 | {r.lone_p50_ms:.1f} ms / {r.lone_p99_ms:.1f} ms |\n"
+    )
     if not path.exists():
-        path.write_text("# Benchmarks\n\nNumbers appended by `make bench`; see "
-                        "`src/meridian/bench/run.py` for what each run does.\n")
+        path.write_text(
+            "# Benchmarks\n\nNumbers appended by `make bench`; see "
+            "`src/meridian/bench/run.py` for what each run does.\n"
+        )
     with path.open("a") as f:
         f.write(text)

@@ -51,10 +51,11 @@ class Settings:
         org, _, name = spec.partition("/")
         found = self.layout.user_dir(org, name or "user1")
         if not (found / "cert.pem").is_file():
-            raise MeridianError(f"no identity {spec!r} (looked for {found}/cert.pem)",
-                                code="no_identity",
-                                hint="use --as ORG/NAME (e.g. org1/admin) or a folder "
-                                     "holding cert.pem and key.pem")
+            raise MeridianError(
+                f"no identity {spec!r} (looked for {found}/cert.pem)",
+                code="no_identity",
+                hint="use --as ORG/NAME (e.g. org1/admin) or a folder holding cert.pem and key.pem",
+            )
         return found
 
     def gateway(self, spec: str | None = None, url: str | None = None) -> Gateway:
@@ -107,7 +108,8 @@ def parse_args(raw: list[str]) -> list[Any]:
         except orjson.JSONDecodeError:
             value = text
         if isinstance(value, float):
-            raise MeridianError(f"argument {text!r} is a float; use integers",
-                                code="float_not_allowed")
+            raise MeridianError(
+                f"argument {text!r} is a float; use integers", code="float_not_allowed"
+            )
         out.append(value)
     return out

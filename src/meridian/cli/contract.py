@@ -11,8 +11,7 @@ from ..client.lifecycle import deploy, lifecycle_call, load_package, next_sequen
 from ..contracts.package import build_archive
 from .common import console, handle_errors, output, settings
 
-app = typer.Typer(help="Contract packages and their lifecycle on an app.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Contract packages and their lifecycle on an app.", no_args_is_help=True)
 
 
 @app.command("package")
@@ -27,8 +26,11 @@ def package_cmd(
         package_id, archive = build_archive(source)
         target = out or Path(f"{package_id.split(':')[0]}.tar.gz")
         target.write_bytes(archive)
-    output(s, {"package_id": package_id, "archive": str(target)},
-           lambda: console.print(f"{package_id}\n[dim]wrote {target}[/]"))
+    output(
+        s,
+        {"package_id": package_id, "archive": str(target)},
+        lambda: console.print(f"{package_id}\n[dim]wrote {target}[/]"),
+    )
 
 
 @app.command("install")
@@ -51,17 +53,22 @@ def _lifecycle_cmd(function: str) -> Any:
         package_id: str = typer.Option(..., "--package-id", help="NAME:SHA256 from install."),
         version: str = typer.Option("1.0", help="Version label."),
         sequence: int = typer.Option(0, help="Definition sequence (0: the next one)."),
-        policy: str = typer.Option("ANY", help="Endorsement policy: ANY, ALL, "
-                                                    "MAJORITY or K-of(org1,org2)."),
+        policy: str = typer.Option(
+            "ANY", help="Endorsement policy: ANY, ALL, MAJORITY or K-of(org1,org2)."
+        ),
     ) -> None:
         s = settings(ctx)
         with handle_errors(s.json), s.gateway() as gw:
             app_name = s.app_name()
             seq = sequence or next_sequence(gw, app_name, name)
-            result = lifecycle_call(gw, app_name, function, name, version, seq, package_id,
-                                    policy)
-        output(s, result, lambda: console.print(
-            f"[green]{function}d[/] {name} sequence {seq} ({result.get('package_id')})"))
+            result = lifecycle_call(gw, app_name, function, name, version, seq, package_id, policy)
+        output(
+            s,
+            result,
+            lambda: console.print(
+                f"[green]{function}d[/] {name} sequence {seq} ({result.get('package_id')})"
+            ),
+        )
 
     command.__doc__ = {
         "approve": "Approve a contract definition for your org (as its admin).",
@@ -78,8 +85,11 @@ app.command("commit")(_lifecycle_cmd("commit"))
 def deploy_cmd(
     ctx: typer.Context,
     source: Path = typer.Argument(..., help="Package folder or archive."),
-    admins: str = typer.Option("", help="Comma-separated admin identities that approve "
-                                        "(default: every org's admin in the network dir)."),
+    admins: str = typer.Option(
+        "",
+        help="Comma-separated admin identities that approve "
+        "(default: every org's admin in the network dir).",
+    ),
     policy: str = typer.Option("ANY", help="Endorsement policy (ANY, ALL, MAJORITY, K-of(...))."),
 ) -> None:
     """Install, approve by each org admin and commit (or upgrade) in one step."""
@@ -88,15 +98,21 @@ def deploy_cmd(
         config = s.config()
         app_name = s.app_name()
         specs = [a for a in admins.split(",") if a] or [
-            f"{org}/admin" for org in config.app(app_name).members]
+            f"{org}/admin" for org in config.app(app_name).members
+        ]
         gateways = [s.gateway(spec) for spec in specs]
         try:
             result = deploy(gateways, app_name, source, policy=policy)
         finally:
             for gw in gateways:
                 gw.close()
-    output(s, result, lambda: console.print(
-        f"[green]deployed[/] {result['name']} sequence {result['sequence']} on {app_name}"))
+    output(
+        s,
+        result,
+        lambda: console.print(
+            f"[green]deployed[/] {result['name']} sequence {result['sequence']} on {app_name}"
+        ),
+    )
 
 
 @app.command("list")
@@ -111,8 +127,7 @@ def list_cmd(ctx: typer.Context) -> None:
     def human() -> None:
         table = Table("name", "version", "sequence", "policy", "package id")
         for r in rows:
-            table.add_row(r["name"], r["version"], str(r["sequence"]), r["policy"],
-                          r["package_id"])
+            table.add_row(r["name"], r["version"], str(r["sequence"]), r["policy"], r["package_id"])
         console.print(table)
 
     output(s, {"contracts": rows}, human)

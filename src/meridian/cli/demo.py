@@ -10,15 +10,15 @@ from rich.rule import Rule
 
 from ..client import Gateway, Identity, connect
 from ..client.core import Receipt
+from ..client.lifecycle import deploy
+from ..crypto.certs import Membership
 from ..errors import MeridianError
 from ..network.config import NetworkLayout
 from ..network.init import InitOptions, init_network
 from ..node.policy import parse_policy
 from ..node.validate import AppRules
 from ..node.verify import verify_ledger
-from ..crypto.certs import Membership
 from .common import console
-from ..client.lifecycle import deploy
 from .procs import free_port_block, start_nodes, stop_processes, wait_healthy
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "asset_transfer"
@@ -26,8 +26,10 @@ EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "asset_transfer"
 
 def _show(label: str, receipt: Receipt) -> None:
     colour = "green" if receipt.valid else "red"
-    console.print(f"  [{colour}]{receipt.code:<20}[/] block {receipt.block:<3} "
-                  f"tx {receipt.tx_id[:12]}…  {label}")
+    console.print(
+        f"  [{colour}]{receipt.code:<20}[/] block {receipt.block:<3} "
+        f"tx {receipt.tx_id[:12]}…  {label}"
+    )
 
 
 def run_demo(*, keep: bool = False) -> None:
@@ -36,9 +38,11 @@ def run_demo(*, keep: bool = False) -> None:
     layout = NetworkLayout(root / "network")
     config = init_network(layout.root, InitOptions(base_port=free_port_block(1)))
     console.print(Rule("Meridian demo"))
-    console.print(f"network [bold]{config.network}[/] in {layout.root}: orgs "
-                  f"{', '.join(o.id for o in config.orgs)}, node {config.nodes[0].id} at "
-                  f"{config.nodes[0].url}, app [bold]demo[/]")
+    console.print(
+        f"network [bold]{config.network}[/] in {layout.root}: orgs "
+        f"{', '.join(o.id for o in config.orgs)}, node {config.nodes[0].id} at "
+        f"{config.nodes[0].url}, app [bold]demo[/]"
+    )
     procs = start_nodes(layout, config, detach=True)
     try:
         with console.status("starting the node..."):
@@ -64,35 +68,49 @@ def _scenario(layout: NetworkLayout, url: str, network: str) -> None:
     try:
         console.print(Rule("1. deploy asset-transfer: install, approve (org1, org2), commit"))
         definition = deploy(admins, "demo", EXAMPLE)
-        console.print(f"  committed {definition['name']} v{definition['version']} sequence "
-                      f"{definition['sequence']}, policy {definition['policy']}")
+        console.print(
+            f"  committed {definition['name']} v{definition['version']} sequence "
+            f"{definition['sequence']}, policy {definition['policy']}"
+        )
         contract = user.app("demo").contract("asset-transfer")
 
         console.print(Rule("2. transactions through the gateway (SDK)"))
-        for asset, owner, value in (("car-1", "alice", 30_000), ("bike-7", "alice", 900),
-                                    ("boat-3", "bob", 120_000)):
-            _show(f"create {asset} for {owner}",
-                  contract.submit_receipt("create", asset, owner, value))
-        _show("transfer car-1 alice -> carol", contract.submit_receipt("transfer", "car-1",
-                                                                      "carol"))
-        console.print(f"  by_owner('alice') = "
-                      f"{[a['id'] for a in contract.evaluate('by_owner', 'alice')]}")
+        for asset, owner, value in (
+            ("car-1", "alice", 30_000),
+            ("bike-7", "alice", 900),
+            ("boat-3", "bob", 120_000),
+        ):
+            _show(
+                f"create {asset} for {owner}",
+                contract.submit_receipt("create", asset, owner, value),
+            )
+        _show(
+            "transfer car-1 alice -> carol", contract.submit_receipt("transfer", "car-1", "carol")
+        )
+        console.print(
+            f"  by_owner('alice') = {[a['id'] for a in contract.evaluate('by_owner', 'alice')]}"
+        )
         console.print(f"  count() = {contract.evaluate('count')}")
         history = contract.evaluate("history", "car-1")
-        console.print("  history(car-1) = " + " -> ".join(
-            f"{h['value']['owner']}@block{h['block']}" for h in history))
+        console.print(
+            "  history(car-1) = "
+            + " -> ".join(f"{h['value']['owner']}@block{h['block']}" for h in history)
+        )
 
         console.print(Rule("3. an MVCC conflict: two transfers of bike-7 in one block"))
-        results = contract.submit_many([("transfer", ["bike-7", "dave"]),
-                                        ("transfer", ["bike-7", "erin"])])
+        results = contract.submit_many(
+            [("transfer", ["bike-7", "dave"]), ("transfer", ["bike-7", "erin"])]
+        )
         for result, who in zip(results, ("dave", "erin"), strict=True):
             if isinstance(result, Receipt):
                 _show(f"transfer bike-7 -> {who}", result)
             else:
                 receipt = (result.details or {}).get("receipt") or {}
-                console.print(f"  [red]{receipt.get('code', result.code):<20}[/] block "
-                              f"{receipt.get('block')!s:<3} rejected: transfer bike-7 -> {who} "
-                              f"([bold]{result.code}[/])")
+                console.print(
+                    f"  [red]{receipt.get('code', result.code):<20}[/] block "
+                    f"{receipt.get('block')!s:<3} rejected: transfer bike-7 -> {who} "
+                    f"([bold]{result.code}[/])"
+                )
         console.print(f"  bike-7 is owned by {contract.evaluate('read', 'bike-7')['owner']}")
 
         console.print(Rule("4. bad input gets a clear error"))
@@ -111,12 +129,15 @@ def _verify(layout: NetworkLayout) -> None:
     config = layout.load()
     membership = Membership({o.id: o.ca_pem for o in config.orgs})
     app = config.apps[0]
-    rules = AppRules(config.network, app.name, frozenset(app.members),
-                     parse_policy(app.system_policy))
+    rules = AppRules(
+        config.network, app.name, frozenset(app.members), parse_policy(app.system_policy)
+    )
     path = layout.data_dir(config.nodes[0].id) / "ledgers" / f"{app.name}.sqlite"
     report = verify_ledger(path, membership, rules)
     if not report.ok:
         raise MeridianError("; ".join(report.problems), code="verify_failed")
-    console.print(f"  [green]ok[/]: {report.blocks} blocks, {report.transactions} txs "
-                  f"({report.valid} valid), {report.state_keys} state keys; hash chain, "
-                  "Merkle roots, verdicts and state re-checked")
+    console.print(
+        f"  [green]ok[/]: {report.blocks} blocks, {report.transactions} txs "
+        f"({report.valid} valid), {report.state_keys} state keys; hash chain, "
+        "Merkle roots, verdicts and state re-checked"
+    )

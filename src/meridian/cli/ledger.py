@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import typer
-from rich.progress import Progress
+from rich.progress import Progress, TaskID
 
 from ..crypto.certs import Membership
 from ..errors import Corruption, NotFound
@@ -22,38 +25,64 @@ def verify(
 ) -> None:
     """Re-check hash chain, Merkle roots, verdicts and state of every app ledger."""
     s = settings(ctx)
-    results = []
+    results: list[dict[str, Any]] = []
     with handle_errors(s.json):
         config = s.config()
-        membership = Membership({o.id: o.ca_pem for o in config.orgs}, {
-            o.id: s.layout.crl_file(o.id).read_bytes()
-            for o in config.orgs if s.layout.crl_file(o.id).is_file()})
+        membership = Membership(
+            {o.id: o.ca_pem for o in config.orgs},
+            {
+                o.id: s.layout.crl_file(o.id).read_bytes()
+                for o in config.orgs
+                if s.layout.crl_file(o.id).is_file()
+            },
+        )
         nodes = [config.node(node)] if node else list(config.nodes)
         for entry in nodes:
             for app_cfg in config.apps:
                 path = s.layout.data_dir(entry.id) / "ledgers" / f"{app_cfg.name}.sqlite"
                 if not path.is_file():
                     continue
-                rules = AppRules(config.network, app_cfg.name, frozenset(app_cfg.members),
-                                 parse_policy(app_cfg.system_policy))
+                rules = AppRules(
+                    config.network,
+                    app_cfg.name,
+                    frozenset(app_cfg.members),
+                    parse_policy(app_cfg.system_policy),
+                )
                 with Progress(console=console, transient=True, disable=s.json) as bar:
                     task = bar.add_task(f"{entry.id}/{app_cfg.name}", total=None)
-                    report = verify_ledger(path, membership, rules, progress=lambda d, t: (
-                        bar.update(task, completed=d, total=t)))
-                results.append({"node": entry.id, "app": app_cfg.name, "ok": report.ok,
-                                "blocks": report.blocks, "transactions": report.transactions,
-                                "valid": report.valid, "state_keys": report.state_keys,
-                                "problems": report.problems})
+                    report = verify_ledger(
+                        path,
+                        membership,
+                        rules,
+                        progress=functools.partial(_advance, bar, task),
+                    )
+                results.append(
+                    {
+                        "node": entry.id,
+                        "app": app_cfg.name,
+                        "ok": report.ok,
+                        "blocks": report.blocks,
+                        "transactions": report.transactions,
+                        "valid": report.valid,
+                        "state_keys": report.state_keys,
+                        "problems": report.problems,
+                    }
+                )
         if not results:
-            raise NotFound("no ledgers found", code="no_ledger",
-                           hint="start the network once with 'meridian up'")
+            raise NotFound(
+                "no ledgers found",
+                code="no_ledger",
+                hint="start the network once with 'meridian up'",
+            )
 
     def human() -> None:
         for r in results:
             mark = "[green]ok[/]" if r["ok"] else "[bold red]FAILED[/]"
-            console.print(f"{mark} {r['node']}/{r['app']}: {r['blocks']} blocks, "
-                          f"{r['transactions']} txs ({r['valid']} valid), "
-                          f"{r['state_keys']} state keys")
+            console.print(
+                f"{mark} {r['node']}/{r['app']}: {r['blocks']} blocks, "
+                f"{r['transactions']} txs ({r['valid']} valid), "
+                f"{r['state_keys']} state keys"
+            )
             for problem in r["problems"]:
                 console.print(f"   [red]{problem}[/]")
 
@@ -61,3 +90,7 @@ def verify(
     if not all(r["ok"] for r in results):
         with handle_errors(s.json):
             raise Corruption("ledger verification failed", code="verify_failed")
+
+
+def _advance(bar: Progress, task: TaskID, done: int, total: int) -> None:
+    bar.update(task, completed=done, total=total)

@@ -23,7 +23,7 @@ from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_he
 app = typer.Typer(
     name="meridian",
     help="Meridian: an open blockchain-based service network. Start with "
-         "'meridian network init ./network' then 'meridian up'.",
+    "'meridian network init ./network' then 'meridian up'.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
@@ -39,16 +39,25 @@ app.command("events")(tx.events)
 @app.callback()
 def main(
     ctx: typer.Context,
-    network: Path = typer.Option(Path("network"), "--network", "-n",
-                                 envvar="MERIDIAN_NETWORK",
-                                 help="Network directory (made by 'network init')."),
-    identity: str = typer.Option("org1/user1", "--as", envvar="MERIDIAN_IDENTITY",
-                                 help="Identity: ORG/NAME in the network directory, "
-                                      "or a folder with cert.pem and key.pem."),
-    url: str | None = typer.Option(None, "--url", envvar="MERIDIAN_URL",
-                                   help="Gateway URL (default: the first node)."),
-    app_name: str | None = typer.Option(None, "--app", envvar="MERIDIAN_APP",
-                                        help="Application (channel); default: the first."),
+    network: Path = typer.Option(
+        Path("network"),
+        "--network",
+        "-n",
+        envvar="MERIDIAN_NETWORK",
+        help="Network directory (made by 'network init').",
+    ),
+    identity: str = typer.Option(
+        "org1/user1",
+        "--as",
+        envvar="MERIDIAN_IDENTITY",
+        help="Identity: ORG/NAME in the network directory, or a folder with cert.pem and key.pem.",
+    ),
+    url: str | None = typer.Option(
+        None, "--url", envvar="MERIDIAN_URL", help="Gateway URL (default: the first node)."
+    ),
+    app_name: str | None = typer.Option(
+        None, "--app", envvar="MERIDIAN_APP", help="Application (channel); default: the first."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Machine-readable JSON output."),
 ) -> None:
     ctx.obj = Settings(network, identity, url, app_name, json_out)
@@ -69,20 +78,34 @@ def network_init(
     """Generate a network: org CAs, node/admin/client identities and genesis config."""
     s = settings(ctx)
     with handle_errors(s.json):
-        config = init_network(directory, InitOptions(
-            network=network_id, orgs=orgs, nodes=nodes, app=app_name, base_port=base_port,
-            block=BlockConfig(block_max_txs, block_timeout_ms)))
-    output(s, config.to_dict() | {"directory": str(directory)}, lambda: console.print(
-        f"[green]created[/] network [bold]{config.network}[/] in {directory}: "
-        f"{len(config.orgs)} orgs, {len(config.nodes)} node(s), app "
-        f"[bold]{config.apps[0].name}[/]\nnext: meridian -n {directory} up"))
+        config = init_network(
+            directory,
+            InitOptions(
+                network=network_id,
+                orgs=orgs,
+                nodes=nodes,
+                app=app_name,
+                base_port=base_port,
+                block=BlockConfig(block_max_txs, block_timeout_ms),
+            ),
+        )
+    output(
+        s,
+        config.to_dict() | {"directory": str(directory)},
+        lambda: console.print(
+            f"[green]created[/] network [bold]{config.network}[/] in {directory}: "
+            f"{len(config.orgs)} orgs, {len(config.nodes)} node(s), app "
+            f"[bold]{config.apps[0].name}[/]\nnext: meridian -n {directory} up"
+        ),
+    )
 
 
 @app.command()
 def up(
     ctx: typer.Context,
-    detach: bool = typer.Option(False, "--detach", "-d",
-                                help="Start in the background and return once healthy."),
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Start in the background and return once healthy."
+    ),
     sandbox: str = typer.Option("auto", help="Contract sandbox: auto, bwrap or none."),
 ) -> None:
     """Run the network's nodes (foreground until Ctrl-C, or --detach)."""
@@ -91,8 +114,11 @@ def up(
         config = s.config()
         already = running_pids(s.layout, config)
         if already:
-            raise MeridianError(f"nodes already running: {', '.join(already)}",
-                                code="already_running", hint="stop them with 'meridian down'")
+            raise MeridianError(
+                f"nodes already running: {', '.join(already)}",
+                code="already_running",
+                hint="stop them with 'meridian down'",
+            )
         with console.status("starting nodes..."):
             procs = start_nodes(s.layout, config, detach=detach, sandbox=sandbox)
             try:
@@ -101,8 +127,9 @@ def up(
                 stop_processes(procs)
                 raise
         for p in procs:
-            console.print(f"[green]up[/] {p.entry.id} ({p.entry.org}) at {p.entry.url} "
-                          f"pid {p.proc.pid}")
+            console.print(
+                f"[green]up[/] {p.entry.id} ({p.entry.org}) at {p.entry.url} pid {p.proc.pid}"
+            )
     if detach:
         return
     console.print("running; Ctrl-C stops the network")
@@ -129,8 +156,11 @@ def down(ctx: typer.Context) -> None:
         if not pids:
             raise NotFound("no running nodes found", code="not_running")
         stop_pids(pids)
-    output(s, {"stopped": sorted(pids)},
-           lambda: console.print(f"[green]stopped[/] {', '.join(sorted(pids))}"))
+    output(
+        s,
+        {"stopped": sorted(pids)},
+        lambda: console.print(f"[green]stopped[/] {', '.join(sorted(pids))}"),
+    )
 
 
 @app.command()
@@ -146,7 +176,7 @@ def status(ctx: typer.Context) -> None:
             try:
                 with s.gateway(url=entry.url) as gw:
                     rows.append(gw.status())
-            except Exception as exc:  # noqa: BLE001 - a down node is a status, not an error
+            except Exception as exc:
                 rows.append({"node": entry.id, "org": entry.org, "down": str(exc)[:80]})
 
     def human() -> None:
@@ -157,9 +187,15 @@ def status(ctx: typer.Context) -> None:
                 continue
             for app_name, a in row["apps"].items():
                 age = a["last_commit_age_ms"]
-                table.add_row(row["node"], row["org"], app_name, str(a["height"]),
-                              str(a["pending"]), "-" if age is None else f"{age / 1000:.1f}s ago",
-                              ",".join(row["sandbox"]))
+                table.add_row(
+                    row["node"],
+                    row["org"],
+                    app_name,
+                    str(a["height"]),
+                    str(a["pending"]),
+                    "-" if age is None else f"{age / 1000:.1f}s ago",
+                    ",".join(row["sandbox"]),
+                )
         console.print(table)
 
     output(s, {"nodes": rows}, human)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -23,8 +24,9 @@ class NodeProcess:
     proc: subprocess.Popen[bytes]
 
 
-def start_nodes(layout: NetworkLayout, config: NetworkConfig, *, detach: bool,
-                sandbox: str = "auto") -> list[NodeProcess]:
+def start_nodes(
+    layout: NetworkLayout, config: NetworkConfig, *, detach: bool, sandbox: str = "auto"
+) -> list[NodeProcess]:
     """Start every node of the network as its own process."""
     started = []
     for entry in config.nodes:
@@ -32,10 +34,22 @@ def start_nodes(layout: NetworkLayout, config: NetworkConfig, *, detach: bool,
         data_dir.mkdir(parents=True, exist_ok=True)
         out = open(data_dir / "stdout.log", "ab") if detach else None  # noqa: SIM115
         proc = subprocess.Popen(
-            [sys.executable, "-m", "meridian.node.main", "--network", str(layout.root),
-             "--node", entry.id, "--sandbox", sandbox],
-            stdout=out, stderr=subprocess.STDOUT if detach else None,
-            stdin=subprocess.DEVNULL, start_new_session=detach)
+            [
+                sys.executable,
+                "-m",
+                "meridian.node.main",
+                "--network",
+                str(layout.root),
+                "--node",
+                entry.id,
+                "--sandbox",
+                sandbox,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT if detach else None,
+            stdin=subprocess.DEVNULL,
+            start_new_session=detach,
+        )
         started.append(NodeProcess(entry, proc))
     return started
 
@@ -47,9 +61,11 @@ def wait_healthy(nodes: list[NodeProcess], timeout_s: float = 60.0) -> None:
     while pending:
         node = pending[0]
         if node.proc.poll() is not None:
-            raise Unavailable(f"node {node.entry.id} exited with code {node.proc.returncode}",
-                              code="node_failed",
-                              hint="see its log in <network>/nodes/<node>/data/node.log")
+            raise Unavailable(
+                f"node {node.entry.id} exited with code {node.proc.returncode}",
+                code="node_failed",
+                hint="see its log in <network>/nodes/<node>/data/node.log",
+            )
         try:
             if httpx.get(f"{node.entry.url}/v1/health", timeout=1.0).status_code == 200:
                 pending.pop(0)
@@ -57,8 +73,9 @@ def wait_healthy(nodes: list[NodeProcess], timeout_s: float = 60.0) -> None:
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
-            raise Unavailable(f"node {node.entry.id} did not become healthy in {timeout_s} s",
-                              code="node_timeout")
+            raise Unavailable(
+                f"node {node.entry.id} did not become healthy in {timeout_s} s", code="node_timeout"
+            )
         time.sleep(0.1)
 
 
@@ -101,10 +118,8 @@ def stop_processes(nodes: list[NodeProcess], timeout_s: float = 15.0) -> None:
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _alive(pid: int) -> bool:

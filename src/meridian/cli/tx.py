@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 import typer
 
+from ..client import BlockEvent
 from .common import console, handle_errors, output, parse_args, settings
 
 app = typer.Typer(help="Submit, evaluate and inspect transactions.", no_args_is_help=True)
@@ -30,12 +33,22 @@ def submit(
             data = {"tx_id": commit.tx_id, "status": "pending", "response": commit.result}
         else:
             receipt = c.submit_receipt(function, *values)
-            data = {"tx_id": receipt.tx_id, "status": receipt.status, "block": receipt.block,
-                    "code": receipt.code, "response": receipt.response}
-    output(s, data, lambda: console.print(
-        f"[green]{data['status']}[/] tx {data['tx_id'][:16]}… "
-        f"{'in block ' + str(data.get('block')) if data.get('block') is not None else ''}\n"
-        f"response: {data['response']}"))
+            data = {
+                "tx_id": receipt.tx_id,
+                "status": receipt.status,
+                "block": receipt.block,
+                "code": receipt.code,
+                "response": receipt.response,
+            }
+    output(
+        s,
+        data,
+        lambda: console.print(
+            f"[green]{data['status']}[/] tx {data['tx_id'][:16]}… "
+            f"{'in block ' + str(data.get('block')) if data.get('block') is not None else ''}\n"
+            f"response: {data['response']}"
+        ),
+    )
 
 
 @app.command("evaluate")
@@ -48,8 +61,7 @@ def evaluate(
     """Evaluate a function on one node without ordering it."""
     s = settings(ctx)
     with handle_errors(s.json), s.gateway() as gw:
-        result = gw.app(s.app_name()).contract(contract).evaluate(function,
-                                                                 *parse_args(args or []))
+        result = gw.app(s.app_name()).contract(contract).evaluate(function, *parse_args(args or []))
     output(s, {"response": result}, lambda: console.print_json(data=result))
 
 
@@ -59,9 +71,15 @@ def show(ctx: typer.Context, tx_id: str = typer.Argument(..., help="Transaction 
     s = settings(ctx)
     with handle_errors(s.json), s.gateway() as gw:
         receipt = gw.app(s.app_name()).transaction(tx_id)
-    data = {"tx_id": receipt.tx_id, "status": receipt.status, "block": receipt.block,
-            "index": receipt.index, "code": receipt.code, "response": receipt.response,
-            "events": receipt.events}
+    data = {
+        "tx_id": receipt.tx_id,
+        "status": receipt.status,
+        "block": receipt.block,
+        "index": receipt.index,
+        "code": receipt.code,
+        "response": receipt.response,
+        "events": receipt.events,
+    }
     output(s, data, lambda: console.print_json(data=data))
 
 
@@ -77,14 +95,18 @@ def block_show(
 
     def human() -> None:
         header = data["block"]["header"]
-        console.print(f"[bold]block {header['number']}[/] hash {data['hash']}\n"
-                      f"previous {header['previous_hash']}\ndata_hash {header['data_hash']}\n"
-                      f"time {header['timestamp_ms']}  txs {header['tx_count']}")
+        console.print(
+            f"[bold]block {header['number']}[/] hash {data['hash']}\n"
+            f"previous {header['previous_hash']}\ndata_hash {header['data_hash']}\n"
+            f"time {header['timestamp_ms']}  txs {header['tx_count']}"
+        )
         for tx, code in zip(data["block"]["transactions"], data["codes"], strict=True):
             p = tx["signed_proposal"]["proposal"]
             colour = "green" if code == "VALID" else "red"
-            console.print(f"  [{colour}]{code:<24}[/] {p['contract']}.{p['function']}"
-                          f"({', '.join(map(str, p['args']))})")
+            console.print(
+                f"  [{colour}]{code:<24}[/] {p['contract']}.{p['function']}"
+                f"({', '.join(map(str, p['args']))})"
+            )
 
     output(s, data, human)
 
@@ -99,11 +121,22 @@ def events(
     seen = 0
     with handle_errors(s.json), s.gateway() as gw:
         for block in gw.app(s.app_name()).events(start=from_block):
-            data = {"block": block.block, "hash": block.hash, "txs": block.txs,
-                    "events": block.events}
-            output(s, data, lambda b=block: console.print(
-                f"block {b.block}: {len(b.txs)} tx, "
-                + ", ".join(f"{e['contract']}.{e['name']}" for e in b.events)))
+            data = {
+                "block": block.block,
+                "hash": block.hash,
+                "txs": block.txs,
+                "events": block.events,
+            }
+            output(
+                s,
+                data,
+                functools.partial(_print_block, block),
+            )
             seen += 1
             if count and seen >= count:
                 break
+
+
+def _print_block(block: BlockEvent) -> None:
+    names = ", ".join(f"{e['contract']}.{e['name']}" for e in block.events)
+    console.print(f"block {block.block}: {len(block.txs)} tx {names}")

@@ -19,9 +19,9 @@ The private key never leaves the process: proposals and requests are signed here
 :mod:`meridian.errors`, rebuilt from the gateway's JSON (code, message, hint).
 """
 
+from .asyncio import AsyncApp, AsyncContract, AsyncGateway, connect_async
 from .core import BlockEvent, Checkpoint, FileCheckpoint, Identity, Receipt
 from .sync import App, Commit, Contract, Gateway, connect
-from .asyncio import AsyncApp, AsyncContract, AsyncGateway, connect_async
 
 __all__ = [
     "App",

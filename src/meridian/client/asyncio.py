@@ -21,13 +21,13 @@ from .core import (
 
 
 class AsyncGateway:
-    def __init__(self, url: str, identity: Identity, network: str,
-                 timeout_s: float = 60.0) -> None:
+    def __init__(self, url: str, identity: Identity, network: str, timeout_s: float = 60.0) -> None:
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout_s)
         self.builder = ProposalBuilder(identity, network)
 
-    async def request(self, method: str, path: str, body: Any = None,
-                      params: dict[str, Any] | None = None) -> Any:
+    async def request(
+        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         content = b"" if body is None else encode_body(body)
         request = self._http.build_request(method, path, content=content, params=params)
         request.headers.update(self.builder.headers(method, request.url, content))
@@ -48,8 +48,9 @@ class AsyncGateway:
         await self.aclose()
 
 
-async def connect_async(url: str, identity: Identity, *, network: str | None = None,
-                        timeout_s: float = 60.0) -> AsyncGateway:
+async def connect_async(
+    url: str, identity: Identity, *, network: str | None = None, timeout_s: float = 60.0
+) -> AsyncGateway:
     if network is None:
         async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as http:
             network = raise_for_error(await http.get("/v1/health"))["network"]
@@ -68,8 +69,9 @@ class AsyncApp:
         body = await self.gateway.request("GET", f"/v1/apps/{self.name}/transactions/{tx_id}")
         return Receipt.from_dict(body["receipt"])
 
-    async def events(self, *, start: int | None = None,
-                     checkpoint: Checkpoint | None = None) -> AsyncIterator[BlockEvent]:
+    async def events(
+        self, *, start: int | None = None, checkpoint: Checkpoint | None = None
+    ) -> AsyncIterator[BlockEvent]:
         first = start_block(start, checkpoint)
         params = {} if first is None else {"from_block": first}
         http = self.gateway._http
@@ -95,28 +97,34 @@ class AsyncContract:
         self.name = name
 
     def _proposal(self, function: str, args: Sequence[Any]) -> dict[str, Any]:
-        return self.app.gateway.builder.build(self.app.name, self.name, function,
-                                              tuple(args)).to_dict()
+        return self.app.gateway.builder.build(
+            self.app.name, self.name, function, tuple(args)
+        ).to_dict()
 
     async def submit(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Any:
         return (await self.submit_receipt(function, *args, timeout_ms=timeout_ms)).response
 
-    async def submit_receipt(self, function: str, *args: Any,
-                             timeout_ms: int = 30_000) -> Receipt:
+    async def submit_receipt(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Receipt:
         body = await self.app.gateway.request(
-            "POST", f"/v1/apps/{self.app.name}/transactions",
-            {"proposal": self._proposal(function, args), "wait": True, "timeout_ms": timeout_ms})
+            "POST",
+            f"/v1/apps/{self.app.name}/transactions",
+            {"proposal": self._proposal(function, args), "wait": True, "timeout_ms": timeout_ms},
+        )
         return Receipt.from_dict(body["receipt"])
 
     async def submit_async(self, function: str, *args: Any) -> Receipt:
         """Returns the pending receipt (with the endorsed response) once accepted."""
         body = await self.app.gateway.request(
-            "POST", f"/v1/apps/{self.app.name}/transactions",
-            {"proposal": self._proposal(function, args), "wait": False})
+            "POST",
+            f"/v1/apps/{self.app.name}/transactions",
+            {"proposal": self._proposal(function, args), "wait": False},
+        )
         return Receipt.from_dict(body["receipt"])
 
     async def evaluate(self, function: str, *args: Any) -> Any:
         body = await self.app.gateway.request(
-            "POST", f"/v1/apps/{self.app.name}/evaluate",
-            {"proposal": self._proposal(function, args)})
+            "POST",
+            f"/v1/apps/{self.app.name}/evaluate",
+            {"proposal": self._proposal(function, args)},
+        )
         return body["response"]

@@ -53,8 +53,16 @@ class Receipt:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Receipt:
-        return cls(d["tx_id"], d["status"], d.get("block"), d.get("index"), d.get("code"),
-                   d.get("valid"), d.get("response"), list(d.get("events") or []))
+        return cls(
+            d["tx_id"],
+            d["status"],
+            d.get("block"),
+            d.get("index"),
+            d.get("code"),
+            d.get("valid"),
+            d.get("response"),
+            list(d.get("events") or []),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,19 +112,33 @@ class ProposalBuilder:
         self.identity = identity
         self.network = network
 
-    def build(self, app: str, contract: str, function: str, args: tuple[Any, ...]
-              ) -> SignedProposal:
+    def build(
+        self, app: str, contract: str, function: str, args: tuple[Any, ...]
+    ) -> SignedProposal:
         codec.validate_value(list(args), what="arguments")
         proposal = Proposal(
-            network=self.network, app=app, contract=contract, function=function,
-            args=tuple(args), nonce=secrets.token_bytes(16),
-            timestamp_ms=int(time.time() * 1000), creator=self.identity.cert_der)
+            network=self.network,
+            app=app,
+            contract=contract,
+            function=function,
+            args=tuple(args),
+            nonce=secrets.token_bytes(16),
+            timestamp_ms=int(time.time() * 1000),
+            creator=self.identity.cert_der,
+        )
         signature = self.identity.signer.sign(bytes(proposal.signing_digest()))
         return SignedProposal(proposal, signature)
 
     def headers(self, method: str, url: httpx.URL, body: bytes) -> dict[str, str]:
-        return sign_request(self.identity.signer, self.identity.cert_der, self.network,
-                            method, url.path, url.query.decode(), body)
+        return sign_request(
+            self.identity.signer,
+            self.identity.cert_der,
+            self.network,
+            method,
+            url.path,
+            url.query.decode(),
+            body,
+        )
 
 
 def raise_for_error(response: httpx.Response) -> Any:
@@ -129,11 +151,17 @@ def raise_for_error(response: httpx.Response) -> Any:
         return body
     err = body.get("error") if isinstance(body, dict) else None
     if not isinstance(err, dict):
-        err = {"code": "http_error", "message": f"HTTP {response.status_code}: "
-                                                f"{response.text[:200]}"}
+        err = {
+            "code": "http_error",
+            "message": f"HTTP {response.status_code}: {response.text[:200]}",
+        }
     cls = error_class_for_status(response.status_code)
-    exc = cls(err.get("message", ""), code=err.get("code"), hint=err.get("hint"),
-              details=err.get("details"))
+    exc = cls(
+        err.get("message", ""),
+        code=err.get("code"),
+        hint=err.get("hint"),
+        details=err.get("details"),
+    )
     if response.status_code == 429:
         exc.retry_after_s = float(response.headers.get("retry-after", "1"))  # type: ignore[attr-defined]
     raise exc

@@ -16,14 +16,23 @@ def load_package(source: Path) -> tuple[str, bytes]:
     if source.is_dir():
         return build_archive(source)
     if not source.is_file():
-        raise InvalidInput(f"{source} is neither a package folder nor an archive",
-                           code="bad_package")
+        raise InvalidInput(
+            f"{source} is neither a package folder nor an archive", code="bad_package"
+        )
     archive = source.read_bytes()
     return compute_package_id(read_archive(archive)), archive
 
 
-def lifecycle_call(gw: Gateway, app_name: str, function: str, name: str, version: str,
-                   sequence: int, package_id: str, policy: str) -> Any:
+def lifecycle_call(
+    gw: Gateway,
+    app_name: str,
+    function: str,
+    name: str,
+    version: str,
+    sequence: int,
+    package_id: str,
+    policy: str,
+) -> Any:
     contract = gw.app(app_name).contract(LIFECYCLE)
     return contract.submit(function, name, version, sequence, package_id, policy)
 
@@ -35,15 +44,23 @@ def next_sequence(gw: Gateway, app_name: str, name: str) -> int:
     return 1
 
 
-def deploy(admins: list[Gateway], app_name: str, source: Path, *, name: str | None = None,
-           policy: str = "ANY") -> dict[str, Any]:
+def deploy(
+    admins: list[Gateway],
+    app_name: str,
+    source: Path,
+    *,
+    name: str | None = None,
+    policy: str = "ANY",
+) -> dict[str, Any]:
     """Install on the node, approve as every given org admin, commit (or upgrade)."""
     package_id, archive = load_package(source)
     installed = admins[0].install(archive)
     name = name or installed["name"]
     sequence = next_sequence(admins[0], app_name, name)
     for gw in admins:
-        lifecycle_call(gw, app_name, "approve", name, installed["version"], sequence,
-                       package_id, policy)
-    return lifecycle_call(admins[0], app_name, "commit", name, installed["version"],
-                          sequence, package_id, policy)
+        lifecycle_call(
+            gw, app_name, "approve", name, installed["version"], sequence, package_id, policy
+        )
+    return lifecycle_call(
+        admins[0], app_name, "commit", name, installed["version"], sequence, package_id, policy
+    )

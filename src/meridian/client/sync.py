@@ -26,8 +26,14 @@ DEFAULT_TIMEOUT_S = 60.0
 class Gateway:
     """A connection to one node's gateway as one identity."""
 
-    def __init__(self, url: str, identity: Identity, *, network: str | None = None,
-                 timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        url: str,
+        identity: Identity,
+        *,
+        network: str | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
         self._http = httpx.Client(base_url=url, timeout=timeout_s)
         self.identity = identity
         if network is None:
@@ -38,8 +44,9 @@ class Gateway:
     def network(self) -> str:
         return self.builder.network
 
-    def request(self, method: str, path: str, body: Any = None,
-                params: dict[str, Any] | None = None) -> Any:
+    def request(
+        self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
+    ) -> Any:
         content = b"" if body is None else encode_body(body)
         request = self._http.build_request(method, path, content=content, params=params)
         request.headers.update(self.builder.headers(method, request.url, content))
@@ -56,8 +63,7 @@ class Gateway:
     def install(self, archive: bytes) -> dict[str, Any]:
         import base64
 
-        return self.request("POST", "/v1/packages",
-                            {"archive": base64.b64encode(archive).decode()})
+        return self.request("POST", "/v1/packages", {"archive": base64.b64encode(archive).decode()})
 
     def close(self) -> None:
         self._http.close()
@@ -106,8 +112,9 @@ class App:
     def contracts(self) -> list[dict[str, Any]]:
         return self.gateway.request("GET", f"/v1/apps/{self.name}/contracts")["contracts"]
 
-    def events(self, *, start: int | None = None,
-               checkpoint: Checkpoint | None = None) -> Iterator[BlockEvent]:
+    def events(
+        self, *, start: int | None = None, checkpoint: Checkpoint | None = None
+    ) -> Iterator[BlockEvent]:
         """Committed blocks from ``start`` (or after the checkpoint) on, as they commit.
 
         Call ``checkpoint.checkpoint_block(event.block)`` once a block is handled; a
@@ -161,29 +168,44 @@ class Contract:
 
     def submit_receipt(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Receipt:
         body = self.app.gateway.request(
-            "POST", f"{self._base}/transactions",
-            {"proposal": self._proposal(function, args), "wait": True, "timeout_ms": timeout_ms})
+            "POST",
+            f"{self._base}/transactions",
+            {"proposal": self._proposal(function, args), "wait": True, "timeout_ms": timeout_ms},
+        )
         return Receipt.from_dict(body["receipt"])
 
     def submit_async(self, function: str, *args: Any) -> Commit:
         """Submit and return once the node has durably accepted the transaction."""
         body = self.app.gateway.request(
-            "POST", f"{self._base}/transactions",
-            {"proposal": self._proposal(function, args), "wait": False})
+            "POST",
+            f"{self._base}/transactions",
+            {"proposal": self._proposal(function, args), "wait": False},
+        )
         return Commit(self.app, Receipt.from_dict(body["receipt"]))
 
-    def submit_many(self, calls: Sequence[tuple[str, Sequence[Any]]], *, wait: bool = True,
-                    timeout_ms: int = 60_000) -> list[Receipt | MeridianError]:
+    def submit_many(
+        self,
+        calls: Sequence[tuple[str, Sequence[Any]]],
+        *,
+        wait: bool = True,
+        timeout_ms: int = 60_000,
+    ) -> list[Receipt | MeridianError]:
         """Submit many calls in one request; one receipt or error per call, in order."""
         body = self.app.gateway.request(
-            "POST", f"{self._base}/transactions/batch",
-            {"proposals": [self._proposal(f, a) for f, a in calls], "wait": wait,
-             "timeout_ms": timeout_ms})
+            "POST",
+            f"{self._base}/transactions/batch",
+            {
+                "proposals": [self._proposal(f, a) for f, a in calls],
+                "wait": wait,
+                "timeout_ms": timeout_ms,
+            },
+        )
         return [_batch_result(item) for item in body["results"]]
 
     def evaluate(self, function: str, *args: Any) -> Any:
         body = self.app.gateway.request(
-            "POST", f"{self._base}/evaluate", {"proposal": self._proposal(function, args)})
+            "POST", f"{self._base}/evaluate", {"proposal": self._proposal(function, args)}
+        )
         return body["response"]
 
 
@@ -191,6 +213,9 @@ def _batch_result(item: dict[str, Any]) -> Receipt | MeridianError:
     if item.get("ok"):
         return Receipt.from_dict(item["receipt"])
     err = item.get("error") or {}
-    return MeridianError(err.get("message", ""), code=err.get("code"), hint=err.get("hint"),
-                         details={"receipt": item.get("receipt")} if item.get("receipt")
-                         else None)
+    return MeridianError(
+        err.get("message", ""),
+        code=err.get("code"),
+        hint=err.get("hint"),
+        details={"receipt": item.get("receipt")} if item.get("receipt") else None,
+    )

@@ -93,8 +93,9 @@ class CallerIdentity:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CallerIdentity:
-        return cls(d["org"], d["name"], d["role"], dict(d.get("attrs") or {}),
-                   d.get("fingerprint", ""))
+        return cls(
+            d["org"], d["name"], d["role"], dict(d.get("attrs") or {}), d.get("fingerprint", "")
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,15 +65,18 @@ Invoker = Callable[["Simulation", str, str, list[Any]], Awaitable[Any]]
 
 
 def _limit_error(message: str) -> ContractFailure:
-    return ContractFailure(message, code="contract_limit",
-                           hint="write fewer or smaller values per transaction")
+    return ContractFailure(
+        message, code="contract_limit", hint="write fewer or smaller values per transaction"
+    )
 
 
 def validate_key(key: Any) -> str:
     if not isinstance(key, str) or not key or len(key) > MAX_KEY_CHARS or "\x00" in key:
         raise ContractFailure(
             f"state key must be a non-empty string of at most {MAX_KEY_CHARS} characters "
-            "without NUL", code="contract_bad_key")
+            "without NUL",
+            code="contract_bad_key",
+        )
     return key
 
 
@@ -151,11 +154,14 @@ class Simulation:
 
     async def invoke(self, contract: str, function: str, args: list[Any]) -> Any:
         if self._invoker is None:
-            raise ContractFailure("calls to other contracts are not available here",
-                                  code="contract_invoke_unavailable")
+            raise ContractFailure(
+                "calls to other contracts are not available here",
+                code="contract_invoke_unavailable",
+            )
         if self.depth >= MAX_INVOKE_DEPTH:
-            raise ContractFailure(f"contract calls nest deeper than {MAX_INVOKE_DEPTH}",
-                                  code="contract_limit")
+            raise ContractFailure(
+                f"contract calls nest deeper than {MAX_INVOKE_DEPTH}", code="contract_limit"
+            )
         self.depth += 1
         try:
             return await self._invoker(self, contract, function, args)
@@ -169,9 +175,7 @@ class Simulation:
         except InvalidInput as exc:
             raise ContractFailure(exc.message, code="contract_bad_value") from exc
         rwsets = tuple(
-            ns.to_rwset()
-            for name, ns in sorted(self._namespaces.items())
-            if not ns.is_empty()
+            ns.to_rwset() for name, ns in sorted(self._namespaces.items()) if not ns.is_empty()
         )
         return TxResult(response, rwsets, tuple(self._events), contract_version)
 
@@ -210,8 +214,9 @@ class SimulationContext:
 
     def _record_write(self, write: KVWrite) -> None:
         if write.key in self._ns.deltas:
-            raise ContractFailure(f"key {write.key!r} is both incremented and written",
-                                  code="contract_bad_write")
+            raise ContractFailure(
+                f"key {write.key!r} is both incremented and written", code="contract_bad_write"
+            )
         if write.key not in self._ns.writes:
             self._sim.count_entry()
         self._ns.writes[write.key] = write
@@ -221,8 +226,9 @@ class SimulationContext:
         if not isinstance(delta, int) or isinstance(delta, bool) or abs(delta) > 2**62:
             raise ContractFailure("add() takes an integer delta", code="contract_bad_value")
         if key in self._ns.writes:
-            raise ContractFailure(f"key {key!r} is both written and incremented",
-                                  code="contract_bad_write")
+            raise ContractFailure(
+                f"key {key!r} is both written and incremented", code="contract_bad_write"
+            )
         if key not in self._ns.deltas:
             self._sim.count_entry()
         self._ns.deltas[key] = self._ns.deltas.get(key, 0) + delta
@@ -235,14 +241,16 @@ class SimulationContext:
         exhausted = len(rows) <= limit
         rows = rows[:limit]
         self._sim.count_entry()
-        self._ns.range_reads.append(RangeRead(
-            start, end, tuple(KVRead(k, v) for k, _, v in rows), exhausted))
+        self._ns.range_reads.append(
+            RangeRead(start, end, tuple(KVRead(k, v) for k, _, v in rows), exhausted)
+        )
         return [(k, value) for k, value, _ in rows]
 
     def query(self, selector: Mapping[str, Any], limit: int = 1000) -> list[tuple[str, Any]]:
         if not isinstance(selector, Mapping):
-            raise ContractFailure("a JSON query selector must be an object",
-                                  code="contract_bad_query")
+            raise ContractFailure(
+                "a JSON query selector must be an object", code="contract_bad_query"
+            )
         rows = self._sim.state.query(self._ns.name, selector, _check_limit(limit))
         return [(k, value) for k, value, _ in rows]
 
@@ -252,8 +260,7 @@ class SimulationContext:
 
     def emit(self, name: str, payload: Any = None) -> None:
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-            raise ContractFailure("event name must be 1..64 characters",
-                                  code="contract_bad_event")
+            raise ContractFailure("event name must be 1..64 characters", code="contract_bad_event")
         validate_state_value(payload, what="event payload")
         self._sim.add_event(Event(self._ns.name, name, payload))
 
@@ -269,6 +276,7 @@ class SimulationContext:
 
 def _check_limit(limit: Any) -> int:
     if not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= MAX_RANGE_LIMIT:
-        raise ContractFailure(f"limit must be an integer in 1..{MAX_RANGE_LIMIT}",
-                              code="contract_bad_query")
+        raise ContractFailure(
+            f"limit must be an integer in 1..{MAX_RANGE_LIMIT}", code="contract_bad_query"
+        )
     return limit

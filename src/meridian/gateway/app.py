@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -64,12 +64,15 @@ def receipt_response(receipt: Receipt) -> ORJSON:
         return ORJSON({"receipt": receipt.to_dict()}, status_code=202)
     if not receipt.valid:
         code = receipt.code or TxCode.BAD_PROPOSAL
-        return error_response(Conflict(
-            f"transaction {receipt.tx_id} was ordered in block {receipt.block} but is "
-            f"invalid: {code.name}",
-            code=_TX_CODE_ERRORS.get(code, "tx_invalid"),
-            hint="re-read the current state and submit a new proposal",
-            details={"receipt": receipt.to_dict()}))
+        return error_response(
+            Conflict(
+                f"transaction {receipt.tx_id} was ordered in block {receipt.block} but is "
+                f"invalid: {code.name}",
+                code=_TX_CODE_ERRORS.get(code, "tx_invalid"),
+                hint="re-read the current state and submit a new proposal",
+                details={"receipt": receipt.to_dict()},
+            )
+        )
     return ORJSON({"receipt": receipt.to_dict()})
 
 
@@ -114,8 +117,9 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         description=(
             "REST API of a Meridian node. Every request except /v1/health carries "
             "X-Meridian-Cert, X-Meridian-Time, X-Meridian-Nonce and X-Meridian-Signature "
-            "(see docs/gateway-api.md). Errors: {\"error\": {\"code\", \"message\", "
-            "\"hint\"}}."),
+            '(see docs/gateway-api.md). Errors: {"error": {"code", "message", '
+            '"hint"}}.'
+        ),
         lifespan=lifespan,
         default_response_class=ORJSON,
         responses=schemas.ERROR_RESPONSES,
@@ -132,23 +136,27 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> ORJSON:
         log.exception("unexpected error")
-        return error_response(MeridianError(f"internal error: {type(exc).__name__}",
-                                            hint="see the node log"))
+        return error_response(
+            MeridianError(f"internal error: {type(exc).__name__}", hint="see the node log")
+        )
 
     async def caller(request: Request) -> Identity:
         body = await request.body()
         if len(body) > MAX_REQUEST_BYTES:
             raise InvalidInput("request body too large", code="too_large")
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return auth.authenticate(request.method, request.url.path, request.url.query,
-                                 headers, body)
+        return auth.authenticate(request.method, request.url.path, request.url.query, headers, body)
 
     @app.get("/v1/health", tags=["node"], summary="Liveness (unauthenticated)")
     async def health() -> dict[str, Any]:
         return {"ok": True, "node": node.id, "network": node.config.network}
 
-    @app.get("/v1/status", tags=["node"], summary="Node status: apps, heights, pending",
-             responses={200: {"model": schemas.StatusOut}})
+    @app.get(
+        "/v1/status",
+        tags=["node"],
+        summary="Node status: apps, heights, pending",
+        responses={200: {"model": schemas.StatusOut}},
+    )
     async def status(request: Request) -> Any:
         await caller(request)
         return node.status()
@@ -156,14 +164,20 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     @app.get("/v1/apps", tags=["node"], summary="Apps hosted by this node")
     async def apps(request: Request) -> Any:
         await caller(request)
-        return {"apps": [{"name": n, "height": c.height, "members": sorted(c.rules.members)}
-                         for n, c in node.channels.items()]}
+        return {
+            "apps": [
+                {"name": n, "height": c.height, "members": sorted(c.rules.members)}
+                for n, c in node.channels.items()
+            ]
+        }
 
-    @app.post("/v1/apps/{app_name}/transactions", tags=["transactions"],
-              summary="Submit a signed proposal: endorse, order, and (by default) wait",
-              openapi_extra=schemas.body(schemas.SubmitIn),
-              responses={200: {"model": schemas.ReceiptOut},
-                         202: {"model": schemas.ReceiptOut}})
+    @app.post(
+        "/v1/apps/{app_name}/transactions",
+        tags=["transactions"],
+        summary="Submit a signed proposal: endorse, order, and (by default) wait",
+        openapi_extra=schemas.body(schemas.SubmitIn),
+        responses={200: {"model": schemas.ReceiptOut}, 202: {"model": schemas.ReceiptOut}},
+    )
     async def submit(app_name: str, request: Request) -> Any:
         await caller(request)
         body = await _json_body(request)
@@ -172,10 +186,13 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         receipt = await node.submit(app_name, proposal, wait=wait, timeout_s=timeout_s)
         return receipt_response(receipt)
 
-    @app.post("/v1/apps/{app_name}/transactions/batch", tags=["transactions"],
-              summary="Submit many signed proposals in one request (the fast path)",
-              openapi_extra=schemas.body(schemas.BatchIn),
-              responses={200: {"model": schemas.BatchOut}})
+    @app.post(
+        "/v1/apps/{app_name}/transactions/batch",
+        tags=["transactions"],
+        summary="Submit many signed proposals in one request (the fast path)",
+        openapi_extra=schemas.body(schemas.BatchIn),
+        responses={200: {"model": schemas.BatchOut}},
+    )
     async def submit_batch(app_name: str, request: Request) -> Any:
         await caller(request)
         body = await _json_body(request)
@@ -185,27 +202,34 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         wait, timeout_s = _wait_args(body)
         items = [_parse_or_error(item) for item in raw]
         good = [i for i in items if isinstance(i, SignedProposal)]
-        results = iter(await node.submit_batch(app_name, good, wait=wait, timeout_s=timeout_s)
-                       if good else [])
+        results = iter(
+            await node.submit_batch(app_name, good, wait=wait, timeout_s=timeout_s) if good else []
+        )
         out = []
         for item in items:
             res = next(results) if isinstance(item, SignedProposal) else item
             out.append(_batch_item(res))
         return {"results": out}
 
-    @app.post("/v1/apps/{app_name}/evaluate", tags=["transactions"],
-              summary="Evaluate a signed proposal on this node (never ordered)",
-              openapi_extra=schemas.body(schemas.EvaluateIn),
-              responses={200: {"model": schemas.EvaluateOut}})
+    @app.post(
+        "/v1/apps/{app_name}/evaluate",
+        tags=["transactions"],
+        summary="Evaluate a signed proposal on this node (never ordered)",
+        openapi_extra=schemas.body(schemas.EvaluateIn),
+        responses={200: {"model": schemas.EvaluateOut}},
+    )
     async def evaluate(app_name: str, request: Request) -> Any:
         await caller(request)
         body = await _json_body(request)
         proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
         return {"response": await node.evaluate(app_name, proposal)}
 
-    @app.get("/v1/apps/{app_name}/transactions/{tx_id}", tags=["transactions"],
-             summary="Status and receipt of a transaction",
-             responses={200: {"model": schemas.ReceiptOut}})
+    @app.get(
+        "/v1/apps/{app_name}/transactions/{tx_id}",
+        tags=["transactions"],
+        summary="Status and receipt of a transaction",
+        responses={200: {"model": schemas.ReceiptOut}},
+    )
     async def tx_status(app_name: str, tx_id: str, request: Request) -> Any:
         await caller(request)
         receipt = node.channel(app_name).get_receipt(tx_id)
@@ -213,9 +237,12 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             raise NotFound(f"no transaction {tx_id} on app {app_name}", code="tx_not_found")
         return {"receipt": receipt.to_dict()}
 
-    @app.get("/v1/apps/{app_name}/transactions/{tx_id}/proof", tags=["transactions"],
-             summary="Merkle inclusion proof of a transaction against its block header",
-             responses={200: {"model": schemas.ProofOut}})
+    @app.get(
+        "/v1/apps/{app_name}/transactions/{tx_id}/proof",
+        tags=["transactions"],
+        summary="Merkle inclusion proof of a transaction against its block header",
+        responses={200: {"model": schemas.ProofOut}},
+    )
     async def tx_proof(app_name: str, tx_id: str, request: Request) -> Any:
         await caller(request)
         channel = node.channel(app_name)
@@ -234,32 +261,46 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             "block_hash": block.header.hash.hex(),
         }
 
-    @app.get("/v1/apps/{app_name}/blocks/{number}", tags=["blocks"],
-             summary="A block with its validation codes ('latest' for the newest)",
-             responses={200: {"model": schemas.BlockOut}})
+    @app.get(
+        "/v1/apps/{app_name}/blocks/{number}",
+        tags=["blocks"],
+        summary="A block with its validation codes ('latest' for the newest)",
+        responses={200: {"model": schemas.BlockOut}},
+    )
     async def get_block(app_name: str, number: str, request: Request) -> Any:
         await caller(request)
         channel = node.channel(app_name)
         n = channel.height - 1 if number == "latest" else _block_number(number)
         block = channel.ledger.get_block(n) if n >= 0 else None
         if block is None:
-            raise NotFound(f"app {app_name} has no block {number} (height {channel.height})",
-                           code="block_not_found")
+            raise NotFound(
+                f"app {app_name} has no block {number} (height {channel.height})",
+                code="block_not_found",
+            )
         codes = channel.ledger.get_codes(n) or ()
-        return {"block": block.to_dict(), "hash": block.header.hash.hex(),
-                "codes": [c.name for c in codes]}
+        return {
+            "block": block.to_dict(),
+            "hash": block.header.hash.hex(),
+            "codes": [c.name for c in codes],
+        }
 
-    @app.get("/v1/apps/{app_name}/contracts", tags=["contracts"],
-             summary="Committed contract definitions of an app")
+    @app.get(
+        "/v1/apps/{app_name}/contracts",
+        tags=["contracts"],
+        summary="Committed contract definitions of an app",
+    )
     async def contracts(app_name: str, request: Request) -> Any:
         await caller(request)
         channel = node.channel(app_name)
         rows = channel.ledger.get_range(LIFECYCLE, "definition/", "definition0", 10_000)
         return {"contracts": [value for _, value, _ in rows]}
 
-    @app.get("/v1/apps/{app_name}/events", tags=["events"],
-             summary="Server-sent events: one message per committed block, from a block on",
-             response_class=StreamingResponse)
+    @app.get(
+        "/v1/apps/{app_name}/events",
+        tags=["events"],
+        summary="Server-sent events: one message per committed block, from a block on",
+        response_class=StreamingResponse,
+    )
     async def events(app_name: str, request: Request, from_block: int | None = None) -> Any:
         await caller(request)
         channel = node.channel(app_name)
@@ -269,13 +310,19 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             start = int(last) + 1 if last and last.isdigit() else channel.height
         if start < 0:
             raise InvalidInput("from_block must be >= 0", code="malformed")
-        return StreamingResponse(_sse(channel, start), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache"})
+        return StreamingResponse(
+            _sse(channel, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
 
-    @app.post("/v1/packages", tags=["contracts"],
-              summary="Install a contract package archive on this node",
-              openapi_extra=schemas.body(schemas.InstallIn),
-              responses={200: {"model": schemas.PackageOut}})
+    @app.post(
+        "/v1/packages",
+        tags=["contracts"],
+        summary="Install a contract package archive on this node",
+        openapi_extra=schemas.body(schemas.InstallIn),
+        responses={200: {"model": schemas.PackageOut}},
+    )
     async def install(request: Request) -> Any:
         identity = await caller(request)
         if str(identity.role) != "admin":
@@ -283,23 +330,34 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         body = await _json_body(request)
         archive = codec.unb64(_get(body, "archive", str, None), what="archive")
         package = await asyncio.to_thread(node.install_package, archive)
-        return {"package_id": package.package_id, "name": package.manifest.name,
-                "version": package.manifest.version}
+        return {
+            "package_id": package.package_id,
+            "name": package.manifest.name,
+            "version": package.manifest.version,
+        }
 
     @app.get("/v1/packages", tags=["contracts"], summary="Packages installed on this node")
     async def packages(request: Request) -> Any:
         await caller(request)
-        return {"packages": [{"package_id": p.package_id, "name": p.manifest.name,
-                              "version": p.manifest.version} for p in node.packages.list()]}
+        return {
+            "packages": [
+                {"package_id": p.package_id, "name": p.manifest.name, "version": p.manifest.version}
+                for p in node.packages.list()
+            ]
+        }
 
-    @app.post("/v1/orgs/{org}/crl", tags=["node"],
-              summary="Apply a new certificate revocation list of an org (its admin only)",
-              openapi_extra=schemas.body(schemas.CrlIn))
+    @app.post(
+        "/v1/orgs/{org}/crl",
+        tags=["node"],
+        summary="Apply a new certificate revocation list of an org (its admin only)",
+        openapi_extra=schemas.body(schemas.CrlIn),
+    )
     async def update_crl(org: str, request: Request) -> Any:
         identity = await caller(request)
         if not is_admin_of(identity, org):
-            raise Forbidden(f"only an admin of {org} may update its revocation list",
-                            code="not_admin")
+            raise Forbidden(
+                f"only an admin of {org} may update its revocation list", code="not_admin"
+            )
         body = await _json_body(request)
         node.update_crl(org, _get(body, "crl", str, None).encode())
         return {"ok": True}
@@ -309,8 +367,9 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
 
 def _block_number(text: str) -> int:
     if not text.isdigit() or len(text) > 18:
-        raise InvalidInput("block number must be a non-negative integer or 'latest'",
-                           code="malformed")
+        raise InvalidInput(
+            "block number must be a non-negative integer or 'latest'", code="malformed"
+        )
     return int(text)
 
 
@@ -325,10 +384,14 @@ def _batch_item(res: Receipt | MeridianError) -> dict[str, Any]:
     if isinstance(res, MeridianError):
         return {"ok": False, "error": res.to_dict()}
     if res.status == "committed" and not res.valid:
-        return {"ok": False, "receipt": res.to_dict(),
-                "error": {"code": _TX_CODE_ERRORS.get(res.code or TxCode.BAD_PROPOSAL,
-                                                      "tx_invalid"),
-                          "message": f"invalid: {res.code.name if res.code else '?'}"}}
+        return {
+            "ok": False,
+            "receipt": res.to_dict(),
+            "error": {
+                "code": _TX_CODE_ERRORS.get(res.code or TxCode.BAD_PROPOSAL, "tx_invalid"),
+                "message": f"invalid: {res.code.name if res.code else '?'}",
+            },
+        }
     return {"ok": True, "receipt": res.to_dict()}
 
 
@@ -340,10 +403,14 @@ def _block_message(channel: Any, number: int) -> bytes:
         "block": number,
         "hash": block.header.hash.hex(),
         "timestamp_ms": block.header.timestamp_ms,
-        "txs": [{"tx_id": tx.tx_id, "code": code.name}
-                for tx, code in zip(block.transactions, codes, strict=True)],
-        "events": [{"tx_id": e.tx_id, "contract": e.contract, "name": e.name,
-                    "payload": e.payload} for e in events],
+        "txs": [
+            {"tx_id": tx.tx_id, "code": code.name}
+            for tx, code in zip(block.transactions, codes, strict=True)
+        ],
+        "events": [
+            {"tx_id": e.tx_id, "contract": e.contract, "name": e.name, "payload": e.payload}
+            for e in events
+        ],
     }
     return b"id: %d\nevent: block\ndata: %s\n\n" % (number, orjson.dumps(data))
 

@@ -33,21 +33,25 @@ MAX_SKEW_MS = 5 * 60 * 1000
 MAX_NONCES = 200_000
 
 
-def compute_request_digest(network: str, method: str, path: str, query: str, time_ms: int,
-                           nonce: str, body: bytes) -> Digest:
-    payload = codec.encode({
-        "method": method.upper(),
-        "path": path,
-        "query": query,
-        "time_ms": time_ms,
-        "nonce": nonce,
-        "body": compute_digest(body).hex(),
-    })
+def compute_request_digest(
+    network: str, method: str, path: str, query: str, time_ms: int, nonce: str, body: bytes
+) -> Digest:
+    payload = codec.encode(
+        {
+            "method": method.upper(),
+            "path": path,
+            "query": query,
+            "time_ms": time_ms,
+            "nonce": nonce,
+            "body": compute_digest(body).hex(),
+        }
+    )
     return compute_signing_digest(DOMAIN_REQUEST, network, payload)
 
 
-def sign_request(signer: Signer, cert_der: bytes, network: str, method: str, path: str,
-                 query: str, body: bytes) -> dict[str, str]:
+def sign_request(
+    signer: Signer, cert_der: bytes, network: str, method: str, path: str, query: str, body: bytes
+) -> dict[str, str]:
     """The headers that authenticate one request (used by the SDK)."""
     time_ms = int(time.time() * 1000)
     nonce = secrets.token_hex(16)
@@ -68,13 +72,16 @@ class RequestAuthenticator:
         self.membership = membership
         self._nonces: OrderedDict[str, int] = OrderedDict()
 
-    def authenticate(self, method: str, path: str, query: str, headers: dict[str, str],
-                     body: bytes) -> Identity:
+    def authenticate(
+        self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
+    ) -> Identity:
         missing = [h for h in (H_CERT, H_TIME, H_NONCE, H_SIG) if not headers.get(h)]
         if missing:
-            raise AuthError(f"missing authentication headers: {', '.join(missing)}",
-                            code="missing_signature",
-                            hint="sign every request with your identity (the SDK and CLI do)")
+            raise AuthError(
+                f"missing authentication headers: {', '.join(missing)}",
+                code="missing_signature",
+                hint="sign every request with your identity (the SDK and CLI do)",
+            )
         cert = codec.unb64(headers[H_CERT], what=H_CERT)
         signature = codec.unb64(headers[H_SIG], what=H_SIG)
         nonce = headers[H_NONCE]
@@ -82,26 +89,36 @@ class RequestAuthenticator:
         if not 32 <= len(nonce) <= 128 or any(c not in "0123456789abcdef" for c in nonce):
             raise AuthError("nonce must be 16..64 bytes of lowercase hex", code="bad_nonce")
         identity = self.membership.validate(cert)
-        digest = compute_request_digest(self.network, method, path, query, time_ms, nonce,
-                                        body)
+        digest = compute_request_digest(self.network, method, path, query, time_ms, nonce, body)
         if not verify(identity.suite, identity.public_key, bytes(digest), signature):
-            raise AuthError("request signature does not verify", code="bad_signature",
-                            hint="sign method, path, query, time, nonce and body digest "
-                                 "with the key of the certificate you send")
+            raise AuthError(
+                "request signature does not verify",
+                code="bad_signature",
+                hint="sign method, path, query, time, nonce and body digest "
+                "with the key of the certificate you send",
+            )
         self._remember(nonce, time_ms)
         return identity
 
     def _remember(self, nonce: str, time_ms: int) -> None:
         now = int(time.time() * 1000)
         if abs(now - time_ms) > MAX_SKEW_MS:
-            raise AuthError(f"request time is {abs(now - time_ms) // 1000} s from node time",
-                            code="stale_request", hint="check the client clock")
+            raise AuthError(
+                f"request time is {abs(now - time_ms) // 1000} s from node time",
+                code="stale_request",
+                hint="check the client clock",
+            )
         if nonce in self._nonces:
-            raise AuthError("this request was already received (replayed nonce)",
-                            code="replayed_request", hint="sign each request afresh")
+            raise AuthError(
+                "this request was already received (replayed nonce)",
+                code="replayed_request",
+                hint="sign each request afresh",
+            )
         self._nonces[nonce] = time_ms
-        while self._nonces and (len(self._nonces) > MAX_NONCES
-                                or next(iter(self._nonces.values())) < now - 2 * MAX_SKEW_MS):
+        while self._nonces and (
+            len(self._nonces) > MAX_NONCES
+            or next(iter(self._nonces.values())) < now - 2 * MAX_SKEW_MS
+        ):
             self._nonces.popitem(last=False)
 
 

@@ -28,8 +28,10 @@ class ProposalIn(_Strict):
 
 class SignedProposalIn(_Strict):
     proposal: ProposalIn
-    signature: str = Field(description="base64 signature over the proposal's signing "
-                           "digest (domain 'proposal', network, canonical proposal)")
+    signature: str = Field(
+        description="base64 signature over the proposal's signing "
+        "digest (domain 'proposal', network, canonical proposal)"
+    )
 
 
 class SubmitIn(_Strict):
@@ -49,8 +51,7 @@ class EvaluateIn(_Strict):
 
 
 class InstallIn(_Strict):
-    archive: str = Field(description="base64 of the tar.gz built by "
-                         "'meridian contract package'")
+    archive: str = Field(description="base64 of the tar.gz built by 'meridian contract package'")
 
 
 class CrlIn(_Strict):
@@ -142,5 +143,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def body(model: type[BaseModel]) -> dict[str, Any]:
     """``openapi_extra`` documenting a JSON request body of ``model``'s shape."""
-    return {"requestBody": {"required": True, "content": {
-        "application/json": {"schema": model.model_json_schema()}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }

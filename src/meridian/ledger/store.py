@@ -206,35 +206,45 @@ class SqliteLedger:
         return 0 if row[0] is None else row[0] + 1
 
     def get_header(self, number: int) -> BlockHeader | None:
-        row = self.reader().execute(
-            "SELECT header FROM blocks WHERE number=?", (number,)).fetchone()
+        row = (
+            self.reader().execute("SELECT header FROM blocks WHERE number=?", (number,)).fetchone()
+        )
         return None if row is None else BlockHeader.from_dict(orjson.loads(row[0]))
 
     def get_block(self, number: int) -> Block | None:
-        row = self.reader().execute(
-            "SELECT header, body FROM blocks WHERE number=?", (number,)).fetchone()
+        row = (
+            self.reader()
+            .execute("SELECT header, body FROM blocks WHERE number=?", (number,))
+            .fetchone()
+        )
         if row is None:
             return None
         return _decode_block(row[0], row[1], number)
 
     def get_codes(self, number: int) -> tuple[TxCode, ...] | None:
-        row = self.reader().execute(
-            "SELECT codes FROM blocks WHERE number=?", (number,)).fetchone()
+        row = self.reader().execute("SELECT codes FROM blocks WHERE number=?", (number,)).fetchone()
         return None if row is None else tuple(TxCode(c) for c in orjson.loads(row[0]))
 
     def get_result_root(self, number: int) -> Digest | None:
-        row = self.reader().execute(
-            "SELECT result_root FROM blocks WHERE number=?", (number,)).fetchone()
+        row = (
+            self.reader()
+            .execute("SELECT result_root FROM blocks WHERE number=?", (number,))
+            .fetchone()
+        )
         return None if row is None else Digest(row[0])
 
     def iter_raw_blocks(self) -> Iterator[tuple[int, bytes, bytes, bytes, bytes, bytes]]:
         """(number, hash, header, body, codes, result_root) in order, for verification."""
         yield from self.reader().execute(
-            "SELECT number, hash, header, body, codes, result_root FROM blocks ORDER BY number")
+            "SELECT number, hash, header, body, codes, result_root FROM blocks ORDER BY number"
+        )
 
     def get_tx(self, tx_id: str) -> TxLocation | None:
-        row = self.reader().execute(
-            "SELECT block, idx, code FROM txs WHERE tx_id=?", (tx_id,)).fetchone()
+        row = (
+            self.reader()
+            .execute("SELECT block, idx, code FROM txs WHERE tx_id=?", (tx_id,))
+            .fetchone()
+        )
         return None if row is None else TxLocation(tx_id, row[0], row[1], TxCode(row[2]))
 
     def known_tx_ids(self, tx_ids: Sequence[str], *, writer: bool = False) -> set[str]:
@@ -242,10 +252,11 @@ class SqliteLedger:
         conn = self._writer if writer else self.reader()
         found: set[str] = set()
         for i in range(0, len(tx_ids), 500):
-            chunk = tx_ids[i:i + 500]
+            chunk = tx_ids[i : i + 500]
             marks = ",".join("?" * len(chunk))
-            found.update(r[0] for r in conn.execute(
-                f"SELECT tx_id FROM txs WHERE tx_id IN ({marks})", chunk))
+            found.update(
+                r[0] for r in conn.execute(f"SELECT tx_id FROM txs WHERE tx_id IN ({marks})", chunk)
+            )
         return found
 
     def commit_block(self, batch: CommitBatch) -> None:
@@ -255,36 +266,63 @@ class SqliteLedger:
         with self._atomic() as conn:
             conn.execute(
                 "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
-                (number, block.header.hash, block.header.encode(),
-                 b"[" + b",".join(t.encode() for t in block.transactions) + b"]",
-                 codec.encode([int(c) for c in batch.codes]), batch.result_root))
+                (
+                    number,
+                    block.header.hash,
+                    block.header.encode(),
+                    b"[" + b",".join(t.encode() for t in block.transactions) + b"]",
+                    codec.encode([int(c) for c in batch.codes]),
+                    batch.result_root,
+                ),
+            )
             conn.executemany(
                 "INSERT OR IGNORE INTO txs VALUES (?,?,?,?)",
-                [(tx.tx_id, number, i, int(code))
-                 for i, (tx, code) in enumerate(zip(block.transactions, batch.codes,
-                                                    strict=True))])
+                [
+                    (tx.tx_id, number, i, int(code))
+                    for i, (tx, code) in enumerate(
+                        zip(block.transactions, batch.codes, strict=True)
+                    )
+                ],
+            )
             self._apply_writes(conn, batch.writes, block.header.timestamp_ms)
             conn.executemany(
                 "INSERT INTO events VALUES (?,?,?,?,?,?,?)",
-                [(e.block, e.tx, e.idx, e.tx_id, e.contract, e.name, _dumps(e.payload))
-                 for e in batch.events])
+                [
+                    (e.block, e.tx, e.idx, e.tx_id, e.contract, e.name, _dumps(e.payload))
+                    for e in batch.events
+                ],
+            )
             conn.executemany(
-                "DELETE FROM pending WHERE tx_id=?",
-                [(tx.tx_id,) for tx in block.transactions])
+                "DELETE FROM pending WHERE tx_id=?", [(tx.tx_id,) for tx in block.transactions]
+            )
 
     @staticmethod
     def _apply_writes(
         conn: sqlite3.Connection, writes: Sequence[StateWrite], timestamp_ms: int
     ) -> None:
-        upserts = [(w.ns, w.key, _dumps(w.value), w.version.block, w.version.tx)
-                   for w in writes if not w.delete]
+        upserts = [
+            (w.ns, w.key, _dumps(w.value), w.version.block, w.version.tx)
+            for w in writes
+            if not w.delete
+        ]
         deletes = [(w.ns, w.key) for w in writes if w.delete]
         conn.executemany("INSERT OR REPLACE INTO state VALUES (?,?,?,?,?)", upserts)
         conn.executemany("DELETE FROM state WHERE ns=? AND key=?", deletes)
         conn.executemany(
             "INSERT INTO history VALUES (?,?,?,?,?,?,?)",
-            [(w.ns, w.key, w.version.block, w.version.tx, w.tx_id, timestamp_ms,
-              None if w.delete else _dumps(w.value)) for w in writes])
+            [
+                (
+                    w.ns,
+                    w.key,
+                    w.version.block,
+                    w.version.tx,
+                    w.tx_id,
+                    timestamp_ms,
+                    None if w.delete else _dumps(w.value),
+                )
+                for w in writes
+            ],
+        )
 
     # ----------------------------------------------------------------------- pending
 
@@ -293,7 +331,8 @@ class SqliteLedger:
         with self._atomic() as conn:
             conn.executemany(
                 "INSERT OR IGNORE INTO pending (tx_id, body) VALUES (?,?)",
-                [(tx.tx_id, tx.encode()) for tx in txs])
+                [(tx.tx_id, tx.encode()) for tx in txs],
+            )
 
     def get_pending(self) -> list[Transaction]:
         rows = self._writer.execute("SELECT body FROM pending ORDER BY seq").fetchall()
@@ -308,7 +347,8 @@ class SqliteLedger:
     def get(self, ns: str, key: str, *, writer: bool = False) -> tuple[Any, Version] | None:
         conn = self._writer if writer else self.reader()
         row = conn.execute(
-            "SELECT value, block, tx FROM state WHERE ns=? AND key=?", (ns, key)).fetchone()
+            "SELECT value, block, tx FROM state WHERE ns=? AND key=?", (ns, key)
+        ).fetchone()
         return None if row is None else (orjson.loads(row[0]), Version(row[1], row[2]))
 
     def get_range(
@@ -328,28 +368,35 @@ class SqliteLedger:
         self, ns: str, selector: Mapping[str, Any], limit: int
     ) -> list[tuple[str, Any, Version]]:
         where, params = compile_selector(selector)
-        sql = (f"SELECT key, value, block, tx FROM state WHERE ns=? {where} "
-               "ORDER BY key LIMIT ?")
+        sql = f"SELECT key, value, block, tx FROM state WHERE ns=? {where} ORDER BY key LIMIT ?"
         rows = self.reader().execute(sql, [ns, *params, limit])
         return [(k, orjson.loads(v), Version(b, t)) for k, v, b, t in rows]
 
     def get_history(self, ns: str, key: str, limit: int) -> list[HistoryEntry]:
         rows = self.reader().execute(
             "SELECT tx_id, block, timestamp_ms, value FROM history WHERE ns=? AND key=? "
-            "ORDER BY block, tx LIMIT ?", (ns, key, limit))
-        return [HistoryEntry(tx_id, block, ts, None if v is None else orjson.loads(v),
-                             v is None) for tx_id, block, ts, v in rows]
+            "ORDER BY block, tx LIMIT ?",
+            (ns, key, limit),
+        )
+        return [
+            HistoryEntry(tx_id, block, ts, None if v is None else orjson.loads(v), v is None)
+            for tx_id, block, ts, v in rows
+        ]
 
     def iter_state(self) -> Iterator[tuple[str, str, str, int, int]]:
         yield from self.reader().execute(
-            "SELECT ns, key, value, block, tx FROM state ORDER BY ns, key")
+            "SELECT ns, key, value, block, tx FROM state ORDER BY ns, key"
+        )
 
     def get_events(self, from_block: int, to_block: int) -> list[BlockEvent]:
         rows = self.reader().execute(
             "SELECT block, tx, idx, tx_id, contract, name, payload FROM events "
-            "WHERE block>=? AND block<? ORDER BY block, tx, idx", (from_block, to_block))
-        return [BlockEvent(b, t, i, tx_id, c, n, orjson.loads(p))
-                for b, t, i, tx_id, c, n, p in rows]
+            "WHERE block>=? AND block<? ORDER BY block, tx, idx",
+            (from_block, to_block),
+        )
+        return [
+            BlockEvent(b, t, i, tx_id, c, n, orjson.loads(p)) for b, t, i, tx_id, c, n, p in rows
+        ]
 
     def count_state_bytes(self) -> int:
         row = self.reader().execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM state")
@@ -361,8 +408,10 @@ def _decode_block(header: bytes, body: bytes, number: int) -> Block:
         h = BlockHeader.from_dict(orjson.loads(header))
         txs = tuple(Transaction.from_dict(t) for t in orjson.loads(body))
     except (InvalidInput, orjson.JSONDecodeError) as exc:
-        raise Corruption(f"block {number} in the store does not decode: {exc}",
-                         hint="run 'meridian ledger verify' and restore from a peer") from exc
+        raise Corruption(
+            f"block {number} in the store does not decode: {exc}",
+            hint="run 'meridian ledger verify' and restore from a peer",
+        ) from exc
     return Block(h, txs)
 
 
@@ -380,8 +429,7 @@ def compile_selector(selector: Mapping[str, Any]) -> tuple[str, list[Any]]:
     params: list[Any] = []
     for field, cond in selector.items():
         if not isinstance(field, str) or not _FIELD_RE.match(field):
-            raise InvalidInput(f"selector field {field!r} is not a dotted name",
-                               code="bad_query")
+            raise InvalidInput(f"selector field {field!r} is not a dotted name", code="bad_query")
         expr = f"json_extract(value, '$.{field}')"
         ops = cond if isinstance(cond, dict) else {"$eq": cond}
         for op, operand in ops.items():
@@ -397,8 +445,11 @@ def _compile_op(expr: str, op: str, operand: Any, params: list[Any]) -> str:
             params.append(_scalar(item))
         return f"{expr} IN ({','.join('?' * len(operand))})"
     if op not in _OPS:
-        raise InvalidInput(f"unknown selector operator {op!r}", code="bad_query",
-                           hint="use one of $eq $ne $gt $gte $lt $lte $in")
+        raise InvalidInput(
+            f"unknown selector operator {op!r}",
+            code="bad_query",
+            hint="use one of $eq $ne $gt $gte $lt $lte $in",
+        )
     if operand is None:
         return f"{expr} IS {'NOT ' if op == '$ne' else ''}NULL"
     params.append(_scalar(operand))
@@ -410,5 +461,6 @@ def _scalar(value: Any) -> Any:
         return int(value)
     if isinstance(value, (str, int)):
         return value
-    raise InvalidInput("selector operands must be strings, integers, booleans or null",
-                       code="bad_query")
+    raise InvalidInput(
+        "selector operands must be strings, integers, booleans or null", code="bad_query"
+    )

@@ -79,25 +79,38 @@ class NetworkConfig:
         for node in self.nodes:
             if node.id == node_id:
                 return node
-        raise NotFound(f"no node {node_id!r} in network {self.network}", code="unknown_node",
-                       hint=f"known nodes: {', '.join(n.id for n in self.nodes)}")
+        raise NotFound(
+            f"no node {node_id!r} in network {self.network}",
+            code="unknown_node",
+            hint=f"known nodes: {', '.join(n.id for n in self.nodes)}",
+        )
 
     def app(self, name: str) -> AppConfig:
         for app in self.apps:
             if app.name == name:
                 return app
-        raise NotFound(f"no app {name!r} on this network", code="unknown_app",
-                       hint=f"known apps: {', '.join(a.name for a in self.apps)}")
+        raise NotFound(
+            f"no app {name!r} on this network",
+            code="unknown_app",
+            hint=f"known apps: {', '.join(a.name for a in self.apps)}",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "network": self.network,
             "orgs": [{"id": o.id, "ca": o.ca_pem.decode()} for o in self.orgs],
-            "nodes": [{"id": n.id, "org": n.org, "host": n.host, "port": n.port}
-                      for n in self.nodes],
-            "apps": [{"name": a.name, "members": list(a.members),
-                      "lifecycle_policy": a.lifecycle_policy,
-                      "system_policy": a.system_policy} for a in self.apps],
+            "nodes": [
+                {"id": n.id, "org": n.org, "host": n.host, "port": n.port} for n in self.nodes
+            ],
+            "apps": [
+                {
+                    "name": a.name,
+                    "members": list(a.members),
+                    "lifecycle_policy": a.lifecycle_policy,
+                    "system_policy": a.system_policy,
+                }
+                for a in self.apps
+            ],
             "block": {"max_txs": self.block.max_txs, "timeout_ms": self.block.timeout_ms},
         }
 
@@ -107,34 +120,46 @@ class NetworkConfig:
             cfg = cls(
                 network=d["network"],
                 orgs=tuple(OrgConfig(o["id"], o["ca"].encode()) for o in d["orgs"]),
-                nodes=tuple(NodeEntry(n["id"], n["org"], n["host"], int(n["port"]))
-                            for n in d["nodes"]),
-                apps=tuple(AppConfig(a["name"], tuple(a["members"]),
-                                     a.get("lifecycle_policy", "MAJORITY"),
-                                     a.get("system_policy", "ANY")) for a in d["apps"]),
+                nodes=tuple(
+                    NodeEntry(n["id"], n["org"], n["host"], int(n["port"])) for n in d["nodes"]
+                ),
+                apps=tuple(
+                    AppConfig(
+                        a["name"],
+                        tuple(a["members"]),
+                        a.get("lifecycle_policy", "MAJORITY"),
+                        a.get("system_policy", "ANY"),
+                    )
+                    for a in d["apps"]
+                ),
                 block=BlockConfig(**d.get("block", {})),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
-            raise InvalidInput(f"{NETWORK_FILE} is not a valid network config: {exc!r}",
-                               code="bad_config") from exc
+            raise InvalidInput(
+                f"{NETWORK_FILE} is not a valid network config: {exc!r}", code="bad_config"
+            ) from exc
         cfg.validate()
         return cfg
 
     def validate(self) -> None:
-        names = [self.network, *(o.id for o in self.orgs), *(n.id for n in self.nodes),
-                 *(a.name for a in self.apps)]
+        names = [
+            self.network,
+            *(o.id for o in self.orgs),
+            *(n.id for n in self.nodes),
+            *(a.name for a in self.apps),
+        ]
         for name in names:
             if not NAME_RE.match(name):
                 raise InvalidInput(f"{name!r} is not a valid name", code="bad_config")
         orgs = {o.id for o in self.orgs}
         for node in self.nodes:
             if node.org not in orgs:
-                raise InvalidInput(f"node {node.id} belongs to unknown org {node.org}",
-                                   code="bad_config")
+                raise InvalidInput(
+                    f"node {node.id} belongs to unknown org {node.org}", code="bad_config"
+                )
         for app in self.apps:
             if not app.members or not set(app.members) <= orgs:
-                raise InvalidInput(f"app {app.name} has unknown or no members",
-                                   code="bad_config")
+                raise InvalidInput(f"app {app.name} has unknown or no members", code="bad_config")
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,11 +189,15 @@ class NetworkLayout:
 
     def load(self) -> NetworkConfig:
         if not self.config_file.is_file():
-            raise NotFound(f"{self.config_file} does not exist", code="no_network",
-                           hint="create one with 'meridian network init DIR'")
+            raise NotFound(
+                f"{self.config_file} does not exist",
+                code="no_network",
+                hint="create one with 'meridian network init DIR'",
+            )
         raw = self.config_file.read_bytes()
-        return NetworkConfig.from_dict(codec.decode(raw, max_bytes=MAX_CONFIG_BYTES,
-                                                    what=NETWORK_FILE))
+        return NetworkConfig.from_dict(
+            codec.decode(raw, max_bytes=MAX_CONFIG_BYTES, what=NETWORK_FILE)
+        )
 
     def save(self, config: NetworkConfig) -> None:
         pretty = orjson.dumps(config.to_dict(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS)

@@ -7,7 +7,7 @@ and the genesis ``network.json`` with one app whose members are all orgs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..crypto.certs import CertificateAuthority, Role
@@ -31,7 +31,7 @@ class InitOptions:
     app: str = "demo"
     host: str = "127.0.0.1"
     base_port: int = 7050
-    block: BlockConfig = BlockConfig()
+    block: BlockConfig = field(default_factory=BlockConfig)
 
 
 def init_network(root: Path, options: InitOptions) -> NetworkConfig:
@@ -39,8 +39,11 @@ def init_network(root: Path, options: InitOptions) -> NetworkConfig:
     if not 1 <= options.orgs <= 64 or not 1 <= options.nodes <= 64:
         raise InvalidInput("orgs and nodes must be in 1..64", code="bad_config")
     if root.exists() and any(root.iterdir()):
-        raise Conflict(f"{root} is not empty", code="already_exists",
-                       hint="choose a new directory or remove this one")
+        raise Conflict(
+            f"{root} is not empty",
+            code="already_exists",
+            hint="choose a new directory or remove this one",
+        )
     layout = NetworkLayout(root)
     org_ids = [f"org{i}" for i in range(1, options.orgs + 1)]
     orgs = [_init_org(layout, org) for org in org_ids]
@@ -68,8 +71,10 @@ def _init_org(layout: NetworkLayout, org: str) -> CertificateAuthority:
     ca = CertificateAuthority.create(org)
     write_file(layout.ca_dir(org) / "ca.pem", ca.cert_pem)
     write_file(layout.ca_dir(org) / "ca.key", ca.key_pem, secret=True)
-    for name, role, attrs in (("admin", Role.ADMIN, {}),
-                              ("user1", Role.CLIENT, {"department": "operations"})):
+    for name, role, attrs in (
+        ("admin", Role.ADMIN, {}),
+        ("user1", Role.CLIENT, {"department": "operations"}),
+    ):
         issued = ca.issue(name, role, attrs=attrs)
         _write_identity(layout.user_dir(org, name), issued.cert_pem, issued.key_pem)
     return ca

@@ -9,6 +9,7 @@ ones dropped, by tx id). All ledger writes run on one committer thread per chann
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -61,7 +62,11 @@ class Receipt:
 def receipt_of(tx: Transaction, block: int, index: int, code: TxCode) -> Receipt:
     valid = code is TxCode.VALID
     return Receipt(
-        tx.tx_id, "committed", block, index, code,
+        tx.tx_id,
+        "committed",
+        block,
+        index,
+        code,
         tx.result.response if valid else None,
         tuple(e.to_dict() for e in tx.result.events) if valid else (),
     )
@@ -123,7 +128,9 @@ class Channel:
     async def start(self) -> None:
         """Re-queue acknowledged transactions that were not yet committed, then run."""
         pending = await self._run(self.ledger.get_pending)
-        committed = await self._run(self.ledger.known_tx_ids, [t.tx_id for t in pending], writer=True)
+        committed = await self._run(
+            self.ledger.known_tx_ids, [t.tx_id for t in pending], writer=True
+        )
         if committed:
             await self._run(self.ledger.drop_pending, sorted(committed))
         redo = [t for t in pending if t.tx_id not in committed]
@@ -136,10 +143,8 @@ class Channel:
     async def stop(self) -> None:
         if self._task:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
-                pass
         self._executor.shutdown(wait=True)
         self.ledger.close()
 
@@ -162,15 +167,18 @@ class Channel:
     async def accept(self, txs: Sequence[Transaction]) -> None:
         """Durably accept endorsed transactions for ordering (the acknowledgement point)."""
         if self.halted:
-            raise Unavailable(f"app {self.app} stopped committing: {self.halted}",
-                              code="channel_halted")
+            raise Unavailable(
+                f"app {self.app} stopped committing: {self.halted}", code="channel_halted"
+            )
         if len(self._pending_ids) + len(txs) > MAX_PENDING:
-            raise Busy(f"{len(self._pending_ids)} transactions are waiting to be ordered",
-                       retry_after_s=1.0, hint="retry after a short pause")
+            raise Busy(
+                f"{len(self._pending_ids)} transactions are waiting to be ordered",
+                retry_after_s=1.0,
+                hint="retry after a short pause",
+            )
         for tx in txs:
             if tx.tx_id in self._pending_ids:
-                raise Conflict(f"transaction {tx.tx_id} is already pending",
-                               code="duplicate_tx")
+                raise Conflict(f"transaction {tx.tx_id} is already pending", code="duplicate_tx")
         await self._run(self.ledger.add_pending, txs)
         self._pending_ids.update(tx.tx_id for tx in txs)
         self.orderer.submit(txs)
@@ -180,8 +188,7 @@ class Channel:
         self._waiters.setdefault(tx_id, []).append(fut)
         return fut
 
-    async def wait_for(self, tx_id: str, fut: asyncio.Future[Receipt],
-                       timeout_s: float) -> Receipt:
+    async def wait_for(self, tx_id: str, fut: asyncio.Future[Receipt], timeout_s: float) -> Receipt:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
         except TimeoutError:
@@ -206,8 +213,9 @@ class Channel:
             self.halted = f"commit of block {block.header.number} failed: {exc!r}"
             log.exception("%s: %s", self.app, self.halted)
             raise
-        self._tip = ChainTip(block.header.number + 1, block.header.hash, batch.result_root,
-                             block.header.timestamp_ms)
+        self._tip = ChainTip(
+            block.header.number + 1, block.header.hash, batch.result_root, block.header.timestamp_ms
+        )
         if any(w.ns == LIFECYCLE for w in batch.writes):
             self._definitions.clear()
         self.last_commit_ms = int(time.time() * 1000)
@@ -224,7 +232,8 @@ class Channel:
         async with self._new_block:
             try:
                 await asyncio.wait_for(
-                    self._new_block.wait_for(lambda: self._tip.height > number), timeout_s)
+                    self._new_block.wait_for(lambda: self._tip.height > number), timeout_s
+                )
             except TimeoutError:
                 return False
         return True

@@ -30,8 +30,9 @@ def setup_logging(log_file: Path, level: str = "INFO") -> None:
         root.addHandler(handler)
 
 
-def run_node(network_dir: Path, node_id: str, *, options: NodeOptions | None = None,
-             log_level: str = "INFO") -> None:
+def run_node(
+    network_dir: Path, node_id: str, *, options: NodeOptions | None = None, log_level: str = "INFO"
+) -> None:
     """Run one node in the foreground until it is signalled to stop."""
     layout = NetworkLayout(network_dir)
     node = Node(layout, node_id, options)
@@ -40,9 +41,16 @@ def run_node(network_dir: Path, node_id: str, *, options: NodeOptions | None = N
     pid_file.write_text(str(os.getpid()))
     try:
         config = uvicorn.Config(
-            create_app(node), host=node.entry.host, port=node.entry.port,
-            log_level=log_level.lower(), access_log=False, loop="uvloop", http="httptools",
-            timeout_graceful_shutdown=5, log_config=None)
+            create_app(node),
+            host=node.entry.host,
+            port=node.entry.port,
+            log_level=log_level.lower(),
+            access_log=False,
+            loop="uvloop",
+            http="httptools",
+            timeout_graceful_shutdown=5,
+            log_config=None,
+        )
         uvicorn.Server(config).run()
     finally:
         pid_file.unlink(missing_ok=True)

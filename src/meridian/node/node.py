@@ -70,8 +70,9 @@ class Endorsed:
 
 
 class Node:
-    def __init__(self, layout: NetworkLayout, node_id: str,
-                 options: NodeOptions | None = None) -> None:
+    def __init__(
+        self, layout: NetworkLayout, node_id: str, options: NodeOptions | None = None
+    ) -> None:
         self.layout = layout
         self.config: NetworkConfig = layout.load()
         self.entry = self.config.node(node_id)
@@ -82,11 +83,13 @@ class Node:
         self.cert_der = load_cert_der((node_dir / "cert.pem").read_bytes())
         self._public_key = self.signer.public_key_bytes()
         self.membership = Membership(
-            {org.id: org.ca_pem for org in self.config.orgs}, self._load_crls())
+            {org.id: org.ca_pem for org in self.config.orgs}, self._load_crls()
+        )
         self.data_dir: Path = layout.data_dir(node_id)
         self.packages = PackageStore(self.data_dir / "packages")
-        self.registry = ContractRegistry(self.packages, limits=self.options.limits,
-                                         workers=self.options.contract_workers)
+        self.registry = ContractRegistry(
+            self.packages, limits=self.options.limits, workers=self.options.contract_workers
+        )
         self.channels: dict[str, Channel] = {}
         self.started_ms = int(time.time() * 1000)
 
@@ -105,20 +108,36 @@ class Node:
         for app in self.config.apps:
             if self.entry.org not in app.members:
                 continue
-            rules = AppRules(self.config.network, app.name, frozenset(app.members),
-                             parse_policy(app.system_policy))
+            rules = AppRules(
+                self.config.network,
+                app.name,
+                frozenset(app.members),
+                parse_policy(app.system_policy),
+            )
             ledger = SqliteLedger(self.data_dir / "ledgers" / f"{app.name}.sqlite")
-            orderer = SoloOrderer(self.config.network, app.name,
-                                  max_txs=self.config.block.max_txs,
-                                  timeout_ms=self.config.block.timeout_ms)
+            orderer = SoloOrderer(
+                self.config.network,
+                app.name,
+                max_txs=self.config.block.max_txs,
+                timeout_ms=self.config.block.timeout_ms,
+            )
             channel = Channel(rules, ledger, self.membership, orderer)
-            self.registry.add_app(AppContracts(app.name, app.members,
-                                               parse_policy(app.lifecycle_policy),
-                                               channel.get_definition))
+            self.registry.add_app(
+                AppContracts(
+                    app.name,
+                    app.members,
+                    parse_policy(app.lifecycle_policy),
+                    channel.get_definition,
+                )
+            )
             await channel.start()
             self.channels[app.name] = channel
-        log.info("node %s (org %s) serving apps %s", self.id, self.entry.org,
-                 ", ".join(self.channels) or "none")
+        log.info(
+            "node %s (org %s) serving apps %s",
+            self.id,
+            self.entry.org,
+            ", ".join(self.channels) or "none",
+        )
 
     async def stop(self) -> None:
         for channel in self.channels.values():
@@ -128,8 +147,11 @@ class Node:
     def channel(self, app: str) -> Channel:
         channel = self.channels.get(app)
         if channel is None:
-            raise NotFound(f"app {app!r} is not hosted on node {self.id}", code="unknown_app",
-                           hint=f"hosted apps: {', '.join(self.channels) or 'none'}")
+            raise NotFound(
+                f"app {app!r} is not hosted on node {self.id}",
+                code="unknown_app",
+                hint=f"hosted apps: {', '.join(self.channels) or 'none'}",
+            )
         return channel
 
     # ----------------------------------------------------------------- authorisation
@@ -142,39 +164,53 @@ class Node:
         """Creator, signature, app membership and freshness of a proposal."""
         proposal = signed.proposal
         if proposal.network != self.config.network:
-            raise Forbidden(f"proposal is for network {proposal.network!r}, this is "
-                            f"{self.config.network!r}", code="wrong_network")
+            raise Forbidden(
+                f"proposal is for network {proposal.network!r}, this is {self.config.network!r}",
+                code="wrong_network",
+            )
         if proposal.app != app:
             raise Forbidden("proposal app does not match the URL", code="wrong_app")
         channel = self.channel(app)
         caller = self.membership.validate(proposal.creator)
-        if not verify_cached(caller.suite, caller.public_key, bytes(proposal.signing_digest()),
-                             signed.signature):
-            raise AuthError("the proposal signature does not verify with the creator's "
-                            "certificate", code="bad_signature",
-                            hint="sign the proposal with the key of the certificate it names")
+        if not verify_cached(
+            caller.suite, caller.public_key, bytes(proposal.signing_digest()), signed.signature
+        ):
+            raise AuthError(
+                "the proposal signature does not verify with the creator's certificate",
+                code="bad_signature",
+                hint="sign the proposal with the key of the certificate it names",
+            )
         if caller.org not in channel.rules.members:
-            raise Forbidden(f"org {caller.org} is not a member of app {app}",
-                            code="not_a_member")
+            raise Forbidden(f"org {caller.org} is not a member of app {app}", code="not_a_member")
         skew = abs(int(time.time() * 1000) - proposal.timestamp_ms)
         if skew > PROPOSAL_MAX_SKEW_MS:
-            raise AuthError(f"proposal timestamp is {skew // 1000} s away from node time",
-                            code="stale_proposal", hint="check the client clock and resend")
+            raise AuthError(
+                f"proposal timestamp is {skew // 1000} s away from node time",
+                code="stale_proposal",
+                hint="check the client clock and resend",
+            )
         return caller
 
     # ------------------------------------------------------------------- endorsement
 
-    async def simulate(self, app: str, signed: SignedProposal, caller: Identity,
-                       *, submit: bool) -> TxResult:
+    async def simulate(
+        self, app: str, signed: SignedProposal, caller: Identity, *, submit: bool
+    ) -> TxResult:
         proposal = signed.proposal
         channel = self.channel(app)
         sim = Simulation(
-            channel.ledger, app=app, tx_id=proposal.tx_id, timestamp_ms=proposal.timestamp_ms,
-            caller=CallerIdentity(caller.org, caller.name, str(caller.role),
-                                  dict(caller.attrs), caller.fingerprint),
-            invoker=self.registry.invoke)
+            channel.ledger,
+            app=app,
+            tx_id=proposal.tx_id,
+            timestamp_ms=proposal.timestamp_ms,
+            caller=CallerIdentity(
+                caller.org, caller.name, str(caller.role), dict(caller.attrs), caller.fingerprint
+            ),
+            invoker=self.registry.invoke,
+        )
         response, label = await self.registry.call(
-            sim, proposal.contract, proposal.function, list(proposal.args), submit=submit)
+            sim, proposal.contract, proposal.function, list(proposal.args), submit=submit
+        )
         return sim.result(response, label)
 
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
@@ -190,9 +226,12 @@ class Node:
         channel = self.channel(app)
         tx_id = signed.proposal.tx_id
         if channel.is_pending(tx_id) or channel.ledger.get_tx(tx_id) is not None:
-            raise Conflict(f"transaction {tx_id} was already submitted", code="duplicate_tx",
-                           hint="a replayed proposal is never executed twice; "
-                                "query its status instead", details={"tx_id": tx_id})
+            raise Conflict(
+                f"transaction {tx_id} was already submitted",
+                code="duplicate_tx",
+                hint="a replayed proposal is never executed twice; query its status instead",
+                details={"tx_id": tx_id},
+            )
         result = await self.simulate(app, signed, caller, submit=True)
         self._check_policies(channel, signed.proposal.contract, result)
         return Endorsed(self.endorse(signed, result), caller)
@@ -211,31 +250,45 @@ class Node:
             if not policy.is_satisfied({self.entry.org}, members):
                 raise Forbidden(
                     f"endorsement policy {policy} of {ns} needs more orgs than this node's "
-                    f"({self.entry.org})", code="endorsement_policy_unsatisfiable",
-                    hint="upgrade the contract with a policy this network's nodes can meet")
+                    f"({self.entry.org})",
+                    code="endorsement_policy_unsatisfiable",
+                    hint="upgrade the contract with a policy this network's nodes can meet",
+                )
 
     # ----------------------------------------------------------------------- gateway
 
-    async def submit(self, app: str, signed: SignedProposal, *, wait: bool,
-                     timeout_s: float = DEFAULT_WAIT_S) -> Receipt:
+    async def submit(
+        self, app: str, signed: SignedProposal, *, wait: bool, timeout_s: float = DEFAULT_WAIT_S
+    ) -> Receipt:
         endorsed = await self.prepare(app, signed)
         return (await self.submit_endorsed(app, [endorsed], wait=wait, timeout_s=timeout_s))[0]
 
-    async def submit_endorsed(self, app: str, items: Sequence[Endorsed], *, wait: bool,
-                              timeout_s: float = DEFAULT_WAIT_S) -> list[Receipt]:
+    async def submit_endorsed(
+        self, app: str, items: Sequence[Endorsed], *, wait: bool, timeout_s: float = DEFAULT_WAIT_S
+    ) -> list[Receipt]:
         channel = self.channel(app)
         txs = [item.tx for item in items]
         futures = [channel.waiter(tx.tx_id) for tx in txs] if wait else []
         await channel.accept(txs)
         if not wait:
             return [Receipt(tx.tx_id, "pending", response=tx.result.response) for tx in txs]
-        return list(await asyncio.gather(*(
-            channel.wait_for(tx.tx_id, fut, timeout_s)
-            for tx, fut in zip(txs, futures, strict=True))))
+        return list(
+            await asyncio.gather(
+                *(
+                    channel.wait_for(tx.tx_id, fut, timeout_s)
+                    for tx, fut in zip(txs, futures, strict=True)
+                )
+            )
+        )
 
-    async def submit_batch(self, app: str, items: Sequence[SignedProposal], *, wait: bool,
-                           timeout_s: float = DEFAULT_WAIT_S
-                           ) -> list[Receipt | MeridianError]:
+    async def submit_batch(
+        self,
+        app: str,
+        items: Sequence[SignedProposal],
+        *,
+        wait: bool,
+        timeout_s: float = DEFAULT_WAIT_S,
+    ) -> list[Receipt | MeridianError]:
         """Endorse many proposals concurrently and accept the good ones in one write."""
         results = await asyncio.gather(*(self._prepare_or_error(app, s) for s in items))
         seen: set[str] = set()
@@ -247,12 +300,14 @@ class Node:
                     continue
                 seen.add(res.tx.tx_id)
                 endorsed.append(res)
-        receipts = iter(await self.submit_endorsed(app, endorsed, wait=wait,
-                                                   timeout_s=timeout_s) if endorsed else [])
+        receipts = iter(
+            await self.submit_endorsed(app, endorsed, wait=wait, timeout_s=timeout_s)
+            if endorsed
+            else []
+        )
         return [next(receipts) if isinstance(r, Endorsed) else r for r in results]
 
-    async def _prepare_or_error(self, app: str, signed: SignedProposal
-                                ) -> Endorsed | MeridianError:
+    async def _prepare_or_error(self, app: str, signed: SignedProposal) -> Endorsed | MeridianError:
         try:
             return await self.prepare(app, signed)
         except MeridianError as exc:

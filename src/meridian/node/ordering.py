@@ -44,8 +44,9 @@ class Orderer(Protocol):
         """Order forever, delivering each block in sequence."""
 
 
-def compute_block(network: str, app: str, tip: ChainTip, txs: Sequence[Transaction],
-                  now_ms: int) -> Block:
+def compute_block(
+    network: str, app: str, tip: ChainTip, txs: Sequence[Transaction], now_ms: int
+) -> Block:
     """The next block over ``tip`` holding ``txs`` (timestamps strictly increase)."""
     header = BlockHeader(
         network=network,
@@ -85,13 +86,15 @@ class SoloOrderer:
             while len(self._queue) < self.max_txs and time.monotonic() < deadline:
                 self._arrived.clear()
                 try:
-                    await asyncio.wait_for(self._arrived.wait(),
-                                           max(0.0, deadline - time.monotonic()))
+                    await asyncio.wait_for(
+                        self._arrived.wait(), max(0.0, deadline - time.monotonic())
+                    )
                 except TimeoutError:
                     break
-            batch, self._queue = self._queue[: self.max_txs], self._queue[self.max_txs:]
+            batch, self._queue = self._queue[: self.max_txs], self._queue[self.max_txs :]
             if not self._queue:
                 self._arrived.clear()
             if batch:
-                await deliver(compute_block(self.network, self.app, tip(), batch,
-                                            int(time.time() * 1000)))
+                await deliver(
+                    compute_block(self.network, self.app, tip(), batch, int(time.time() * 1000))
+                )

@@ -27,17 +27,19 @@ Checks, in order, for each transaction (first failure wins):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .. import codec
+from ..contracts.lifecycle import LIFECYCLE, get_definition
 from ..crypto.certs import Identity, Membership
-from ..crypto.hashing import Digest, compute_digest
+from ..crypto.hashing import Digest, compute_digest, compute_signing_digest
 from ..crypto.suites import verify_cached
 from ..errors import CertificateError
 from ..ledger.store import BlockEvent, CommitBatch, StateWrite
+from ..types import DOMAIN_ENDORSEMENT as _DOMAIN_ENDORSEMENT
 from ..types import (
     Block,
     NsRWSet,
@@ -47,9 +49,6 @@ from ..types import (
     Version,
     compute_endorsement_payload,
 )
-from ..types import DOMAIN_ENDORSEMENT as _DOMAIN_ENDORSEMENT
-from ..crypto.hashing import compute_signing_digest
-from ..contracts.lifecycle import LIFECYCLE, get_definition
 from .policy import Policy
 
 
@@ -86,15 +85,18 @@ class _Overlay:
         self.pending: dict[tuple[str, str], tuple[Any, Version | None]] = {}
 
     def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
-        hit = self.pending.get((ns, key), _MISSING)
+        hit: Any = self.pending.get((ns, key), _MISSING)
         if hit is _MISSING:
             return self.state.get(ns, key)
-        value, version = hit  # type: ignore[misc]
+        value, version = hit
         return None if version is None else (value, version)
 
     def get_range(self, ns: str, start: str, end: str, limit: int) -> list[tuple[str, Version]]:
-        local = {k: v for (n, k), v in self.pending.items()
-                 if n == ns and k >= start and (not end or k < end)}
+        local = {
+            k: v
+            for (n, k), v in self.pending.items()
+            if n == ns and k >= start and (not end or k < end)
+        }
         rows = {k: ver for k, _, ver in self.state.get_range(ns, start, end, limit + len(local))}
         for key, (_, version) in local.items():
             if version is None:
@@ -105,7 +107,9 @@ class _Overlay:
 
     def put(self, write: StateWrite) -> None:
         self.pending[(write.ns, write.key)] = (
-            None if write.delete else write.value, None if write.delete else write.version)
+            None if write.delete else write.value,
+            None if write.delete else write.version,
+        )
 
 
 def validate_block(
@@ -132,7 +136,8 @@ def validate_block(
                 writes.extend(tx_writes)
                 events.extend(
                     BlockEvent(number, index, i, tx.tx_id, e.contract, e.name, e.payload)
-                    for i, e in enumerate(tx.result.events))
+                    for i, e in enumerate(tx.result.events)
+                )
         seen.add(tx.tx_id)
         codes.append(code)
     root = compute_result_root(codes, writes)
@@ -141,11 +146,17 @@ def validate_block(
 
 def compute_result_root(codes: Collection[TxCode], writes: Collection[StateWrite]) -> Digest:
     """Digest of a block's verdicts and state writes (carried by the next header)."""
-    return compute_digest(codec.encode({
-        "codes": [int(c) for c in codes],
-        "writes": [[w.ns, w.key, w.version.to_list(), None if w.delete else w.value, w.delete]
-                   for w in writes],
-    }))
+    return compute_digest(
+        codec.encode(
+            {
+                "codes": [int(c) for c in codes],
+                "writes": [
+                    [w.ns, w.key, w.version.to_list(), None if w.delete else w.value, w.delete]
+                    for w in writes
+                ],
+            }
+        )
+    )
 
 
 def _validate_tx(
@@ -164,8 +175,12 @@ def _validate_tx(
     creator = _identity(membership, proposal.creator, when)
     if creator is None or creator.org not in rules.members:
         return TxCode.BAD_CREATOR_CERTIFICATE
-    if not verify_cached(creator.suite, creator.public_key,
-                         bytes(proposal.signing_digest()), tx.signed_proposal.signature):
+    if not verify_cached(
+        creator.suite,
+        creator.public_key,
+        bytes(proposal.signing_digest()),
+        tx.signed_proposal.signature,
+    ):
         return TxCode.BAD_CREATOR_SIGNATURE
     endorsing = _endorsing_orgs(tx, membership, rules, when)
     if endorsing is None:
@@ -250,8 +265,7 @@ def _compute_writes(
     writes: list[StateWrite] = []
     for rw in tx.result.rwsets:
         for w in rw.writes:
-            writes.append(StateWrite(rw.namespace, w.key, w.value, w.delete, version,
-                                     tx.tx_id))
+            writes.append(StateWrite(rw.namespace, w.key, w.value, w.delete, version, tx.tx_id))
         for d in rw.deltas:
             found = overlay.get(rw.namespace, d.key)
             current = 0 if found is None else found[0]
@@ -262,4 +276,3 @@ def _compute_writes(
                 return TxCode.INVALID_DELTA, []
             writes.append(StateWrite(rw.namespace, d.key, total, False, version, tx.tx_id))
     return TxCode.VALID, writes
-

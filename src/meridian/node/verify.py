@@ -63,9 +63,15 @@ def verify_ledger(
     return report
 
 
-def _verify_blocks(store: SqliteLedger, replay: SqliteLedger, membership: Membership,
-                   rules: AppRules, report: VerifyReport, total: int,
-                   progress: Callable[[int, int], None] | None) -> None:
+def _verify_blocks(
+    store: SqliteLedger,
+    replay: SqliteLedger,
+    membership: Membership,
+    rules: AppRules,
+    report: VerifyReport,
+    total: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
     prev_hash, prev_root = ZERO_DIGEST, ZERO_DIGEST
     for number, stored_hash, header_raw, body_raw, codes_raw, root in store.iter_raw_blocks():
         where = f"block {number}"
@@ -75,10 +81,14 @@ def _verify_blocks(store: SqliteLedger, replay: SqliteLedger, membership: Member
             (number == report.blocks and header.number == number, "is out of sequence"),
             (header.hash == stored_hash, "hash does not match its header"),
             (header.previous_hash == prev_hash, "previous_hash does not link to the chain"),
-            (header.last_result_root == prev_root, "last_result_root differs from the "
-                                                   "previous block's result root"),
-            (header.data_hash == compute_root([compute_tx_hash(t) for t in txs]),
-             "data_hash is not the Merkle root of its transactions"),
+            (
+                header.last_result_root == prev_root,
+                "last_result_root differs from the previous block's result root",
+            ),
+            (
+                header.data_hash == compute_root([compute_tx_hash(t) for t in txs]),
+                "data_hash is not the Merkle root of its transactions",
+            ),
         ]
         report.problems.extend(f"{where}: {msg}" for ok, msg in checks if not ok)
         if report.problems:
@@ -110,4 +120,3 @@ def _compare_state(store: SqliteLedger, replay: SqliteLedger, report: VerifyRepo
         report.state_keys += 1
     if next(stored, None) is not None or next(replayed, None) is not None:
         report.problems.append("state has a different number of keys than the replay")
-
