@@ -16,8 +16,9 @@ INTS = st.integers(min_value=-(2**63), max_value=2**64 - 1)
 SCALARS = st.none() | st.booleans() | INTS | st.text(max_size=20)
 JSON_VALUES = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=10), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=10), children, max_size=5)
+    ),
     max_leaves=30,
 )
 

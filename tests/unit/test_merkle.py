@@ -164,8 +164,9 @@ def test_proof_fails_when_truncated_or_extended(case: tuple[list[bytes], int]) -
 
 
 @given(tree_and_index(), st.data())
-def test_proof_fails_when_a_sibling_is_altered(case: tuple[list[bytes], int], data: st.DataObject
-                                               ) -> None:
+def test_proof_fails_when_a_sibling_is_altered(
+    case: tuple[list[bytes], int], data: st.DataObject
+) -> None:
     leaves, index = case
     proof = compute_inclusion_proof(leaves, index)
     if not proof:

@@ -39,9 +39,7 @@ def test_parse_policy(text: str, expected: Policy) -> None:
     assert parse_policy(text) == expected
 
 
-@pytest.mark.parametrize(
-    "text", ["ANY", "ALL", "MAJORITY", "2-of(org1,org2,org3)", "1-of(org2)"]
-)
+@pytest.mark.parametrize("text", ["ANY", "ALL", "MAJORITY", "2-of(org1,org2,org3)", "1-of(org2)"])
 def test_policy_str_parses_back_to_itself(text: str) -> None:
     policy = parse_policy(text)
     assert parse_policy(str(policy)) == policy

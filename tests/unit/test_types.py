@@ -70,7 +70,10 @@ SIGNATURES = st.binary(min_size=1, max_size=512)
 SIGNED = st.builds(SignedProposal, PROPOSALS, SIGNATURES)
 READS = st.builds(KVRead, KEYS, VERSIONS)
 RANGE_READS = st.builds(
-    RangeRead, st.text(max_size=8), st.text(max_size=8), st.lists(READS, max_size=3).map(tuple),
+    RangeRead,
+    st.text(max_size=8),
+    st.text(max_size=8),
+    st.lists(READS, max_size=3).map(tuple),
     st.booleans(),
 )
 WRITES = st.builds(KVWrite, KEYS, JSON, st.just(False)) | st.builds(
@@ -87,13 +90,25 @@ RWSETS = st.builds(
 )
 EVENTS = st.builds(Event, NAMES, st.text(min_size=1, max_size=64), JSON)
 RESULTS = st.builds(
-    TxResult, JSON, st.lists(RWSETS, max_size=2).map(tuple),
-    st.lists(EVENTS, max_size=2).map(tuple), st.text(max_size=20),
+    TxResult,
+    JSON,
+    st.lists(RWSETS, max_size=2).map(tuple),
+    st.lists(EVENTS, max_size=2).map(tuple),
+    st.text(max_size=20),
 )
 ENDORSEMENTS = st.builds(Endorsement, st.binary(max_size=300), SIGNATURES)
-TRANSACTIONS = st.builds(Transaction, SIGNED, RESULTS, st.lists(ENDORSEMENTS, max_size=3).map(tuple))
+TRANSACTIONS = st.builds(
+    Transaction, SIGNED, RESULTS, st.lists(ENDORSEMENTS, max_size=3).map(tuple)
+)
 HEADERS = st.builds(
-    BlockHeader, NAMES, NAMES, U63, DIGESTS, DIGESTS, DIGESTS, U63,
+    BlockHeader,
+    NAMES,
+    NAMES,
+    U63,
+    DIGESTS,
+    DIGESTS,
+    DIGESTS,
+    U63,
     st.integers(0, MAX_BLOCK_TXS),
 )
 
@@ -104,8 +119,16 @@ def blocks(draw: st.DrawFn) -> Block:
     header = draw(HEADERS)
     data_hash = compute_root([compute_tx_hash(t) for t in txs])
     return Block(
-        BlockHeader(header.network, header.app, header.number, header.previous_hash, data_hash,
-                    header.last_result_root, header.timestamp_ms, len(txs)),
+        BlockHeader(
+            header.network,
+            header.app,
+            header.number,
+            header.previous_hash,
+            data_hash,
+            header.last_result_root,
+            header.timestamp_ms,
+            len(txs),
+        ),
         txs,
     )
 
@@ -316,8 +339,13 @@ def test_endorsement_payload_binds_tx_id_and_result() -> None:
 
 def test_block_hash_changes_with_every_header_field() -> None:
     base = _header()
-    for change in [{"number": 8}, {"data_hash": bytes([1]) * 32}, {"tx_count": 1},
-                   {"last_result_root": ZERO_DIGEST}, {"timestamp_ms": 1}]:
+    for change in [
+        {"number": 8},
+        {"data_hash": bytes([1]) * 32},
+        {"tx_count": 1},
+        {"last_result_root": ZERO_DIGEST},
+        {"timestamp_ms": 1},
+    ]:
         assert _header(**change).hash != base.hash
 
 
