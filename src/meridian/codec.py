@@ -9,13 +9,17 @@ Rules (what makes two encoders agree byte for byte):
   :func:`b64` / :func:`unb64`.
 
 Everything signed or hashed goes through :func:`encode`. Decoding untrusted input
-goes through :func:`decode`, which bounds the size and nesting and rejects floats.
+goes through :func:`decode`, which bounds the size and nesting and rejects floats;
+values that enter another way (contract arguments, state values, responses) are
+checked with :func:`validate_value` at that edge. :func:`encode` does not re-check
+(it is on every hot path), so it must only see values that passed one of those.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from typing import Any
 
 import orjson
@@ -25,6 +29,7 @@ from .errors import InvalidInput
 JSONValue = Any  # None | bool | int | str | list[JSONValue] | dict[str, JSONValue]
 
 MAX_DEPTH = 32
+_HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
 _OPTS = orjson.OPT_SORT_KEYS
 
 
@@ -40,6 +45,8 @@ def encode(value: Any) -> bytes:
 
 def decode(data: bytes | str, *, max_bytes: int, what: str = "message") -> Any:
     """Parse untrusted canonical JSON, bounded in size and depth, rejecting floats."""
+    if isinstance(data, str):
+        data = data.encode()
     if len(data) > max_bytes:
         raise InvalidInput(
             f"{what} is {len(data)} bytes, over the limit of {max_bytes}",
@@ -58,17 +65,18 @@ def validate_value(value: Any, *, what: str = "value", depth: int = 0) -> None:
     """Raise InvalidInput unless ``value`` is a canonical JSON value (no floats)."""
     if depth > MAX_DEPTH:
         raise InvalidInput(f"{what} nests deeper than {MAX_DEPTH} levels", code="too_deep")
-    if value is None or isinstance(value, (bool, str)):
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
         return
-    if isinstance(value, int):
+    if kind is int:
         if not -(2**63) <= value < 2**64:
             raise InvalidInput(f"{what} has an integer out of 64-bit range", code="malformed")
         return
-    if isinstance(value, list):
+    if kind is list or kind is tuple:
         for item in value:
             validate_value(item, what=what, depth=depth + 1)
         return
-    if isinstance(value, dict):
+    if kind is dict:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise InvalidInput(f"{what} has a non-string object key", code="malformed")
@@ -102,12 +110,9 @@ def unb64(text: Any, *, what: str = "field") -> bytes:
 
 def unhex(text: Any, *, what: str = "field", length: int | None = None) -> bytes:
     """Strict lowercase hex, optionally of an exact byte length."""
-    if not isinstance(text, str) or text != text.lower():
+    if not isinstance(text, str) or not _HEX_RE.fullmatch(text):
         raise InvalidInput(f"{what} must be a lowercase hex string", code="malformed")
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError as exc:
-        raise InvalidInput(f"{what} is not valid hex", code="malformed") from exc
+    raw = bytes.fromhex(text)
     if length is not None and len(raw) != length:
         raise InvalidInput(f"{what} must be {length} bytes", code="malformed")
     return raw

@@ -132,8 +132,12 @@ ERROR_CLASSES: tuple[type[MeridianError], ...] = (
 )
 
 
-def error_class_for_status(status: int) -> type[MeridianError]:
-    """The error branch a gateway HTTP status maps back to (used by the SDK)."""
+def error_class_for(status: int, code: str | None = None) -> type[MeridianError]:
+    """The error class a gateway answer maps back to (used by the SDK)."""
+    if code == ContractArgumentError.default_code:
+        return ContractArgumentError
+    if code and code.startswith(("certificate_", "unknown_org")):
+        return CertificateError
     for cls in ERROR_CLASSES:
         if cls.http_status == status and cls not in (ContractArgumentError, CertificateError):
             return cls

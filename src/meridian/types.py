@@ -359,7 +359,7 @@ class NsRWSet:
         if not (NAME_RE.match(ns) or SYSTEM_CONTRACT_RE.match(ns)):
             raise InvalidInput("rwset.namespace is not a contract name", code="malformed")
         lim = MAX_RWSET_ENTRIES
-        return cls(
+        rwset = cls(
             namespace=ns,
             reads=_list_of(_field(d, "reads", list, what), lim, what, KVRead.from_dict),
             range_reads=_list_of(
@@ -368,6 +368,11 @@ class NsRWSet:
             writes=_list_of(_field(d, "writes", list, what), lim, what, KVWrite.from_dict),
             deltas=_list_of(_field(d, "deltas", list, what), lim, what, KVDelta.from_dict),
         )
+        check_unique([r.key for r in rwset.reads], "rwset.reads")
+        check_unique(
+            [w.key for w in rwset.writes] + [x.key for x in rwset.deltas], "rwset writes and deltas"
+        )
+        return rwset
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,7 +391,10 @@ class Event:
         name = _field(d, "name", str, "event")
         if not name or len(name) > MAX_NAME_CHARS:
             raise InvalidInput("event.name must be 1..64 chars", code="malformed")
-        return cls(_field(d, "contract", str, "event"), name, payload)
+        contract = _field(d, "contract", str, "event")
+        if not (NAME_RE.match(contract) or SYSTEM_CONTRACT_RE.match(contract)):
+            raise InvalidInput("event.contract is not a contract name", code="malformed")
+        return cls(contract, name, payload)
 
 
 @dataclass(frozen=True, slots=True)

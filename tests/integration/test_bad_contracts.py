@@ -218,11 +218,6 @@ def test_invalid_read_of_node_key(node: Node, network: RunningNetwork) -> None:
 # ---------------------------------------------------------------------------- oversize
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the node endorses and commits a transaction over MAX_TX_BYTES, "
-    "which its own Transaction.decode (used for the pending queue on restart) refuses",
-)
 def test_invalid_transaction_over_the_size_limit(node: Node) -> None:
     before = node.height()
     response = node.call(MISBEHAVE, "bloat", 4)  # 4 values of 100 KiB, each under the limit

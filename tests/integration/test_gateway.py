@@ -647,11 +647,6 @@ def test_invalid_unknown_app_submit(client: Client) -> None:
             assert_error(client.post(path, {"proposal": proposal}), 404, "unknown_app")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the batch route answers 200 for an app the node does not host "
-    "(every other /v1/apps/{app} route answers 404 unknown_app)",
-)
 def test_invalid_unknown_app_batch(client: Client) -> None:
     asset = new_asset()
     proposal = _signed(client, asset, app="nosuch")
@@ -842,11 +837,6 @@ def test_invalid_admin_routes_refuse_others(
         assert_error(r, 400, "malformed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a malformed CRL from an org admin is answered "
-    "401 (AuthError) instead of 400 invalid input",
-)
 def test_invalid_crl_body_is_invalid_input(client: Client, ids: Identities) -> None:
     admin = as_identity(client, ids.org1_admin)
     with ledger_unchanged(client):
@@ -887,11 +877,6 @@ def test_revoked_certificate_is_refused(fresh_network: RunningNetwork) -> None:
         assert admin.height() == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: request nonces live in memory only, so a "
-    "restarted node accepts a replayed request",
-)
 def test_invalid_replayed_request_after_restart(fresh_network: RunningNetwork) -> None:
     net = fresh_network
     net.start()
@@ -901,4 +886,6 @@ def test_invalid_replayed_request_after_restart(fresh_network: RunningNetwork) -
         assert http.get("/v1/status", headers=headers).status_code == 200
         net.stop()
         net.start()
-        assert_error(http.get("/v1/status", headers=headers), 401, "replayed_request")
+        assert_error(
+            http.get("/v1/status", headers=headers), 401, "stale_request"
+        )  # signed before the restart

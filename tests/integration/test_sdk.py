@@ -29,8 +29,9 @@ from meridian.client import (
 )
 from meridian.crypto.certs import CertificateAuthority, Role, load_cert_der, load_signer
 from meridian.errors import (
-    AuthError,
+    CertificateError,
     Conflict,
+    ContractArgumentError,
     ContractFailure,
     InvalidInput,
     MeridianError,
@@ -182,12 +183,12 @@ ERRORS: dict[str, ErrorCase] = {
     ),
     "wrong argument type": ErrorCase(
         lambda gw, a: _contract(gw).submit("create", a, "x", "ten"),
-        InvalidInput,
+        ContractArgumentError,
         400,
         "bad_argument",
     ),
     "wrong argument count": ErrorCase(
-        lambda gw, a: _contract(gw).evaluate("read"), InvalidInput, 400, "bad_argument"
+        lambda gw, a: _contract(gw).evaluate("read"), ContractArgumentError, 400, "bad_argument"
     ),
     "query submitted": ErrorCase(
         lambda gw, a: _contract(gw).submit("read", a), InvalidInput, 400, "not_a_transaction"
@@ -227,7 +228,7 @@ def test_invalid_untrusted_identity_raises_auth_error(network: RunningNetwork) -
     stranger = Identity(load_cert_der(issued.cert_pem), load_signer(issued.key_pem))
     with connect(network.url, stranger) as gw:  # health is public: connecting works
         assert gw.network == network.config.network
-        with pytest.raises(AuthError) as info:
+        with pytest.raises(CertificateError) as info:
             _contract(gw).submit("create", new_asset(), "x", 1)
     assert (info.value.http_status, info.value.code) == (401, "certificate_invalid")
     assert info.value.hint

@@ -156,7 +156,6 @@ def test_required_count(text: str, members: tuple[str, ...], required: int) -> N
     assert parse_policy(text).required(members) == required
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: K-of accepts listed orgs that are not org ids")
 @pytest.mark.parametrize("text", ["1-of(org 1,org2)", "1-of(-,org2)", "1-of(_x,org2)"])
 def test_invalid_policy_org_is_not_an_org_id(text: str) -> None:
     with pytest.raises(InvalidInput) as exc:

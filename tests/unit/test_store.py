@@ -450,7 +450,6 @@ def test_compile_selector_uses_parameters_not_literals() -> None:
     assert params == ["x'; DROP TABLE state; --", 1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: $in rejects null although the docstring allows it")
 def test_query_in_with_null(docs: SqliteLedger) -> None:
     assert _keys(docs, {"color": {"$in": ["red", None]}}) == ["car-1", "car-2", "car-3", "note"]
 

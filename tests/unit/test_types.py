@@ -83,11 +83,12 @@ DELTAS = st.builds(KVDelta, KEYS, st.integers(-(2**62), 2**62))
 RWSETS = st.builds(
     NsRWSet,
     NAMES,
-    st.lists(READS, max_size=3).map(tuple),
+    st.lists(READS, max_size=3, unique_by=lambda r: r.key).map(tuple),
     st.lists(RANGE_READS, max_size=2).map(tuple),
-    st.lists(WRITES, max_size=3).map(tuple),
-    st.lists(DELTAS, max_size=3).map(tuple),
-)
+    st.lists(WRITES, max_size=3, unique_by=lambda w: w.key).map(tuple),
+    st.lists(DELTAS, max_size=3, unique_by=lambda x: x.key).map(tuple),
+).filter(lambda rw: not {w.key for w in rw.writes} & {x.key for x in rw.deltas})
+
 EVENTS = st.builds(Event, NAMES, st.text(min_size=1, max_size=64), JSON)
 RESULTS = st.builds(
     TxResult,

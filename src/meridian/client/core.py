@@ -16,7 +16,7 @@ import orjson
 from .. import codec
 from ..crypto.certs import load_cert_der
 from ..crypto.suites import Signer, load_signer
-from ..errors import MeridianError, error_class_for_status
+from ..errors import MeridianError, error_class_for
 from ..gateway.auth import sign_request
 from ..types import Proposal, SignedProposal
 
@@ -155,7 +155,7 @@ def raise_for_error(response: httpx.Response) -> Any:
             "code": "http_error",
             "message": f"HTTP {response.status_code}: {response.text[:200]}",
         }
-    cls = error_class_for_status(response.status_code)
+    cls = error_class_for(response.status_code, err.get("code"))
     exc = cls(
         err.get("message", ""),
         code=err.get("code"),

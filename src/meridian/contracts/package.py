@@ -20,6 +20,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -120,12 +121,7 @@ def read_archive(data: bytes) -> dict[str, bytes]:
     """Files of an archive, refusing anything but bounded regular files at safe paths."""
     if len(data) > MAX_PACKAGE_BYTES:
         raise InvalidInput("package archive too large", code="bad_package")
-    try:
-        raw = gzip.decompress(data)
-    except (OSError, EOFError) as exc:
-        raise InvalidInput("package is not a gzip archive", code="bad_package") from exc
-    if len(raw) > 2 * MAX_PACKAGE_BYTES:
-        raise InvalidInput("package archive expands too large", code="bad_package")
+    raw = _inflate(data, limit=2 * MAX_PACKAGE_BYTES)
     files: dict[str, bytes] = {}
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
@@ -141,6 +137,24 @@ def read_archive(data: bytes) -> dict[str, bytes]:
         raise InvalidInput(f"package has no {MANIFEST}", code="bad_package")
     _check_size(files)
     return files
+
+
+def _inflate(data: bytes, *, limit: int) -> bytes:
+    """Gunzip at most ``limit`` bytes; refuse (without inflating further) beyond that."""
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    out = bytearray()
+    pending = data
+    try:
+        while pending and not inflater.eof:
+            out += inflater.decompress(pending, 2**20)
+            pending = inflater.unconsumed_tail
+            if len(out) > limit:
+                raise InvalidInput("package archive expands too large", code="bad_package")
+    except zlib.error as exc:
+        raise InvalidInput("package is not a gzip archive", code="bad_package") from exc
+    if not inflater.eof:
+        raise InvalidInput("package archive is truncated", code="bad_package")
+    return bytes(out)
 
 
 def _check_member(member: tarfile.TarInfo) -> None:

@@ -32,6 +32,4 @@ def compute_digest_parts(*parts: bytes) -> Digest:
 
 def compute_signing_digest(domain: str, network_id: str, payload: bytes) -> Digest:
     """The digest a signature covers: domain and network bound to the payload."""
-    return compute_digest_parts(
-        _SIGNING_PREFIX + domain.encode(), network_id.encode(), payload
-    )
+    return compute_digest_parts(_SIGNING_PREFIX + domain.encode(), network_id.encode(), payload)

@@ -362,8 +362,7 @@ def verify_cached(suite: str, public_key: bytes, message: bytes, signature: byte
     return verdict
 
 
-def remember_own_signature(suite: str, public_key: bytes, message: bytes,
-                           signature: bytes) -> None:
+def remember_own_signature(suite: str, public_key: bytes, message: bytes, signature: bytes) -> None:
     """Record a signature this process just made as valid (saves re-verifying it)."""
     _VERIFY_CACHE.put(compute_digest_parts(suite.encode(), public_key, message, signature), True)
 

@@ -23,7 +23,15 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from .. import __version__, codec
 from ..contracts.lifecycle import LIFECYCLE
 from ..crypto.certs import Identity
-from ..errors import Busy, Conflict, Forbidden, InvalidInput, MeridianError, NotFound
+from ..errors import (
+    Busy,
+    CertificateError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MeridianError,
+    NotFound,
+)
 from ..ledger.merkle import compute_inclusion_proof
 from ..node.channel import Receipt
 from ..node.node import Node, is_admin_of
@@ -195,6 +203,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     )
     async def submit_batch(app_name: str, request: Request) -> Any:
         await caller(request)
+        node.channel(app_name)
         body = await _json_body(request)
         raw = _get(body, "proposals", list, None)
         if not 0 < len(raw) <= MAX_BATCH:
@@ -359,7 +368,10 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
                 f"only an admin of {org} may update its revocation list", code="not_admin"
             )
         body = await _json_body(request)
-        node.update_crl(org, _get(body, "crl", str, None).encode())
+        try:
+            node.update_crl(org, _get(body, "crl", str, None).encode())
+        except CertificateError as exc:
+            raise InvalidInput(exc.message, code=exc.code, hint=exc.hint) from exc
         return {"ok": True}
 
     return app

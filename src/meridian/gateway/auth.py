@@ -10,6 +10,10 @@ Headers (no secrets, nothing in URLs)::
 The signed digest binds the network, method, path, query string, time, nonce and
 the SHA-256 of the body (domain ``request``), so a signature can't be replayed on
 another request, another node's network, or as a proposal or endorsement.
+
+Nonces are remembered in memory for the freshness window. So that a restart does
+not open a replay window, a node also refuses requests signed before it started:
+the accepted times are ``[max(now - 5 min, start), now + 5 min]``.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ class RequestAuthenticator:
         self.network = network
         self.membership = membership
         self._nonces: OrderedDict[str, int] = OrderedDict()
+        self.started_ms = int(time.time() * 1000)
 
     def authenticate(
         self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
@@ -107,6 +112,12 @@ class RequestAuthenticator:
                 f"request time is {abs(now - time_ms) // 1000} s from node time",
                 code="stale_request",
                 hint="check the client clock",
+            )
+        if time_ms < self.started_ms:
+            raise AuthError(
+                "request was signed before this node started",
+                code="stale_request",
+                hint="sign the request again and resend",
             )
         if nonce in self._nonces:
             raise AuthError(

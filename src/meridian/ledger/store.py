@@ -441,9 +441,12 @@ def _compile_op(expr: str, op: str, operand: Any, params: list[Any]) -> str:
     if op == "$in":
         if not isinstance(operand, list) or not operand or len(operand) > 100:
             raise InvalidInput("$in takes a list of 1..100 values", code="bad_query")
-        for item in operand:
-            params.append(_scalar(item))
-        return f"{expr} IN ({','.join('?' * len(operand))})"
+        values = [_scalar(item) for item in operand if item is not None]
+        params.extend(values)
+        clauses = [f"{expr} IN ({','.join('?' * len(values))})"] if values else []
+        if len(values) < len(operand):
+            clauses.append(f"{expr} IS NULL")
+        return f"({' OR '.join(clauses)})"
     if op not in _OPS:
         raise InvalidInput(
             f"unknown selector operator {op!r}",

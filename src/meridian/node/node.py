@@ -28,6 +28,7 @@ from ..crypto.suites import remember_own_signature, verify_cached
 from ..errors import (
     AuthError,
     Conflict,
+    ContractFailure,
     Forbidden,
     MeridianError,
     NotFound,
@@ -36,6 +37,7 @@ from ..ledger.store import SqliteLedger
 from ..network.config import NetworkConfig, NetworkLayout
 from ..types import (
     DOMAIN_ENDORSEMENT,
+    MAX_TX_BYTES,
     Endorsement,
     SignedProposal,
     Transaction,
@@ -234,7 +236,15 @@ class Node:
             )
         result = await self.simulate(app, signed, caller, submit=True)
         self._check_policies(channel, signed.proposal.contract, result)
-        return Endorsed(self.endorse(signed, result), caller)
+        tx = self.endorse(signed, result)
+        if len(tx.encode()) > MAX_TX_BYTES:
+            raise ContractFailure(
+                f"the transaction would be {len(tx.encode())} bytes, over the limit of "
+                f"{MAX_TX_BYTES}",
+                code="contract_limit",
+                hint="write less data per transaction (split it into several)",
+            )
+        return Endorsed(tx, caller)
 
     def _check_policies(self, channel: Channel, invoked: str, result: TxResult) -> None:
         """Refuse to order what this node's endorsement alone cannot make valid."""

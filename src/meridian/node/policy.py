@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from ..errors import InvalidInput
 
-_K_OF = re.compile(r"^(\d{1,3})-of\(([a-z0-9_,\s-]*)\)$")
+_K_OF = re.compile(r"^(\d{1,3})-of\(([^()]*)\)$")
+_ORG_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +65,10 @@ def parse_policy(text: str) -> Policy:
         return Policy(spelled)
     match = _K_OF.match(spelled)
     if match:
-        orgs = tuple(sorted({o.strip() for o in match.group(2).split(",") if o.strip()}))
+        listed = [o.strip() for o in match.group(2).split(",")]
+        orgs = tuple(sorted(set(listed)))
         k = int(match.group(1))
-        if 1 <= k <= len(orgs):
+        if all(_ORG_ID.match(o) for o in listed) and 1 <= k <= len(orgs):
             return Policy("k-of", k, orgs)
     raise InvalidInput(
         f"cannot read policy {text!r}",
