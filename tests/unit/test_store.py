@@ -12,6 +12,7 @@ import pytest
 from meridian.crypto.hashing import Digest, compute_digest
 from meridian.errors import InvalidInput
 from meridian.ledger.merkle import compute_root
+from meridian.ledger.pending import PendingStore
 from meridian.ledger.store import (
     BlockEvent,
     CommitBatch,
@@ -110,7 +111,6 @@ def _snapshot(ledger: SqliteLedger) -> tuple[Any, ...]:
         ledger.height(),
         list(ledger.iter_state()),
         ledger.get_events(0, 100),
-        [t.tx_id for t in ledger.get_pending()],
         ledger.get_history(NS, "car-1", 100),
         ledger.get_history(NS, "car-2", 100),
     )
@@ -224,7 +224,6 @@ def _assert_failed_commit_wrote_nothing(
 def _failing_block(ledger: SqliteLedger, events: list[BlockEvent]) -> CommitBatch:
     genesis, _ = _commit_genesis(ledger)
     tx1, tx2 = _tx(1), _tx(2)
-    ledger.add_pending([tx1, tx2])
     block = _block(1, [tx1, tx2], genesis.header.hash)
     writes = [
         _write("car-1", {"owner": "mallory"}, Version(1, 0), tx1),
@@ -245,7 +244,6 @@ def test_commit_with_unencodable_event_writes_nothing(ledger: SqliteLedger) -> N
     assert ledger.height() == 1
     assert ledger.get(NS, "car-1") == ({"owner": "alice"}, Version(0, 0))
     assert ledger.get(NS, "car-2") is None
-    assert len(ledger.get_pending()) == 2
 
 
 def test_commit_with_duplicate_event_key_writes_nothing(ledger: SqliteLedger) -> None:
@@ -285,15 +283,12 @@ def test_ledger_is_usable_after_a_failed_commit(ledger: SqliteLedger) -> None:
     ledger.commit_block(batch)
     assert ledger.height() == 2
     assert ledger.get(NS, "car-2") == ({"owner": "mallory"}, Version(1, 1))
-    assert ledger.get_pending() == []
 
 
 def test_reopen_keeps_everything(tmp_path: Path) -> None:
     path = tmp_path / "data" / "trade.db"
     first = SqliteLedger(path)
     genesis, tx = _commit_genesis(first)
-    waiting = _tx(5)
-    first.add_pending([waiting])
     before = _snapshot(first)
     root = first.get_result_root(0)
     first.close()
@@ -306,7 +301,6 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert second.get_codes(0) == (TxCode.VALID,)
         assert second.get_result_root(0) == root
         assert second.get_tx(tx.tx_id) == TxLocation(tx.tx_id, 0, 0, TxCode.VALID)
-        assert second.get_pending() == [waiting]
     finally:
         second.close()
 
@@ -314,22 +308,28 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- pending
 
 
-def test_pending_add_get_drop(ledger: SqliteLedger) -> None:
+def test_pending_add_get_drop(tmp_path: Path) -> None:
+    pending = PendingStore(tmp_path / "app.pending.sqlite")
     txs = [_tx(i) for i in range(4)]
-    ledger.add_pending(txs[:2])
-    ledger.add_pending(txs[2:])
-    assert ledger.get_pending() == txs
-    ledger.add_pending([txs[0]])  # idempotent: already acknowledged
-    assert ledger.get_pending() == txs
-    ledger.drop_pending([txs[1].tx_id, "unknown"])
-    assert ledger.get_pending() == [txs[0], txs[2], txs[3]]
+    pending.add(txs[:2])
+    pending.add(txs[2:])
+    assert pending.get_all() == txs
+    pending.add([txs[0]])  # idempotent: already acknowledged
+    assert pending.get_all() == txs
+    pending.drop([txs[1].tx_id, "unknown"])
+    assert pending.get_all() == [txs[0], txs[2], txs[3]]
+    pending.close()
 
 
-def test_commit_block_removes_committed_txs_from_pending(ledger: SqliteLedger) -> None:
-    txs = [_tx(i) for i in range(3)]
-    ledger.add_pending(txs)
-    ledger.commit_block(_batch(_block(0, [txs[0], txs[2]])))
-    assert ledger.get_pending() == [txs[1]]
+def test_pending_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "app.pending.sqlite"
+    first = PendingStore(path)
+    waiting = [_tx(5), _tx(6)]
+    first.add(waiting)
+    first.close()
+    second = PendingStore(path)
+    assert second.get_all() == waiting
+    second.close()
 
 
 # ----------------------------------------------------------------------------- ranges

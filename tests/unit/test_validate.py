@@ -135,8 +135,8 @@ class MemState:
         keys = sorted(k for n, k in self.rows if n == ns and k >= start and (not end or k < end))
         return [(k, *self.rows[(ns, k)]) for k in keys[:limit]]
 
-    def is_committed(self, tx_id: str) -> bool:
-        return tx_id in self.committed
+    def committed_among(self, tx_ids: Sequence[str]) -> set[str]:
+        return set(tx_ids) & set(self.committed)
 
 
 def _definition(name: str = NS, policy: str = "ANY", sequence: int = 1) -> dict[str, Any]:

@@ -25,7 +25,8 @@ import logging
 import os
 import re
 import signal
-from collections.abc import AsyncIterator, Callable, Mapping
+import subprocess
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -65,7 +66,6 @@ log = logging.getLogger("meridian.contracts")
 
 EXIT_WAIT_S = 1.0
 STARTUP_TIMEOUT_S = 30.0
-STREAM_LIMIT_BYTES = 2**20
 CLOSE_WAIT_S = 5.0
 STDERR_LOG_BYTES = 64 * 1024
 STDERR_LINE_CHARS = 500
@@ -102,124 +102,6 @@ class _WorkerGone(Exception):
 
 # ------------------------------------------------------------------------------- worker
 
-
-class _Worker:
-    """One worker process (its own process group) and its pipes."""
-
-    def __init__(self, proc: asyncio.subprocess.Process, label: str) -> None:
-        self.proc = proc
-        self.label = label
-        self.calls = 0
-        self.busy = False  # a request was sent and its final answer not yet read
-        self.retire = False
-        if proc.stderr is None or proc.stdin is None or proc.stdout is None:
-            raise Unavailable("worker pipes missing")
-        self._stdin = proc.stdin
-        self._stdout = proc.stdout
-        self._stderr_task = asyncio.create_task(_drain_stderr(proc.stderr, label))
-
-    @classmethod
-    async def start(cls, argv: tuple[str, ...], cwd: str, label: str) -> _Worker:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            limit=STREAM_LIMIT_BYTES,
-            cwd=cwd,
-            env=compute_worker_env(),
-            start_new_session=True,
-        )
-        return cls(proc, f"{label}[{proc.pid}]")
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None and not self.retire
-
-    async def send(self, message: Mapping[str, Any]) -> None:
-        self._stdin.write(encode_frame(message))
-        try:
-            await self._stdin.drain()
-        except (ConnectionError, RuntimeError) as exc:
-            raise _WorkerGone(f"cannot write to the worker: {exc}", exited=True) from exc
-
-    async def receive(self) -> dict[str, Any]:
-        """The next message; _WorkerGone at EOF or on anything but a well-formed frame."""
-        try:
-            (size,) = FRAME_HEADER.unpack(await self._stdout.readexactly(FRAME_HEADER.size))
-            if size > MAX_FRAME_BYTES:
-                raise _WorkerGone(f"the worker sent a frame of {size} bytes")
-            message = orjson.loads(await self._stdout.readexactly(size))
-        except asyncio.IncompleteReadError:
-            raise _WorkerGone("the worker closed its output", exited=True) from None
-        except orjson.JSONDecodeError:
-            raise _WorkerGone("the worker sent a malformed frame") from None
-        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
-            raise _WorkerGone("the worker sent a message without an op")
-        return message
-
-    async def wait_ready(self) -> None:
-        """Wait for the worker to have loaded the contract (or reported why it can't)."""
-        try:
-            async with asyncio.timeout(STARTUP_TIMEOUT_S):
-                message = await self.receive()
-        except TimeoutError:
-            raise ContractFailure(
-                f"the contract did not load within {STARTUP_TIMEOUT_S} s",
-                code="contract_load_failed",
-            ) from None
-        except _WorkerGone as exc:
-            raise await _death_error(self, exc) from None
-        if message["op"] != "ready":
-            raise ContractFailure("the worker did not start properly", code="contract_crashed")
-
-    def kill(self) -> None:
-        """SIGKILL the whole process group (bubblewrap takes its namespace down)."""
-        self.retire = True
-        if self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-    async def exit_status(self, timeout_s: float) -> int | None:
-        """The exit status once the process has ended, or None if it is still running."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), timeout_s)
-        return self.proc.returncode
-
-    async def wait_closed(self) -> None:
-        """Kill, then wait for the process and its stderr to end."""
-        self.kill()
-        self._stdin.close()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.proc.wait(), CLOSE_WAIT_S)
-            await asyncio.wait_for(self._stderr_task, CLOSE_WAIT_S)
-
-
-async def _drain_stderr(stream: asyncio.StreamReader, label: str) -> None:
-    """Log the worker's stderr line by line, truncated, up to STDERR_LOG_BYTES in all."""
-    budget, pending = STDERR_LOG_BYTES, b""
-    while chunk := await stream.read(4096):
-        *lines, pending = (pending + chunk).split(b"\n")
-        if len(pending) > STDERR_LINE_CHARS:
-            lines, pending = [*lines, pending], b""
-        budget = _log_lines(label, lines, budget)
-    _log_lines(label, [pending] if pending else [], budget)
-
-
-def _log_lines(label: str, lines: list[bytes], budget: int) -> int:
-    """Log what fits in ``budget`` bytes; the budget left (negative once exhausted)."""
-    for line in lines:
-        if budget > 0:
-            text = _UNPRINTABLE.sub("?", line.decode(errors="replace"))[:STDERR_LINE_CHARS]
-            log.info("contract %s: %s", label, text)
-            budget -= len(line) + 1
-            if budget <= 0:
-                log.warning("contract %s: further output dropped", label)
-    return budget
-
-
-# ------------------------------------------------------------------------- conversation
-
 _Handler = Callable[[SimulationContext, Mapping[str, Any]], Any]
 
 _SYNC_OPS: dict[str, _Handler] = {
@@ -233,6 +115,7 @@ _SYNC_OPS: dict[str, _Handler] = {
     "history": lambda ctx, m: [h.to_dict() for h in ctx.get_history(m["key"], m["limit"])],
 }
 _REPLY_OPS = frozenset({"get", "range", "query", "history", "invoke"})
+_FINAL_OPS = frozenset({"return", "value", "error"})
 _OP_FIELDS = {
     "get": ("key",),
     "put": ("key", "value"),
@@ -246,62 +129,207 @@ _OP_FIELDS = {
 }
 
 
-async def _op_invoke(ctx: SimulationContext, message: Mapping[str, Any]) -> Any:
-    contract, function, args = message["contract"], message["function"], message["args"]
-    if not isinstance(contract, str) or not isinstance(function, str) or not isinstance(args, list):
-        raise ContractFailure(
-            "invoke() takes a contract name, a function name and JSON arguments",
-            code="contract_bad_value",
+class _Call:
+    """The request in flight on a worker: its context, first host error and outcome."""
+
+    __slots__ = ("ctx", "first_error", "future")
+
+    def __init__(self, ctx: SimulationContext | None, future: asyncio.Future[Any]) -> None:
+        self.ctx = ctx
+        self.future = future
+        self.first_error: MeridianError | None = None
+
+
+class _Worker(asyncio.SubprocessProtocol):
+    """One worker process (its own process group), driven by pipe callbacks.
+
+    Frames from the worker are handled as they arrive, in order: Context operations
+    are applied to the call's :class:`SimulationContext` and answered at once, so a
+    call costs the event loop one wake-up per round trip and a single await.
+    """
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.calls = 0
+        self.busy = False  # a request was sent and its final answer not yet read
+        self.retire = False
+        self.transport: asyncio.SubprocessTransport | None = None
+        self._stdin: asyncio.WriteTransport | None = None
+        self._inbox = bytearray()
+        self._stderr = bytearray()
+        self._stderr_budget = STDERR_LOG_BYTES
+        self._call: _Call | None = None
+        self._gone: _WorkerGone | None = None
+        self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def start(cls, argv: tuple[str, ...], cwd: str, label: str) -> _Worker:
+        loop = asyncio.get_running_loop()
+        worker = cls(label)
+        transport, _ = await loop.subprocess_exec(
+            lambda: worker,
+            *argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env=compute_worker_env(),
+            start_new_session=True,
         )
-    return await ctx.invoke_async(contract, function, args)
+        worker.label = f"{label}[{transport.get_pid()}]"
+        return worker
 
+    # ------------------------------------------------------------- protocol callbacks
 
-class _Conversation:
-    """Serves one request's Context operations until the worker's final answer."""
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        stdin = self.transport.get_pipe_transport(0) if self.transport else None
+        self._stdin = stdin  # type: ignore[assignment]
 
-    def __init__(self, worker: _Worker, ctx: SimulationContext | None) -> None:
-        self._worker = worker
-        self._ctx = ctx
-        self._first_error: MeridianError | None = None
+    def pipe_data_received(self, fd: int, data: bytes) -> None:
+        if fd == 2:
+            self._log_stderr(data)
+            return
+        self._inbox += data
+        try:
+            while (message := self._next_frame()) is not None:
+                self._dispatch(message)
+        except _WorkerGone as exc:
+            self._fail(exc)
 
-    async def run(self, request: Mapping[str, Any]) -> Any:
-        self._worker.busy = True
-        self._worker.calls += 1
-        await self._worker.send(request)
-        while True:
-            message = await self._worker.receive()
-            op = message["op"]
-            if op in ("return", "value", "error"):
-                self._worker.busy = False
-                return self._finish(message)
-            await self._serve(op, message)
+    def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
+        if fd == 1:
+            self._fail(_WorkerGone("the worker closed its output", exited=True))
+        elif fd == 2 and self._stderr:
+            self._log_stderr(b"\n")
 
-    async def _serve(self, op: str, message: Mapping[str, Any]) -> None:
+    def process_exited(self) -> None:
+        code = self.transport.get_returncode() if self.transport else None
+        if not self._exited.done():
+            self._exited.set_result(-1 if code is None else code)
+        self._fail(_WorkerGone("the worker exited", exited=True))
+
+    # ---------------------------------------------------------------------- framing
+
+    def _next_frame(self) -> dict[str, Any] | None:
+        if len(self._inbox) < FRAME_HEADER.size:
+            return None
+        (size,) = FRAME_HEADER.unpack_from(self._inbox)
+        if size > MAX_FRAME_BYTES:
+            raise _WorkerGone(f"the worker sent a frame of {size} bytes")
+        end = FRAME_HEADER.size + size
+        if len(self._inbox) < end:
+            return None
+        body = bytes(self._inbox[FRAME_HEADER.size : end])
+        del self._inbox[:end]
+        try:
+            message = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise _WorkerGone("the worker sent a malformed frame") from None
+        if not isinstance(message, dict) or not isinstance(message.get("op"), str):
+            raise _WorkerGone("the worker sent a message without an op")
+        return message
+
+    def send(self, message: Mapping[str, Any]) -> None:
+        if self._gone is not None or self._stdin is None or self._stdin.is_closing():
+            raise self._gone or _WorkerGone("cannot write to the worker", exited=True)
+        self._stdin.write(encode_frame(message))
+
+    # --------------------------------------------------------------------- requests
+
+    @property
+    def alive(self) -> bool:
+        return self._gone is None and not self._exited.done() and not self.retire
+
+    async def wait_ready(self) -> None:
+        """Wait for the worker to have loaded the contract (or reported why it can't)."""
+        try:
+            async with asyncio.timeout(STARTUP_TIMEOUT_S):
+                await asyncio.shield(self._ready)
+        except TimeoutError:
+            raise ContractFailure(
+                f"the contract did not load within {STARTUP_TIMEOUT_S} s",
+                code="contract_load_failed",
+            ) from None
+        except _WorkerGone as exc:
+            raise await _death_error(self, exc) from None
+
+    async def request(self, message: Mapping[str, Any], ctx: SimulationContext | None) -> Any:
+        """Send a request and serve its Context operations until the final answer."""
+        if self._call is not None:
+            raise _WorkerGone("the worker is already serving a request")
+        call = _Call(ctx, asyncio.get_running_loop().create_future())
+        self._call = call
+        self.busy = True
+        self.calls += 1
+        try:
+            self.send(message)
+            return await call.future
+        finally:
+            if self._call is call:
+                self._call = None
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        op = message["op"]
+        if not self._ready.done():
+            if op != "ready":
+                raise _WorkerGone("the worker did not start properly")
+            self._ready.set_result(None)
+            return
+        call = self._call
+        if call is None or call.future.done():
+            raise _WorkerGone(f"the worker sent {op!r} while idle")
+        if op in _FINAL_OPS:
+            self.busy = False
+            self._call = None
+            self._settle(call, message)
+        else:
+            self._serve(call, op, message)
+
+    def _serve(self, call: _Call, op: str, message: Mapping[str, Any]) -> None:
         fields = _OP_FIELDS.get(op)
-        if self._ctx is None or fields is None or not all(f in message for f in fields):
+        if call.ctx is None or fields is None or not all(f in message for f in fields):
             raise _WorkerGone(f"the worker sent an unexpected or incomplete {op!r}")
-        if self._first_error is None:
+        if call.first_error is None:
+            if op == "invoke":
+                task = asyncio.get_running_loop().create_task(self._invoke(call, message))
+                task.add_done_callback(_consume)
+                return
             try:
-                value = await self._apply(self._ctx, op, message)
+                value = _SYNC_OPS[op](call.ctx, message)
             except MeridianError as exc:
-                self._first_error = exc
+                call.first_error = exc
             else:
                 if op in _REPLY_OPS:
-                    await self._worker.send({"op": "value", "value": value})
+                    self.send({"op": "value", "value": value})
                 return
         if op in _REPLY_OPS:
-            error = self._first_error
-            await self._worker.send({"op": "error", "code": error.code, "message": error.message})
+            self._send_error(call)
 
-    @staticmethod
-    async def _apply(ctx: SimulationContext, op: str, message: Mapping[str, Any]) -> Any:
-        if op == "invoke":
-            return await _op_invoke(ctx, message)
-        return _SYNC_OPS[op](ctx, message)
+    async def _invoke(self, call: _Call, message: Mapping[str, Any]) -> None:
+        try:
+            value = await _op_invoke(call.ctx, message)  # type: ignore[arg-type]
+        except MeridianError as exc:
+            call.first_error = call.first_error or exc
+            self._send_error(call)
+        else:
+            self.send({"op": "value", "value": value})
 
-    def _finish(self, message: Mapping[str, Any]) -> Any:
-        if self._first_error is not None:
-            raise self._first_error
+    def _send_error(self, call: _Call) -> None:
+        error = call.first_error
+        if error is not None:
+            self.send({"op": "error", "code": error.code, "message": error.message})
+
+    def _settle(self, call: _Call, message: Mapping[str, Any]) -> None:
+        try:
+            call.future.set_result(self._finish(call, message))
+        except (MeridianError, _WorkerGone) as exc:
+            call.future.set_exception(exc)
+
+    def _finish(self, call: _Call, message: Mapping[str, Any]) -> Any:
+        if call.first_error is not None:
+            raise call.first_error
         if message["op"] == "error":
             raise self._final_error(message)
         value = message.get("value")
@@ -316,12 +344,78 @@ class _Conversation:
         if code not in FINAL_ERROR_CODES or not isinstance(text, str):
             raise _WorkerGone(f"the worker sent an unknown error {code!r}")
         if code in RETIRING_CODES:
-            self._worker.retire = True
+            self.retire = True
         if code == UNKNOWN_FUNCTION:
             return NotFound(text, code=code)
         if code == BAD_ARGUMENT:
             return ContractArgumentError(text, code=code)
         return ContractFailure(text, code=str(code))
+
+    def _fail(self, gone: _WorkerGone) -> None:
+        if self._gone is None:
+            self._gone = gone
+        for future in (self._ready, self._call.future if self._call else None):
+            if future is not None and not future.done():
+                future.set_exception(self._gone)
+                future.exception()  # mark retrieved: the waiter may already be gone
+
+    # ----------------------------------------------------------------------- ending
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (bubblewrap takes its namespace down)."""
+        self.retire = True
+        if self.transport is not None and not self._exited.done():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.transport.get_pid(), signal.SIGKILL)
+
+    async def exit_status(self, timeout_s: float) -> int | None:
+        """The exit status once the process has ended, or None if it is still running."""
+        with contextlib.suppress(TimeoutError):
+            return await asyncio.wait_for(asyncio.shield(self._exited), timeout_s)
+        return None
+
+    async def wait_closed(self) -> None:
+        """Kill, then wait for the process to end."""
+        self.kill()
+        await self.exit_status(CLOSE_WAIT_S)
+        if self.transport is not None:
+            self.transport.close()
+
+    def _log_stderr(self, data: bytes) -> None:
+        """Log the worker's stderr line by line, truncated, up to STDERR_LOG_BYTES."""
+        self._stderr += data
+        *lines, rest = self._stderr.split(b"\n")
+        if len(rest) > STDERR_LINE_CHARS:
+            lines, rest = [*lines, rest], bytearray()
+        self._stderr = bytearray(rest)
+        self._stderr_budget = _log_lines(self.label, [bytes(x) for x in lines], self._stderr_budget)
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+def _log_lines(label: str, lines: list[bytes], budget: int) -> int:
+    """Log what fits in ``budget`` bytes; the budget left (negative once exhausted)."""
+    for line in lines:
+        if budget > 0:
+            text = _UNPRINTABLE.sub("?", line.decode(errors="replace"))[:STDERR_LINE_CHARS]
+            log.info("contract %s: %s", label, text)
+            budget -= len(line) + 1
+            if budget <= 0:
+                log.warning("contract %s: further output dropped", label)
+    return budget
+
+
+async def _op_invoke(ctx: SimulationContext, message: Mapping[str, Any]) -> Any:
+    contract, function, args = message["contract"], message["function"], message["args"]
+    if not isinstance(contract, str) or not isinstance(function, str) or not isinstance(args, list):
+        raise ContractFailure(
+            "invoke() takes a contract name, a function name and JSON arguments",
+            code="contract_bad_value",
+        )
+    return await ctx.invoke_async(contract, function, args)
 
 
 # --------------------------------------------------------------------------------- pool
@@ -363,6 +457,11 @@ class ContractPool:
         self._info: ContractInfo | None = None
         self._closed = False
 
+    @property
+    def info(self) -> ContractInfo | None:
+        """The contract's functions once :meth:`describe` has run, else None."""
+        return self._info
+
     async def describe(self) -> ContractInfo:
         """The contract's functions (asked of a worker once, then cached)."""
         if self._info is None:
@@ -389,36 +488,36 @@ class ContractPool:
         )
 
     async def _request(self, request: Mapping[str, Any], ctx: SimulationContext | None) -> Any:
-        async with self._checkout() as worker:
-            timeout = asyncio.timeout(self.limits.call_timeout_s)
-            try:
-                async with timeout:
-                    return await _Conversation(worker, ctx).run(request)
-            except TimeoutError:
-                if not timeout.expired():
-                    raise
-                raise ContractFailure(
-                    f"the call took longer than {self.limits.call_timeout_s} s",
-                    code="contract_timeout",
-                ) from None
-            except _WorkerGone as exc:
-                raise await _death_error(worker, exc) from None
-
-    @contextlib.asynccontextmanager
-    async def _checkout(self) -> AsyncIterator[_Worker]:
         if self._closed:
             raise Unavailable("the contract pool is closed", code="contract_pool_closed")
         slot = await self._slots.get()
         try:
             if slot.worker is None or not slot.worker.alive:
                 slot.worker = await self._start_worker()
-            yield slot.worker
+            return await self._run_on(slot.worker, request, ctx)
         finally:
             worker = slot.worker
             if worker is not None and (self._closed or not self._is_reusable(worker)):
                 self._discard(worker)
                 slot.worker = None
             self._slots.put_nowait(slot)
+
+    async def _run_on(
+        self, worker: _Worker, request: Mapping[str, Any], ctx: SimulationContext | None
+    ) -> Any:
+        timeout = asyncio.timeout(self.limits.call_timeout_s)
+        try:
+            async with timeout:
+                return await worker.request(request, ctx)
+        except TimeoutError:
+            if not timeout.expired():
+                raise
+            raise ContractFailure(
+                f"the call took longer than {self.limits.call_timeout_s} s",
+                code="contract_timeout",
+            ) from None
+        except _WorkerGone as exc:
+            raise await _death_error(worker, exc) from None
 
     def _is_reusable(self, worker: _Worker) -> bool:
         """Idle, alive, not retired and under its call budget."""

@@ -80,7 +80,7 @@ class ContractRegistry:
             raise NotFound(f"no system contract {contract!r}", code="unknown_contract")
         definition = self.definition(sim.app, contract)
         pool = self.pool_for(sim.app, definition)
-        info = await pool.describe()
+        info = pool.info or await pool.describe()
         fn = info.functions.get(function)
         if fn is None:
             raise NotFound(

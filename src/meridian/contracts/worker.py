@@ -175,6 +175,9 @@ def describe_exception(exc: BaseException) -> str:
 # ------------------------------------------------------------------------------ channel
 
 
+READ_CHUNK_BYTES = 64 * 1024
+
+
 def encode_frame(message: Mapping[str, Any]) -> bytes:
     """One frame; TypeError if not JSON-encodable, InvalidInput if over the size bound."""
     body = orjson.dumps(message)
@@ -186,11 +189,17 @@ def encode_frame(message: Mapping[str, Any]) -> bytes:
 
 
 class Channel:
-    """Blocking frame I/O over two file descriptors (the worker's side)."""
+    """Blocking frame I/O over two file descriptors (the worker's side).
+
+    Reads are buffered; writes of one-way messages (``defer=True``) are held back and
+    go out with the next message that needs an answer, in one system call.
+    """
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
         self._in = fd_in
         self._out = fd_out
+        self._inbox = bytearray()
+        self._outbox = bytearray()
 
     @classmethod
     def from_stdio(cls) -> Channel:
@@ -215,20 +224,25 @@ class Channel:
             os._exit(3)  # the parent broke the protocol: nothing sensible left to do
         return message
 
-    def write(self, message: Mapping[str, Any]) -> None:
-        view = memoryview(encode_frame(message))
+    def write(self, message: Mapping[str, Any], *, defer: bool = False) -> None:
+        self._outbox += encode_frame(message)
+        if defer:
+            return
+        view = memoryview(self._outbox)
         while view:
             view = view[os.write(self._out, view) :]
+        view.release()
+        self._outbox.clear()
 
     def _read_exactly(self, size: int) -> bytes | None:
-        chunks: list[bytes] = []
-        while size:
-            chunk = os.read(self._in, size)
+        while len(self._inbox) < size:
+            chunk = os.read(self._in, max(READ_CHUNK_BYTES, size - len(self._inbox)))
             if not chunk:
                 return None
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+            self._inbox += chunk
+        data = bytes(self._inbox[:size])
+        del self._inbox[:size]
+        return data
 
 
 # -------------------------------------------------------------------------------- guard
@@ -485,13 +499,13 @@ class RemoteContext:
         return self._request({"op": "get", "key": key})
 
     def put_state(self, key: str, value: Any) -> None:
-        self._send({"op": "put", "key": key, "value": value})
+        self._send({"op": "put", "key": key, "value": value}, defer=True)
 
     def delete_state(self, key: str) -> None:
-        self._send({"op": "delete", "key": key})
+        self._send({"op": "delete", "key": key}, defer=True)
 
     def add(self, key: str, delta: int) -> None:
-        self._send({"op": "add", "key": key, "delta": delta})
+        self._send({"op": "add", "key": key, "delta": delta}, defer=True)
 
     def get_range(self, start: str, end: str, limit: int = 1000) -> list[tuple[str, Any]]:
         rows = self._request({"op": "range", "start": start, "end": end, "limit": limit})
@@ -506,20 +520,20 @@ class RemoteContext:
         return [HistoryEntry(**row) for row in rows]
 
     def emit(self, name: str, payload: Any = None) -> None:
-        self._send({"op": "emit", "name": name, "payload": payload})
+        self._send({"op": "emit", "name": name, "payload": payload}, defer=True)
 
     def invoke(self, contract: str, function: str, *args: Any) -> Any:
         return self._request(
             {"op": "invoke", "contract": contract, "function": function, "args": list(args)}
         )
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: dict[str, Any], *, defer: bool = False) -> None:
         if self.finished:
             raise ContractError("this Context belongs to a call that has finished")
         if self.host_error is not None:
             raise HostError(*self.host_error)
         try:
-            self._channel.write(message)
+            self._channel.write(message, defer=defer)
         except InvalidInput as exc:
             self._fail(LIMIT, f"{message['op']}: {exc.message}")
         except TypeError as exc:

@@ -8,8 +8,8 @@ with either all of a block or none of it.
 
 Threads: all writes happen on the caller's writer connection (the node uses one
 committer thread per ledger); reads use :meth:`reader`, a connection per thread.
-The durable *pending* table holds transactions acknowledged to clients but not yet
-in a block, so that an acknowledgement survives ``kill -9``.
+Transactions acknowledged but not yet in a block live beside the ledger in a
+:class:`~meridian.ledger.pending.PendingStore`.
 """
 
 from __future__ import annotations
@@ -74,11 +74,6 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL,
     PRIMARY KEY (block, tx, idx)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS pending (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    tx_id TEXT NOT NULL UNIQUE,
-    body BLOB NOT NULL
-);
 """
 
 _FIELD_RE = re.compile(r"^[A-Za-z0-9_]{1,64}(\.[A-Za-z0-9_]{1,64}){0,7}$")
@@ -137,8 +132,6 @@ class LedgerStore(Protocol):
     def get_result_root(self, number: int) -> Digest | None: ...
     def get_tx(self, tx_id: str) -> TxLocation | None: ...
     def commit_block(self, batch: CommitBatch) -> None: ...
-    def add_pending(self, txs: Sequence[Transaction]) -> None: ...
-    def get_pending(self) -> list[Transaction]: ...
     def close(self) -> None: ...
 
 
@@ -292,9 +285,6 @@ class SqliteLedger:
                     for e in batch.events
                 ],
             )
-            conn.executemany(
-                "DELETE FROM pending WHERE tx_id=?", [(tx.tx_id,) for tx in block.transactions]
-            )
 
     @staticmethod
     def _apply_writes(
@@ -323,24 +313,6 @@ class SqliteLedger:
                 for w in writes
             ],
         )
-
-    # ----------------------------------------------------------------------- pending
-
-    def add_pending(self, txs: Sequence[Transaction]) -> None:
-        """Durably remember acknowledged transactions not yet in a block."""
-        with self._atomic() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO pending (tx_id, body) VALUES (?,?)",
-                [(tx.tx_id, tx.encode()) for tx in txs],
-            )
-
-    def get_pending(self) -> list[Transaction]:
-        rows = self._writer.execute("SELECT body FROM pending ORDER BY seq").fetchall()
-        return [Transaction.decode(r[0]) for r in rows]
-
-    def drop_pending(self, tx_ids: Sequence[str]) -> None:
-        with self._atomic() as conn:
-            conn.executemany("DELETE FROM pending WHERE tx_id=?", [(t,) for t in tx_ids])
 
     # ------------------------------------------------------------------------- state
 

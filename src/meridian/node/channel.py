@@ -1,9 +1,11 @@
 """A channel: one application's ledger on this node, with its ordering and commit loop.
 
-Accepting a transaction means writing it to the ledger's durable *pending* table
-before acknowledging it, so an acknowledged transaction survives ``kill -9``: on
-restart, pending transactions not yet in a block are ordered again (and committed
-ones dropped, by tx id). All ledger writes run on one committer thread per channel.
+Accepting a transaction means writing it to the app's durable pending queue
+(:class:`~meridian.ledger.pending.PendingStore`) before acknowledging it, so an
+acknowledged transaction survives ``kill -9``: on restart, pending transactions not
+yet in a block are ordered again (and committed ones dropped, by tx id). Ledger
+writes run on one committer thread per channel, pending writes on another, so
+accepting never waits for a block commit.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
 from ..crypto.certs import Membership
 from ..errors import Busy, Conflict, Unavailable
+from ..ledger.pending import PendingStore
 from ..ledger.store import CommitBatch, SqliteLedger
 from ..types import ZERO_DIGEST, Block, Transaction, TxCode, Version
 from .ordering import ChainTip, Orderer
@@ -84,8 +87,8 @@ class WriterState:
     def get_range(self, ns: str, start: str, end: str, limit: int) -> list[Any]:
         return self.ledger.get_range(ns, start, end, limit, writer=True)
 
-    def is_committed(self, tx_id: str) -> bool:
-        return bool(self.ledger.known_tx_ids([tx_id], writer=True))
+    def committed_among(self, tx_ids: Sequence[str]) -> set[str]:
+        return self.ledger.known_tx_ids(tx_ids, writer=True)
 
 
 class Channel:
@@ -95,12 +98,15 @@ class Channel:
         self,
         rules: AppRules,
         ledger: SqliteLedger,
+        pending: PendingStore,
         membership: Membership,
         orderer: Orderer,
     ) -> None:
         self.rules = rules
         self.app = rules.app
         self.ledger = ledger
+        self.pending = pending
+        self._accepting = ThreadPoolExecutor(1, thread_name_prefix=f"accept-{rules.app}")
         self.membership = membership
         self.orderer = orderer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{self.app}")
@@ -127,12 +133,12 @@ class Channel:
 
     async def start(self) -> None:
         """Re-queue acknowledged transactions that were not yet committed, then run."""
-        pending = await self._run(self.ledger.get_pending)
+        pending = await self._run(self.pending.get_all)
         committed = await self._run(
             self.ledger.known_tx_ids, [t.tx_id for t in pending], writer=True
         )
         if committed:
-            await self._run(self.ledger.drop_pending, sorted(committed))
+            await self._run(self.pending.drop, sorted(committed))
         redo = [t for t in pending if t.tx_id not in committed]
         if redo:
             log.info("%s: re-ordering %d acknowledged transactions", self.app, len(redo))
@@ -146,7 +152,9 @@ class Channel:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
         self._executor.shutdown(wait=True)
+        self._accepting.shutdown(wait=True)
         self.ledger.close()
+        self.pending.close()
 
     async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         loop = asyncio.get_running_loop()
@@ -179,7 +187,8 @@ class Channel:
         for tx in txs:
             if tx.tx_id in self._pending_ids:
                 raise Conflict(f"transaction {tx.tx_id} is already pending", code="duplicate_tx")
-        await self._run(self.ledger.add_pending, txs)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._accepting, self.pending.add, txs)
         self._pending_ids.update(tx.tx_id for tx in txs)
         self.orderer.submit(txs)
 
@@ -188,16 +197,25 @@ class Channel:
         self._waiters.setdefault(tx_id, []).append(fut)
         return fut
 
-    async def wait_for(self, tx_id: str, fut: asyncio.Future[Receipt], timeout_s: float) -> Receipt:
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout_s)
-        except TimeoutError:
+    async def wait_for_all(
+        self, tx_ids: Sequence[str], futures: Sequence[asyncio.Future[Receipt]], timeout_s: float
+    ) -> list[Receipt]:
+        """Receipts of the awaited transactions; "pending" for those not committed in time."""
+        if futures:
+            await asyncio.wait(futures, timeout=timeout_s)
+        receipts = []
+        for tx_id, fut in zip(tx_ids, futures, strict=True):
+            if fut.done():
+                receipts.append(fut.result())
+                continue
+            fut.cancel()
             waiters = self._waiters.get(tx_id, [])
             if fut in waiters:
                 waiters.remove(fut)
             if not waiters:
                 self._waiters.pop(tx_id, None)
-            return Receipt(tx_id, "pending")
+            receipts.append(Receipt(tx_id, "pending"))
+        return receipts
 
     # ----------------------------------------------------------------------- commit
 
@@ -219,6 +237,8 @@ class Channel:
         if any(w.ns == LIFECYCLE for w in batch.writes):
             self._definitions.clear()
         self.last_commit_ms = int(time.time() * 1000)
+        done = [tx.tx_id for tx in block.transactions]
+        asyncio.get_running_loop().run_in_executor(self._accepting, self.pending.drop, done)
         for index, (tx, code) in enumerate(zip(block.transactions, batch.codes, strict=True)):
             self._pending_ids.discard(tx.tx_id)
             for fut in self._waiters.pop(tx.tx_id, []):

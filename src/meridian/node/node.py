@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,12 +28,14 @@ from ..crypto.hashing import compute_signing_digest
 from ..crypto.suites import remember_own_signature, verify_cached
 from ..errors import (
     AuthError,
+    CertificateError,
     Conflict,
     ContractFailure,
     Forbidden,
     MeridianError,
     NotFound,
 )
+from ..ledger.pending import PendingStore
 from ..ledger.store import SqliteLedger
 from ..network.config import NetworkConfig, NetworkLayout
 from ..types import (
@@ -52,6 +55,7 @@ from .validate import AppRules
 log = logging.getLogger("meridian.node")
 
 PROPOSAL_MAX_SKEW_MS = 10 * 60 * 1000
+PREVERIFY_MIN_BATCH = 16
 DEFAULT_WAIT_S = 30.0
 
 
@@ -59,7 +63,8 @@ DEFAULT_WAIT_S = 30.0
 class NodeOptions:
     """Per-process knobs (the network configuration holds what nodes must agree on)."""
 
-    contract_workers: int = 6
+    contract_workers: int = 4
+    crypto_threads: int = 2
     limits: SandboxLimits = field(default_factory=SandboxLimits)
 
 
@@ -93,6 +98,7 @@ class Node:
             self.packages, limits=self.options.limits, workers=self.options.contract_workers
         )
         self.channels: dict[str, Channel] = {}
+        self._crypto = ThreadPoolExecutor(self.options.crypto_threads, thread_name_prefix="crypto")
         self.started_ms = int(time.time() * 1000)
 
     def _load_crls(self) -> dict[str, bytes]:
@@ -123,7 +129,8 @@ class Node:
                 max_txs=self.config.block.max_txs,
                 timeout_ms=self.config.block.timeout_ms,
             )
-            channel = Channel(rules, ledger, self.membership, orderer)
+            pending = PendingStore(self.data_dir / "ledgers" / f"{app.name}.pending.sqlite")
+            channel = Channel(rules, ledger, pending, self.membership, orderer)
             self.registry.add_app(
                 AppContracts(
                     app.name,
@@ -145,6 +152,7 @@ class Node:
         for channel in self.channels.values():
             await channel.stop()
         await self.registry.close()
+        self._crypto.shutdown(wait=False, cancel_futures=True)
 
     def channel(self, app: str) -> Channel:
         channel = self.channels.get(app)
@@ -282,14 +290,7 @@ class Node:
         await channel.accept(txs)
         if not wait:
             return [Receipt(tx.tx_id, "pending", response=tx.result.response) for tx in txs]
-        return list(
-            await asyncio.gather(
-                *(
-                    channel.wait_for(tx.tx_id, fut, timeout_s)
-                    for tx, fut in zip(txs, futures, strict=True)
-                )
-            )
-        )
+        return await channel.wait_for_all([tx.tx_id for tx in txs], futures, timeout_s)
 
     async def submit_batch(
         self,
@@ -300,6 +301,7 @@ class Node:
         timeout_s: float = DEFAULT_WAIT_S,
     ) -> list[Receipt | MeridianError]:
         """Endorse many proposals concurrently and accept the good ones in one write."""
+        await self._preverify(items)
         results = await asyncio.gather(*(self._prepare_or_error(app, s) for s in items))
         seen: set[str] = set()
         endorsed: list[Endorsed] = []
@@ -316,6 +318,31 @@ class Node:
             else []
         )
         return [next(receipts) if isinstance(r, Endorsed) else r for r in results]
+
+    async def _preverify(self, items: Sequence[SignedProposal]) -> None:
+        """Check a batch's proposal signatures on the crypto threads (off the event loop).
+
+        The verdicts land in the verification cache, where :meth:`check_proposal` finds
+        them; libsodium releases the GIL, so this uses the other cores.
+        """
+        jobs = []
+        for signed in items:
+            try:
+                creator = self.membership.validate(signed.proposal.creator)
+            except CertificateError:
+                continue  # check_proposal reports it
+            digest = bytes(signed.proposal.signing_digest())
+            jobs.append((creator.suite, creator.public_key, digest, signed.signature))
+        if len(jobs) < PREVERIFY_MIN_BATCH:
+            return
+        loop = asyncio.get_running_loop()
+        step = -(-len(jobs) // self.options.crypto_threads)
+        await asyncio.gather(
+            *(
+                loop.run_in_executor(self._crypto, _verify_all, jobs[i : i + step])
+                for i in range(0, len(jobs), step)
+            )
+        )
 
     async def _prepare_or_error(self, app: str, signed: SignedProposal) -> Endorsed | MeridianError:
         try:
@@ -359,6 +386,11 @@ class Node:
                 for name, ch in self.channels.items()
             },
         }
+
+
+def _verify_all(jobs: Sequence[tuple[str, bytes, bytes, bytes]]) -> None:
+    for job in jobs:
+        verify_cached(*job)
 
 
 def is_admin_of(identity: Identity, org: str) -> bool:

@@ -27,13 +27,13 @@ Checks, in order, for each transaction (first failure wins):
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .. import codec
-from ..contracts.lifecycle import LIFECYCLE, get_definition
+from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
 from ..crypto.certs import Identity, Membership
 from ..crypto.hashing import Digest, compute_digest, compute_signing_digest
 from ..crypto.suites import verify_cached
@@ -61,7 +61,9 @@ class CommittedState(Protocol):
         self, ns: str, start: str, end: str, limit: int
     ) -> list[tuple[str, Any, Version]]: ...
 
-    def is_committed(self, tx_id: str) -> bool: ...
+    def committed_among(self, tx_ids: Sequence[str]) -> set[str]:
+        """The subset of ``tx_ids`` already in a committed block."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,13 @@ class _Overlay:
     def __init__(self, state: CommittedState) -> None:
         self.state = state
         self.pending: dict[tuple[str, str], tuple[Any, Version | None]] = {}
+        self._definitions: dict[str, ContractDefinition | None] = {}
+
+    def get_definition(self, name: str) -> ContractDefinition | None:
+        """A contract's definition as of now in the block (memoised per block)."""
+        if name not in self._definitions:
+            self._definitions[name] = get_definition(self.get, name)
+        return self._definitions[name]
 
     def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
         hit: Any = self.pending.get((ns, key), _MISSING)
@@ -106,6 +115,8 @@ class _Overlay:
         return sorted(rows.items())[:limit]
 
     def put(self, write: StateWrite) -> None:
+        if write.ns == LIFECYCLE:
+            self._definitions.clear()
         self.pending[(write.ns, write.key)] = (
             None if write.delete else write.value,
             None if write.delete else write.version,
@@ -120,7 +131,7 @@ def validate_block(
 ) -> CommitBatch:
     """Verdicts, state writes and events for ``block``; pure with respect to storage."""
     overlay = _Overlay(state)
-    seen: set[str] = set()
+    seen = state.committed_among([tx.tx_id for tx in block.transactions])
     codes: list[TxCode] = []
     writes: list[StateWrite] = []
     events: list[BlockEvent] = []
@@ -170,7 +181,7 @@ def _validate_tx(
     proposal = tx.proposal
     if proposal.network != rules.network or proposal.app != rules.app:
         return TxCode.BAD_PROPOSAL
-    if tx.tx_id in seen or overlay.state.is_committed(tx.tx_id):
+    if tx.tx_id in seen:
         return TxCode.DUPLICATE_TXID
     creator = _identity(membership, proposal.creator, when)
     if creator is None or creator.org not in rules.members:
@@ -228,7 +239,7 @@ def _check_definitions(
             policy = rules.system_policy
             label = f"{LIFECYCLE}@0"
         else:
-            definition = get_definition(overlay.get, ns)
+            definition = overlay.get_definition(ns)
             if definition is None:
                 return TxCode.UNKNOWN_CONTRACT
             policy, label = definition.policy, definition.label
