@@ -168,7 +168,8 @@ class Proposal:
     timestamp_ms: int
     creator: bytes  # the creator's X.509 certificate, DER
     _encoded: bytes = field(init=False, repr=False, compare=False, default=b"")
-    _tx_id: str = field(init=False, repr=False, compare=False, default="")
+    _tx_id: TxId = field(init=False, repr=False, compare=False, default=TxId(""))
+    _signing_digest: Digest = field(init=False, repr=False, compare=False, default=Digest(b""))
 
     def __post_init__(self) -> None:
         encoded = codec.encode(self.to_dict())
@@ -219,9 +220,15 @@ class Proposal:
 
     @property
     def tx_id(self) -> TxId:
-        return TxId(self._tx_id)
+        return self._tx_id
 
     def signing_digest(self) -> Digest:
+        """What the creator signs (computed once: proposals are immutable)."""
+        if not self._signing_digest:
+            object.__setattr__(self, "_signing_digest", self._compute_signing_digest())
+        return self._signing_digest
+
+    def _compute_signing_digest(self) -> Digest:
         return compute_signing_digest(DOMAIN_PROPOSAL, self.network, self.encode())
 
 
@@ -405,6 +412,8 @@ class TxResult:
     rwsets: tuple[NsRWSet, ...]
     events: tuple[Event, ...]
     contract_version: str  # the committed definition the endorsers ran (name@sequence)
+    _encoded: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _digest: Digest = field(init=False, repr=False, compare=False, default=Digest(b""))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -427,7 +436,16 @@ class TxResult:
         )
 
     def encode(self) -> bytes:
-        return codec.encode(self.to_dict())
+        """Canonical bytes (computed once: records are immutable)."""
+        if not self._encoded:
+            object.__setattr__(self, "_encoded", codec.encode(self.to_dict()))
+        return self._encoded
+
+    @property
+    def digest(self) -> Digest:
+        if not self._digest:
+            object.__setattr__(self, "_digest", compute_digest(self.encode()))
+        return self._digest
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,7 +469,7 @@ class Endorsement:
 
 def compute_endorsement_payload(tx_id: TxId, result: TxResult) -> bytes:
     """The bytes an endorser signs: the tx id bound to the digest of the result."""
-    return codec.encode({"tx_id": tx_id, "result": compute_digest(result.encode()).hex()})
+    return codec.encode({"tx_id": tx_id, "result": result.digest.hex()})
 
 
 @dataclass(frozen=True, slots=True)

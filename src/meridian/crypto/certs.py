@@ -35,7 +35,7 @@ from cryptography.x509.oid import NameOID
 
 from .. import codec
 from ..errors import CertificateError, InvalidInput
-from .hashing import Digest, compute_digest
+from .hashing import compute_digest
 from .suites import (
     ED25519,
     PrivateKey,
@@ -549,7 +549,7 @@ class Membership:
         self._cas = {org: _load_member_ca(org, pem) for org, pem in cas.items()}
         self._revoked: dict[str, dict[int, datetime]] = {}
         self._crl_numbers: dict[str, int] = {}
-        self._cache: OrderedDict[Digest, Identity] = OrderedDict()
+        self._cache: OrderedDict[bytes, Identity] = OrderedDict()
         self._lock = threading.Lock()
         for org, crl_pem in (crls or {}).items():
             self.update_crl(org, crl_pem)
@@ -617,7 +617,7 @@ class Membership:
                 f"certificate must be DER bytes of at most {MAX_CERT_BYTES} bytes",
                 "send the DER encoding of your certificate (load_cert_der)",
             )
-        key = compute_digest(cert_der)
+        key = cert_der  # bytes hash themselves once and cache it: cheap repeated lookups
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:

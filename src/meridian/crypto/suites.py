@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Hashable
 from functools import lru_cache
 from typing import Protocol, TypeAlias
 
@@ -35,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
 )
 
 from ..errors import InvalidInput
-from .hashing import Digest, compute_digest_parts
+from .hashing import compute_digest_parts
 
 ED25519 = "ed25519"
 P256 = "p256"
@@ -322,17 +323,17 @@ class _VerifyCache:
 
     def __init__(self, max_entries: int) -> None:
         self._max_entries = max_entries
-        self._entries: OrderedDict[Digest, bool] = OrderedDict()
+        self._entries: OrderedDict[Hashable, bool] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: Digest) -> bool | None:
+    def get(self, key: Hashable) -> bool | None:
         with self._lock:
             verdict = self._entries.get(key)
             if verdict is not None:
                 self._entries.move_to_end(key)
             return verdict
 
-    def put(self, key: Digest, verdict: bool) -> None:
+    def put(self, key: Hashable, verdict: bool) -> None:
         with self._lock:
             self._entries[key] = verdict
             self._entries.move_to_end(key)
@@ -348,13 +349,21 @@ class _VerifyCache:
 
 
 _VERIFY_CACHE = _VerifyCache(VERIFY_CACHE_SIZE)
+_SHORT_MESSAGE = 64
+
+
+def _cache_key(suite: str, public_key: bytes, message: bytes, signature: bytes) -> Hashable:
+    """The inputs themselves when small (bytes cache their hash), else their digest."""
+    if len(message) <= _SHORT_MESSAGE and len(public_key) <= 128 and len(signature) <= 128:
+        return (suite, public_key, message, signature)
+    return compute_digest_parts(suite.encode(), public_key, message, signature)
 
 
 def verify_cached(suite: str, public_key: bytes, message: bytes, signature: bytes) -> bool:
     """:func:`verify`, memoised in a bounded LRU (endorsement and validation re-check)."""
     if not (isinstance(suite, str) and _all_bytes(public_key, message, signature)):
         return False
-    key = compute_digest_parts(suite.encode(), public_key, message, signature)
+    key = _cache_key(suite, public_key, message, signature)
     verdict = _VERIFY_CACHE.get(key)
     if verdict is None:
         verdict = verify(suite, public_key, message, signature)
@@ -364,7 +373,7 @@ def verify_cached(suite: str, public_key: bytes, message: bytes, signature: byte
 
 def remember_own_signature(suite: str, public_key: bytes, message: bytes, signature: bytes) -> None:
     """Record a signature this process just made as valid (saves re-verifying it)."""
-    _VERIFY_CACHE.put(compute_digest_parts(suite.encode(), public_key, message, signature), True)
+    _VERIFY_CACHE.put(_cache_key(suite, public_key, message, signature), True)
 
 
 def clear_verify_cache() -> None:

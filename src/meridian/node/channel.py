@@ -31,6 +31,7 @@ from .validate import AppRules, validate_block
 log = logging.getLogger("meridian.node")
 
 MAX_PENDING = 50_000
+DROP_EVERY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class Channel:
         self.ledger = ledger
         self.pending = pending
         self._accepting = ThreadPoolExecutor(1, thread_name_prefix=f"accept-{rules.app}")
+        self._to_drop: list[str] = []
+        self._dropped_at = 0.0
         self.membership = membership
         self.orderer = orderer
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"commit-{self.app}")
@@ -237,8 +240,7 @@ class Channel:
         if any(w.ns == LIFECYCLE for w in batch.writes):
             self._definitions.clear()
         self.last_commit_ms = int(time.time() * 1000)
-        done = [tx.tx_id for tx in block.transactions]
-        asyncio.get_running_loop().run_in_executor(self._accepting, self.pending.drop, done)
+        self._drop_pending([tx.tx_id for tx in block.transactions])
         for index, (tx, code) in enumerate(zip(block.transactions, batch.codes, strict=True)):
             self._pending_ids.discard(tx.tx_id)
             for fut in self._waiters.pop(tx.tx_id, []):
@@ -246,6 +248,18 @@ class Channel:
                     fut.set_result(receipt_of(tx, block.header.number, index, code))
         async with self._new_block:
             self._new_block.notify_all()
+
+    def _drop_pending(self, tx_ids: list[str]) -> None:
+        """Forget committed transactions in the pending queue, at most every DROP_EVERY_S.
+
+        Leftovers are harmless: recovery drops whatever the ledger already holds.
+        """
+        self._to_drop.extend(tx_ids)
+        now = time.monotonic()
+        if now - self._dropped_at >= DROP_EVERY_S:
+            batch, self._to_drop = self._to_drop, []
+            self._dropped_at = now
+            asyncio.get_running_loop().run_in_executor(self._accepting, self.pending.drop, batch)
 
     async def wait_for_block(self, number: int, timeout_s: float) -> bool:
         """Wait until block ``number`` is committed; False on timeout."""

@@ -230,12 +230,20 @@ class Node:
         remember_own_signature(self.signer.suite, self._public_key, bytes(digest), signature)
         return Transaction(signed, result, (Endorsement(self.cert_der, signature),))
 
-    async def prepare(self, app: str, signed: SignedProposal) -> Endorsed:
-        """Check, simulate and endorse one proposal for submission."""
+    async def prepare(
+        self, app: str, signed: SignedProposal, committed: set[str] | None = None
+    ) -> Endorsed:
+        """Check, simulate and endorse one proposal for submission.
+
+        ``committed``: the batch's tx ids already in the ledger, when the caller looked
+        them up at once (else this proposal's id is looked up here).
+        """
         caller = self.check_proposal(app, signed)
         channel = self.channel(app)
         tx_id = signed.proposal.tx_id
-        if channel.is_pending(tx_id) or channel.ledger.get_tx(tx_id) is not None:
+        if committed is None:
+            committed = channel.ledger.known_tx_ids([tx_id])
+        if channel.is_pending(tx_id) or tx_id in committed:
             raise Conflict(
                 f"transaction {tx_id} was already submitted",
                 code="duplicate_tx",
@@ -302,7 +310,8 @@ class Node:
     ) -> list[Receipt | MeridianError]:
         """Endorse many proposals concurrently and accept the good ones in one write."""
         await self._preverify(items)
-        results = await asyncio.gather(*(self._prepare_or_error(app, s) for s in items))
+        committed = self.channel(app).ledger.known_tx_ids([s.proposal.tx_id for s in items])
+        results = await asyncio.gather(*(self._prepare_or_error(app, s, committed) for s in items))
         seen: set[str] = set()
         endorsed: list[Endorsed] = []
         for i, res in enumerate(results):
@@ -344,9 +353,11 @@ class Node:
             )
         )
 
-    async def _prepare_or_error(self, app: str, signed: SignedProposal) -> Endorsed | MeridianError:
+    async def _prepare_or_error(
+        self, app: str, signed: SignedProposal, committed: set[str]
+    ) -> Endorsed | MeridianError:
         try:
-            return await self.prepare(app, signed)
+            return await self.prepare(app, signed, committed)
         except MeridianError as exc:
             return exc
 
