@@ -138,6 +138,8 @@ def error_class_for(status: int, code: str | None = None) -> type[MeridianError]
         return ContractArgumentError
     if code and code.startswith(("certificate_", "unknown_org")):
         return CertificateError
+    if status == Corruption.http_status:
+        return Corruption if code == Corruption.default_code else MeridianError
     for cls in ERROR_CLASSES:
         if cls.http_status == status and cls not in (ContractArgumentError, CertificateError):
             return cls

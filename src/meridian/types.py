@@ -41,6 +41,8 @@ MAX_ARGS = 64
 MAX_ARG_BYTES = 64 * 1024
 MAX_KEY_CHARS = 512
 MAX_RWSET_ENTRIES = 4_096
+MAX_RANGE_READS = 64  # per namespace and transaction
+MAX_NAMESPACES = 16  # contracts one transaction may touch
 MAX_EVENTS = 64
 MAX_ENDORSEMENTS = 64
 MAX_CERT_BYTES = 8 * 1024
@@ -75,7 +77,6 @@ class TxCode(IntEnum):
     CONTRACT_VERSION_MISMATCH = 9
     INVALID_DELTA = 10
     BAD_PROPOSAL = 11
-    STORAGE_QUOTA_EXCEEDED = 12
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -370,7 +371,7 @@ class NsRWSet:
             namespace=ns,
             reads=_list_of(_field(d, "reads", list, what), lim, what, KVRead.from_dict),
             range_reads=_list_of(
-                _field(d, "range_reads", list, what), 64, what, RangeRead.from_dict
+                _field(d, "range_reads", list, what), MAX_RANGE_READS, what, RangeRead.from_dict
             ),
             writes=_list_of(_field(d, "writes", list, what), lim, what, KVWrite.from_dict),
             deltas=_list_of(_field(d, "deltas", list, what), lim, what, KVDelta.from_dict),
@@ -430,7 +431,9 @@ class TxResult:
         codec.validate_value(response, what="result.response")
         return cls(
             response=response,
-            rwsets=_list_of(_field(d, "rwsets", list, what), 16, what, NsRWSet.from_dict),
+            rwsets=_list_of(
+                _field(d, "rwsets", list, what), MAX_NAMESPACES, what, NsRWSet.from_dict
+            ),
             events=_list_of(_field(d, "events", list, what), MAX_EVENTS, what, Event.from_dict),
             contract_version=_field(d, "contract_version", str, what),
         )

@@ -21,6 +21,8 @@ from meridian.errors import ContractFailure
 from meridian.node.policy import parse_policy
 from meridian.types import (
     MAX_EVENTS,
+    MAX_NAMESPACES,
+    MAX_RANGE_READS,
     MAX_RWSET_ENTRIES,
     Event,
     KVDelta,
@@ -510,3 +512,25 @@ def test_result_round_trips_as_a_record(committed: DictState) -> None:
     ctx.emit("moved", {"to": "eve"})
     result = sim.result({"ok": True}, "asset@1")
     assert TxResult.from_dict(result.to_dict()) == result
+
+
+def test_range_read_limit_matches_the_record_bound(committed: DictState) -> None:
+    """Simulation refuses what TxResult.from_dict would refuse after a restart."""
+    sim = _sim(committed)
+    ctx = sim.context("asset")
+    for i in range(MAX_RANGE_READS):
+        ctx.get_range(f"k{i}", f"k{i}z")
+    with pytest.raises(ContractFailure) as exc:
+        ctx.get_range("a", "b")
+    assert exc.value.code == "contract_limit"
+    TxResult.from_dict(sim.result(None, "x@1").to_dict())
+
+
+def test_namespace_limit_matches_the_record_bound(committed: DictState) -> None:
+    sim = _sim(committed)
+    for i in range(MAX_NAMESPACES):
+        sim.context(f"c{i}").put_state("k", i)
+    with pytest.raises(ContractFailure) as exc:
+        sim.context("one-too-many")
+    assert exc.value.code == "contract_limit"
+    TxResult.from_dict(sim.result(None, "x@1").to_dict())

@@ -178,7 +178,7 @@ def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> Benc
         console.print(f"throughput: {transactions} tx in {elapsed:.2f} s = {tps:,.0f} tx/s")
         latencies = _paced_latency(gws[0], tps / 2, 10.0)
         lone = _lone(gws[0], 50)
-        sandbox = ",".join(admins[0].status()["sandbox"])
+        sandbox = admins[0].status()["sandbox"]
     finally:
         stop_processes(procs)
         shutil.rmtree(root, ignore_errors=True)

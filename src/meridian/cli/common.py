@@ -14,6 +14,7 @@ import httpx
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..client import Gateway, Identity, connect
 from ..errors import MeridianError
@@ -89,9 +90,9 @@ def handle_errors(json_mode: bool = False) -> Iterator[None]:
         if json_mode:
             sys.stdout.write(orjson.dumps({"error": exc.to_dict()}).decode() + "\n")
         else:
-            err_console.print(f"[bold red]error[/] [{exc.code}] {exc.message}")
+            err_console.print(f"[bold red]error[/] {escape(f'[{exc.code}] {exc.message}')}")
             if exc.hint:
-                err_console.print(f"[yellow]hint:[/] {exc.hint}")
+                err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}")
         raise typer.Exit(1) from None
     except httpx.TransportError as exc:
         err_console.print(f"[bold red]error[/] [unreachable] cannot reach the gateway: {exc}")

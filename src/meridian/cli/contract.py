@@ -46,6 +46,9 @@ def install_cmd(
     output(s, result, lambda: console.print(f"[green]installed[/] {result['package_id']}"))
 
 
+PAST = {"approve": "approved", "commit": "committed"}
+
+
 def _lifecycle_cmd(function: str) -> Any:
     def command(
         ctx: typer.Context,
@@ -66,7 +69,7 @@ def _lifecycle_cmd(function: str) -> Any:
             s,
             result,
             lambda: console.print(
-                f"[green]{function}d[/] {name} sequence {seq} ({result.get('package_id')})"
+                f"[green]{PAST[function]}[/] {name} sequence {seq} ({result.get('package_id')})"
             ),
         )
 

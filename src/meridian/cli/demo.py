@@ -16,6 +16,7 @@ from ..errors import MeridianError
 from ..network.config import NetworkLayout
 from ..network.init import InitOptions, init_network
 from ..node.policy import parse_policy
+from ..node.revocations import load_revocations
 from ..node.validate import AppRules
 from ..node.verify import verify_ledger
 from .common import console
@@ -128,6 +129,7 @@ def _verify(layout: NetworkLayout) -> None:
     console.print(Rule("5. meridian ledger verify"))
     config = layout.load()
     membership = Membership({o.id: o.ca_pem for o in config.orgs})
+    load_revocations(layout.data_dir(config.nodes[0].id), membership)
     app = config.apps[0]
     rules = AppRules(
         config.network, app.name, frozenset(app.members), parse_policy(app.system_policy)

@@ -11,6 +11,7 @@ from rich.progress import Progress, TaskID
 from ..crypto.certs import Membership
 from ..errors import Corruption, NotFound
 from ..node.policy import parse_policy
+from ..node.revocations import load_revocations
 from ..node.validate import AppRules
 from ..node.verify import verify_ledger
 from .common import console, handle_errors, output, settings
@@ -28,16 +29,10 @@ def verify(
     results: list[dict[str, Any]] = []
     with handle_errors(s.json):
         config = s.config()
-        membership = Membership(
-            {o.id: o.ca_pem for o in config.orgs},
-            {
-                o.id: s.layout.crl_file(o.id).read_bytes()
-                for o in config.orgs
-                if s.layout.crl_file(o.id).is_file()
-            },
-        )
         nodes = [config.node(node)] if node else list(config.nodes)
         for entry in nodes:
+            membership = Membership({o.id: o.ca_pem for o in config.orgs})
+            load_revocations(s.layout.data_dir(entry.id), membership)
             for app_cfg in config.apps:
                 path = s.layout.data_dir(entry.id) / "ledgers" / f"{app_cfg.name}.sqlite"
                 if not path.is_file():

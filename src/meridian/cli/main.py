@@ -194,7 +194,7 @@ def status(ctx: typer.Context) -> None:
                     str(a["height"]),
                     str(a["pending"]),
                     "-" if age is None else f"{age / 1000:.1f}s ago",
-                    ",".join(row["sandbox"]),
+                    row["sandbox"],
                 )
         console.print(table)
 

@@ -14,6 +14,7 @@ from .core import (
     ProposalBuilder,
     Receipt,
     SseParser,
+    committed_response,
     encode_body,
     raise_for_error,
     start_block,
@@ -102,7 +103,7 @@ class AsyncContract:
         ).to_dict()
 
     async def submit(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Any:
-        return (await self.submit_receipt(function, *args, timeout_ms=timeout_ms)).response
+        return committed_response(await self.submit_receipt(function, *args, timeout_ms=timeout_ms))
 
     async def submit_receipt(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Receipt:
         body = await self.app.gateway.request(

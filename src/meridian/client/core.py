@@ -16,7 +16,7 @@ import orjson
 from .. import codec
 from ..crypto.certs import load_cert_der
 from ..crypto.suites import Signer, load_signer
-from ..errors import MeridianError, error_class_for
+from ..errors import MeridianError, Unavailable, error_class_for
 from ..gateway.auth import sign_request
 from ..types import Proposal, SignedProposal
 
@@ -165,6 +165,18 @@ def raise_for_error(response: httpx.Response) -> Any:
     if response.status_code == 429:
         exc.retry_after_s = float(response.headers.get("retry-after", "1"))  # type: ignore[attr-defined]
     raise exc
+
+
+def committed_response(receipt: Receipt) -> Any:
+    """The response of a committed transaction; Unavailable if the wait ran out."""
+    if receipt.status != "committed":
+        raise Unavailable(
+            f"transaction {receipt.tx_id} was accepted but not committed in time",
+            code="commit_timeout",
+            hint="it may still commit: check it with the transaction status call",
+            details={"tx_id": receipt.tx_id},
+        )
+    return receipt.response
 
 
 def encode_body(value: Any) -> bytes:

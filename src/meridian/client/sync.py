@@ -14,6 +14,7 @@ from .core import (
     Identity,
     ProposalBuilder,
     Receipt,
+    committed_response,
     encode_body,
     parse_sse,
     raise_for_error,
@@ -163,8 +164,12 @@ class Contract:
         return signed.to_dict()
 
     def submit(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Any:
-        """Submit and wait for the commit; returns the contract's response."""
-        return self.submit_receipt(function, *args, timeout_ms=timeout_ms).response
+        """Submit and wait for the commit; returns the contract's response.
+
+        Raises the gateway's error if the transaction is refused or invalid, and
+        ``Unavailable(code="commit_timeout")`` if it did not commit within the wait.
+        """
+        return committed_response(self.submit_receipt(function, *args, timeout_ms=timeout_ms))
 
     def submit_receipt(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Receipt:
         body = self.app.gateway.request(

@@ -9,6 +9,7 @@ never share a worker).
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +45,8 @@ class ContractRegistry:
         self.limits = limits
         self.workers = workers
         self._apps: dict[str, AppContracts] = {}
-        self._pools: dict[tuple[str, str], ContractPool] = {}
+        self._pools: dict[tuple[str, str], tuple[str, ContractPool]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     def add_app(self, app: AppContracts) -> None:
         self._apps[app.app] = app
@@ -60,14 +62,20 @@ class ContractRegistry:
         return found
 
     def pool_for(self, app: str, definition: ContractDefinition) -> ContractPool:
-        key = (app, definition.package_id)
-        pool = self._pools.get(key)
-        if pool is None:
-            package = self.packages.get(definition.package_id)
-            pool = ContractPool(
-                package.path, package.manifest.entry, workers=self.workers, limits=self.limits
-            )
-            self._pools[key] = pool
+        """The workers of the committed package; an upgrade retires the previous ones."""
+        key = (app, definition.name)
+        current = self._pools.get(key)
+        if current is not None and current[0] == definition.package_id:
+            return current[1]
+        package = self.packages.get(definition.package_id)
+        pool = ContractPool(
+            package.path, package.manifest.entry, workers=self.workers, limits=self.limits
+        )
+        self._pools[key] = (definition.package_id, pool)
+        if current is not None:
+            task = asyncio.get_running_loop().create_task(current[1].close())
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         return pool
 
     async def call(
@@ -125,13 +133,10 @@ class ContractRegistry:
             raise ContractFailure(str(exc), code="contract_rejected") from exc
 
     async def close(self) -> None:
-        for pool in self._pools.values():
+        for _, pool in self._pools.values():
             await pool.close()
         self._pools.clear()
-
-    @property
-    def sandbox_modes(self) -> list[str]:
-        return sorted({pool.sandbox_mode for pool in self._pools.values()})
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
 
 def _check_system_args(method: Callable[..., Any], args: list[Any]) -> None:

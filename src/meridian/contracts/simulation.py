@@ -28,6 +28,8 @@ from ..types import (
     MAX_EVENTS,
     MAX_KEY_CHARS,
     MAX_NAME_CHARS,
+    MAX_NAMESPACES,
+    MAX_RANGE_READS,
     MAX_RWSET_ENTRIES,
     Event,
     KVDelta,
@@ -139,6 +141,8 @@ class Simulation:
     def context(self, contract: str) -> SimulationContext:
         ns = self._namespaces.get(contract)
         if ns is None:
+            if len(self._namespaces) >= MAX_NAMESPACES:
+                raise _limit_error(f"a transaction may touch at most {MAX_NAMESPACES} contracts")
             ns = self._namespaces[contract] = _Namespace(contract)
         return SimulationContext(self, ns)
 
@@ -237,6 +241,8 @@ class SimulationContext:
         if not isinstance(start, str) or not isinstance(end, str):
             raise ContractFailure("range bounds must be strings", code="contract_bad_key")
         limit = _check_limit(limit)
+        if len(self._ns.range_reads) >= MAX_RANGE_READS:
+            raise _limit_error(f"a transaction may scan at most {MAX_RANGE_READS} ranges")
         rows = self._sim.state.get_range(self._ns.name, start, end, limit + 1)
         exhausted = len(rows) <= limit
         rows = rows[:limit]

@@ -571,8 +571,14 @@ class Membership:
             )
         return identity
 
-    def update_crl(self, org: str, crl_pem: bytes) -> None:
-        """Replace ``org``'s revocation list; CertificateError unless its CA signed it."""
+    def update_crl(self, org: str, crl_pem: bytes, *, received_at: datetime | None = None) -> None:
+        """Add ``org``'s revocation list; CertificateError unless its CA signed it.
+
+        Revocations only accumulate (a CRL that omits an earlier serial does not
+        un-revoke it). A serial takes effect at its revocation date, or at
+        ``received_at`` if that is later — the moment this node learned of it — so
+        that validating a block at its own time gives the same verdict on replay.
+        """
         ca = self._get_ca(org)
         try:
             crl = _verified_crl(crl_pem, ca)
@@ -589,8 +595,25 @@ class Membership:
                 code="crl_stale",
                 hint="load the previous CRL into the CA (load_crl) before revoking more",
             )
-        self._revoked[org] = {e.serial_number: e.revocation_date_utc for e in crl}
+        known = self._revoked.setdefault(org, {})
+        for entry in crl:
+            effective = entry.revocation_date_utc
+            if received_at is not None:
+                effective = max(effective, _utc(received_at))
+            known.setdefault(entry.serial_number, effective)
         self._crl_numbers[org] = number
+
+    def revocations(self) -> dict[str, dict[int, datetime]]:
+        """Every revoked serial per org with the time its revocation took effect."""
+        return {org: dict(serials) for org, serials in self._revoked.items()}
+
+    def restore_revocations(self, revocations: Mapping[str, Mapping[int, datetime]]) -> None:
+        """Adopt revocations saved from :meth:`revocations` (earliest time wins)."""
+        for org, serials in revocations.items():
+            self._get_ca(org)
+            known = self._revoked.setdefault(org, {})
+            for serial, effective in serials.items():
+                known[serial] = min(known.get(serial, effective), _utc(effective))
 
     def is_revoked(self, org: str, serial: int, *, at: datetime | None = None) -> bool:
         """True if ``serial`` was revoked at or before ``at`` (default: now).

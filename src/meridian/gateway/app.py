@@ -334,8 +334,13 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     )
     async def install(request: Request) -> Any:
         identity = await caller(request)
-        if str(identity.role) != "admin":
-            raise Forbidden("only org admins may install packages", code="not_admin")
+        if not is_admin_of(identity, node.entry.org):
+            raise Forbidden(
+                f"only an admin of {node.entry.org}, the org running this node, may install "
+                "packages on it",
+                code="not_admin",
+                hint=f"install as {node.entry.org}'s admin (e.g. --as {node.entry.org}/admin)",
+            )
         body = await _json_body(request)
         archive = codec.unb64(_get(body, "archive", str, None), what="archive")
         package = await asyncio.to_thread(node.install_package, archive)

@@ -114,7 +114,7 @@ class StatusOut(BaseModel):
     org: str
     network: str
     uptime_s: int
-    sandbox: list[str]
+    sandbox: str = Field(description="contract sandbox in use: bwrap or none")
     apps: dict[str, dict[str, Any]]
 
 

@@ -23,7 +23,7 @@ from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
 from ..crypto.certs import Membership
 from ..errors import Busy, Conflict, Unavailable
 from ..ledger.pending import PendingStore
-from ..ledger.store import CommitBatch, SqliteLedger
+from ..ledger.store import CommitBatch, LedgerStore
 from ..types import ZERO_DIGEST, Block, Transaction, TxCode, Version
 from .ordering import ChainTip, Orderer
 from .validate import AppRules, validate_block
@@ -79,7 +79,7 @@ def receipt_of(tx: Transaction, block: int, index: int, code: TxCode) -> Receipt
 class WriterState:
     """The validator's view of committed state, on the committer's connection."""
 
-    def __init__(self, ledger: SqliteLedger) -> None:
+    def __init__(self, ledger: LedgerStore) -> None:
         self.ledger = ledger
 
     def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
@@ -98,7 +98,7 @@ class Channel:
     def __init__(
         self,
         rules: AppRules,
-        ledger: SqliteLedger,
+        ledger: LedgerStore,
         pending: PendingStore,
         membership: Membership,
         orderer: Orderer,

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from ..contracts.api import CallerIdentity
 from ..contracts.lifecycle import LIFECYCLE
 from ..contracts.package import InstalledPackage, PackageStore
 from ..contracts.registry import AppContracts, ContractRegistry
-from ..contracts.sandbox import SandboxLimits
+from ..contracts.sandbox import SandboxLimits, resolve_sandbox_mode
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership, load_cert_der, load_signer
 from ..crypto.hashing import compute_signing_digest
@@ -37,7 +37,7 @@ from ..errors import (
 )
 from ..ledger.pending import PendingStore
 from ..ledger.store import SqliteLedger
-from ..network.config import NetworkConfig, NetworkLayout
+from ..network.config import NetworkConfig, NetworkLayout, write_file
 from ..types import (
     DOMAIN_ENDORSEMENT,
     MAX_TX_BYTES,
@@ -50,6 +50,7 @@ from ..types import (
 from .channel import Channel, Receipt
 from .ordering import SoloOrderer
 from .policy import parse_policy
+from .revocations import load_revocations, save_revocations
 from .validate import AppRules
 
 log = logging.getLogger("meridian.node")
@@ -89,10 +90,9 @@ class Node:
         self.signer = load_signer((node_dir / "key.pem").read_bytes())
         self.cert_der = load_cert_der((node_dir / "cert.pem").read_bytes())
         self._public_key = self.signer.public_key_bytes()
-        self.membership = Membership(
-            {org.id: org.ca_pem for org in self.config.orgs}, self._load_crls()
-        )
         self.data_dir: Path = layout.data_dir(node_id)
+        self.membership = Membership({org.id: org.ca_pem for org in self.config.orgs})
+        self._load_revocations()
         self.packages = PackageStore(self.data_dir / "packages")
         self.registry = ContractRegistry(
             self.packages, limits=self.options.limits, workers=self.options.contract_workers
@@ -100,19 +100,23 @@ class Node:
         self.channels: dict[str, Channel] = {}
         self._crypto = ThreadPoolExecutor(self.options.crypto_threads, thread_name_prefix="crypto")
         self.started_ms = int(time.time() * 1000)
+        self.sandbox_mode = self.options.limits.mode
 
-    def _load_crls(self) -> dict[str, bytes]:
-        crls = {}
+    def _load_revocations(self) -> None:
+        """Revocations this node already knew, then any CRL files in the network dir."""
+        load_revocations(self.data_dir, self.membership)
         for org in self.config.orgs:
             path = self.layout.crl_file(org.id)
             if path.is_file():
-                crls[org.id] = path.read_bytes()
-        return crls
+                self.membership.update_crl(org.id, path.read_bytes(), received_at=_now())
+        save_revocations(self.data_dir, self.membership)
 
     # --------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.sandbox_mode = resolve_sandbox_mode(self.options.limits.mode)
+        log.info("contract sandbox: %s", self.sandbox_mode)
         for app in self.config.apps:
             if self.entry.org not in app.members:
                 continue
@@ -298,7 +302,13 @@ class Node:
         await channel.accept(txs)
         if not wait:
             return [Receipt(tx.tx_id, "pending", response=tx.result.response) for tx in txs]
-        return await channel.wait_for_all([tx.tx_id for tx in txs], futures, timeout_s)
+        receipts = await channel.wait_for_all([tx.tx_id for tx in txs], futures, timeout_s)
+        return [
+            r
+            if r.status == "committed"
+            else Receipt(r.tx_id, "pending", response=tx.result.response)
+            for r, tx in zip(receipts, txs, strict=True)
+        ]
 
     async def submit_batch(
         self,
@@ -370,13 +380,14 @@ class Node:
         return self.packages.install(archive)
 
     def update_crl(self, org: str, crl_pem: bytes) -> None:
-        """Apply a new revocation list for ``org`` (checked against the org's CA)."""
-        self.membership.update_crl(org, crl_pem)
-        path = self.layout.crl_file(org)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(crl_pem)
-        os.replace(tmp, path)
+        """Apply a new revocation list for ``org`` (checked against the org's CA).
+
+        It takes effect now (see :mod:`meridian.node.revocations`), is recorded in the
+        data directory, and is copied to the network directory for other tools.
+        """
+        self.membership.update_crl(org, crl_pem, received_at=_now())
+        save_revocations(self.data_dir, self.membership)
+        write_file(self.layout.crl_file(org), crl_pem)
 
     def status(self) -> dict[str, Any]:
         now = int(time.time() * 1000)
@@ -385,7 +396,7 @@ class Node:
             "org": self.entry.org,
             "network": self.config.network,
             "uptime_s": (now - self.started_ms) // 1000,
-            "sandbox": self.registry.sandbox_modes or [self.options.limits.mode],
+            "sandbox": self.sandbox_mode,
             "apps": {
                 name: {
                     "height": ch.height,
@@ -397,6 +408,10 @@ class Node:
                 for name, ch in self.channels.items()
             },
         }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
 
 
 def _verify_all(jobs: Sequence[tuple[str, bytes, bytes, bytes]]) -> None:
