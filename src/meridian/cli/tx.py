@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-
+import orjson
 import typer
 
 from ..client import BlockEvent
@@ -116,7 +115,10 @@ def events(
     from_block: int = typer.Option(None, "--from", help="First block (default: next one)."),
     count: int = typer.Option(0, help="Stop after this many blocks (0: follow forever)."),
 ) -> None:
-    """Follow committed blocks and contract events (resumable with --from)."""
+    """Follow committed blocks and contract events (resumable with --from).
+
+    With --json, each block is one line of JSON (JSON Lines).
+    """
     s = settings(ctx)
     seen = 0
     with handle_errors(s.json), s.gateway() as gw:
@@ -127,11 +129,10 @@ def events(
                 "txs": block.txs,
                 "events": block.events,
             }
-            output(
-                s,
-                data,
-                functools.partial(_print_block, block),
-            )
+            if s.json:  # one JSON object per line (JSON Lines), flushed as blocks commit
+                print(orjson.dumps(data).decode(), flush=True)
+            else:
+                _print_block(block)
             seen += 1
             if count and seen >= count:
                 break

@@ -1,0 +1,166 @@
+"""The `meridian` command end to end, as a user types it (real processes, loopback)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meridian.cli.procs import free_port_block
+
+from .conftest import EXAMPLE
+
+COMMANDS = [
+    [],
+    ["network"],
+    ["network", "init"],
+    ["up"],
+    ["down"],
+    ["status"],
+    ["demo"],
+    ["bench"],
+    ["contract"],
+    ["contract", "package"],
+    ["contract", "install"],
+    ["contract", "approve"],
+    ["contract", "commit"],
+    ["contract", "deploy"],
+    ["contract", "list"],
+    ["tx"],
+    ["tx", "submit"],
+    ["tx", "evaluate"],
+    ["tx", "show"],
+    ["block"],
+    ["block", "show"],
+    ["events"],
+    ["ledger"],
+    ["ledger", "verify"],
+]
+
+
+def meridian(
+    *args: str, network: Path | None = None, who: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "meridian.cli.main"]
+    if network is not None:
+        argv += ["--network", str(network)]
+    if who is not None:
+        argv += ["--as", who]
+    result = subprocess.run(
+        [*argv, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    if check:
+        assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def as_json(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "meridian")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = meridian(*command, "--help")
+    assert "Usage: meridian" in result.stdout
+    assert len(result.stdout.splitlines()) > 4
+
+
+@pytest.fixture()
+def cli_network(tmp_path: Path) -> Iterator[Path]:
+    root = tmp_path / "net"
+    meridian("network", "init", str(root), "--base-port", str(free_port_block(1)))
+    try:
+        yield root
+    finally:
+        meridian("down", network=root, check=False)
+        for pid_file in root.glob("nodes/*/data/node.pid"):
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_cli_journey(cli_network: Path, tmp_path: Path) -> None:
+    net = cli_network
+    meridian("up", "--detach", network=net)
+    status = as_json(meridian("--json", "status", network=net))
+    assert status["nodes"][0]["apps"]["demo"]["height"] == 0
+
+    archive = tmp_path / "at.tar.gz"
+    package = as_json(
+        meridian("contract", "package", str(EXAMPLE), "-o", str(archive), "--json", network=net)
+    )
+    assert package["package_id"].startswith("asset-transfer:")
+    installed = as_json(
+        meridian("contract", "install", str(archive), "--json", network=net, who="org1/admin")
+    )
+    assert installed["package_id"] == package["package_id"]
+    for who in ("org1/admin", "org2/admin"):
+        meridian(
+            "contract",
+            "approve",
+            "asset-transfer",
+            "--package-id",
+            package["package_id"],
+            network=net,
+            who=who,
+        )
+    meridian(
+        "contract",
+        "commit",
+        "asset-transfer",
+        "--package-id",
+        package["package_id"],
+        network=net,
+        who="org1/admin",
+    )
+    listed = as_json(meridian("contract", "list", "--json", network=net))["contracts"]
+    assert [(c["name"], c["sequence"]) for c in listed] == [("asset-transfer", 1)]
+
+    submitted = as_json(
+        meridian(
+            "tx",
+            "submit",
+            "asset-transfer",
+            "create",
+            "car-1",
+            "alice",
+            "300",
+            "--json",
+            network=net,
+        )
+    )
+    assert submitted["code"] == "VALID" and submitted["response"]["value"] == 300
+    evaluated = as_json(
+        meridian("tx", "evaluate", "asset-transfer", "by_owner", "alice", "--json", network=net)
+    )
+    assert [a["id"] for a in evaluated["response"]] == ["car-1"]
+    shown = as_json(meridian("tx", "show", submitted["tx_id"], "--json", network=net))
+    assert shown["block"] == submitted["block"]
+    block = as_json(meridian("block", "show", str(submitted["block"]), "--json", network=net))
+    assert block["codes"] == ["VALID"]
+    events = meridian(
+        "events", "--from", "0", "--count", str(submitted["block"] + 1), "--json", network=net
+    )
+    blocks = [json.loads(line) for line in events.stdout.splitlines()]
+    assert [b["block"] for b in blocks] == list(range(submitted["block"] + 1))
+
+    refused = meridian("tx", "submit", "nope", "f", "--json", network=net, check=False)
+    assert refused.returncode == 1
+    assert as_json(refused)["error"]["code"] == "unknown_contract"
+    human = meridian("tx", "submit", "nope", "f", network=net, check=False)
+    assert "[unknown_contract]" in human.stderr and "hint:" in human.stderr
+
+    meridian("down", network=net)
+    verified = as_json(meridian("ledger", "verify", "--json", network=net))["ledgers"]
+    assert verified[0]["ok"] and verified[0]["valid"] == verified[0]["transactions"]
