@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from typing import Any
 
@@ -89,6 +90,18 @@ def validate_value(value: Any, *, what: str = "value", depth: int = 0) -> None:
             hint="use integers (for money: integer fen)",
         )
     raise InvalidInput(f"{what} contains a {type(value).__name__}", code="malformed")
+
+
+@functools.lru_cache(maxsize=4096)
+def b64_cert(data: bytes) -> str:
+    """:func:`b64` memoised, for certificates (the same few recur in every record)."""
+    return b64(data)
+
+
+@functools.lru_cache(maxsize=4096)
+def unb64_cert(text: str, *, what: str = "certificate") -> bytes:
+    """:func:`unb64` memoised, for certificates; errors are not cached."""
+    return unb64(text, what=what)
 
 
 def b64(data: bytes) -> str:

@@ -186,7 +186,7 @@ class Proposal:
             "args": list(self.args),
             "nonce": self.nonce.hex(),
             "timestamp_ms": self.timestamp_ms,
-            "creator": codec.b64(self.creator),
+            "creator": codec.b64_cert(self.creator),
         }
 
     @classmethod
@@ -199,7 +199,7 @@ class Proposal:
         nonce = codec.unhex(_field(d, "nonce", str, what), what="proposal.nonce")
         if not 8 <= len(nonce) <= MAX_NONCE_BYTES:
             raise InvalidInput("proposal.nonce must be 8..64 bytes", code="malformed")
-        creator = codec.unb64(_field(d, "creator", str, what), what="proposal.creator")
+        creator = codec.unb64_cert(_field(d, "creator", str, what), what="proposal.creator")
         if len(creator) > MAX_CERT_BYTES:
             raise InvalidInput("proposal.creator certificate is too large", code="too_large")
         contract = _field(d, "contract", str, what)
@@ -459,11 +459,11 @@ class Endorsement:
     signature: bytes
 
     def to_dict(self) -> dict[str, Any]:
-        return {"endorser": codec.b64(self.endorser), "signature": codec.b64(self.signature)}
+        return {"endorser": codec.b64_cert(self.endorser), "signature": codec.b64(self.signature)}
 
     @classmethod
     def from_dict(cls, d: Any) -> Endorsement:
-        endorser = codec.unb64(_field(d, "endorser", str, "endorsement"), what="endorser")
+        endorser = codec.unb64_cert(_field(d, "endorser", str, "endorsement"), what="endorser")
         sig = codec.unb64(_field(d, "signature", str, "endorsement"), what="signature")
         if len(endorser) > MAX_CERT_BYTES or not sig or len(sig) > MAX_SIGNATURE_BYTES:
             raise InvalidInput("endorsement fields have impossible sizes", code="malformed")

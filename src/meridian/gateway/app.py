@@ -218,7 +218,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         for item in items:
             res = next(results) if isinstance(item, SignedProposal) else item
             out.append(_batch_item(res))
-        return {"results": out}
+        return ORJSON({"results": out})
 
     @app.post(
         "/v1/apps/{app_name}/evaluate",
@@ -231,7 +231,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         await caller(request)
         body = await _json_body(request)
         proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
-        return {"response": await node.evaluate(app_name, proposal)}
+        return ORJSON({"response": await node.evaluate(app_name, proposal)})
 
     @app.get(
         "/v1/apps/{app_name}/transactions/{tx_id}",
