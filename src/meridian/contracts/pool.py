@@ -26,11 +26,12 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -72,6 +73,7 @@ STDERR_LINE_CHARS = 500
 LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 RETIRING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})
 DEFAULT_LIMITS = SandboxLimits()
+MAX_BATCH = 64
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -130,14 +132,26 @@ _OP_FIELDS = {
 
 
 class _Call:
-    """The request in flight on a worker: its context, first host error and outcome."""
+    """One request: its message, context, first host error, outcome and deadline."""
 
-    __slots__ = ("ctx", "first_error", "future")
+    __slots__ = ("ctx", "first_error", "future", "request", "timer")
 
-    def __init__(self, ctx: SimulationContext | None, future: asyncio.Future[Any]) -> None:
+    def __init__(
+        self, request: Mapping[str, Any], ctx: SimulationContext | None, future: asyncio.Future[Any]
+    ) -> None:
+        self.request = request
         self.ctx = ctx
         self.future = future
         self.first_error: MeridianError | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+
+class _PoolHooks(Protocol):
+    """What a worker tells its pool."""
+
+    def on_call_started(self, worker: _Worker, call: _Call) -> None: ...
+    def on_batch_done(self, worker: _Worker) -> None: ...
+    def on_gone(self, worker: _Worker, gone: _WorkerGone) -> None: ...
 
 
 class _Worker(asyncio.SubprocessProtocol):
@@ -148,25 +162,25 @@ class _Worker(asyncio.SubprocessProtocol):
     call costs the event loop one wake-up per round trip and a single await.
     """
 
-    def __init__(self, label: str) -> None:
+    def __init__(self, label: str, hooks: _PoolHooks) -> None:
         self.label = label
+        self.hooks = hooks
         self.calls = 0
-        self.busy = False  # a request was sent and its final answer not yet read
+        self.batch: deque[_Call] = deque()  # sent, final answer not yet read; [0] is running
         self.retire = False
         self.transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._inbox = bytearray()
         self._stderr = bytearray()
         self._stderr_budget = STDERR_LOG_BYTES
-        self._call: _Call | None = None
         self._gone: _WorkerGone | None = None
         self._exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     @classmethod
-    async def start(cls, argv: tuple[str, ...], cwd: str, label: str) -> _Worker:
+    async def start(cls, argv: tuple[str, ...], cwd: str, label: str, hooks: _PoolHooks) -> _Worker:
         loop = asyncio.get_running_loop()
-        worker = cls(label)
+        worker = cls(label, hooks)
         transport, _ = await loop.subprocess_exec(
             lambda: worker,
             *argv,
@@ -233,7 +247,7 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def send(self, message: Mapping[str, Any]) -> None:
         if self._gone is not None or self._stdin is None or self._stdin.is_closing():
-            raise self._gone or _WorkerGone("cannot write to the worker", exited=True)
+            return  # the pool learns of the death through on_gone
         self._stdin.write(encode_frame(message))
 
     # --------------------------------------------------------------------- requests
@@ -255,20 +269,19 @@ class _Worker(asyncio.SubprocessProtocol):
         except _WorkerGone as exc:
             raise await _death_error(self, exc) from None
 
-    async def request(self, message: Mapping[str, Any], ctx: SimulationContext | None) -> Any:
-        """Send a request and serve its Context operations until the final answer."""
-        if self._call is not None:
-            raise _WorkerGone("the worker is already serving a request")
-        call = _Call(ctx, asyncio.get_running_loop().create_future())
-        self._call = call
-        self.busy = True
-        self.calls += 1
-        try:
-            self.send(message)
-            return await call.future
-        finally:
-            if self._call is call:
-                self._call = None
+    @property
+    def busy(self) -> bool:
+        return bool(self.batch)
+
+    def run(self, calls: list[_Call]) -> None:
+        """Send a batch: one request alone, or several calls the worker runs in order."""
+        self.batch.extend(calls)
+        self.calls += len(calls)
+        if len(calls) == 1:
+            self.send(calls[0].request)
+        else:
+            self.send({"op": "calls", "calls": [c.request for c in calls]})
+        self.hooks.on_call_started(self, calls[0])
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message["op"]
@@ -277,15 +290,21 @@ class _Worker(asyncio.SubprocessProtocol):
                 raise _WorkerGone("the worker did not start properly")
             self._ready.set_result(None)
             return
-        call = self._call
-        if call is None or call.future.done():
+        if not self.batch:
             raise _WorkerGone(f"the worker sent {op!r} while idle")
-        if op in _FINAL_OPS:
-            self.busy = False
-            self._call = None
-            self._settle(call, message)
-        else:
+        call = self.batch[0]
+        if op not in _FINAL_OPS:
             self._serve(call, op, message)
+            return
+        self.batch.popleft()
+        if call.timer is not None:
+            call.timer.cancel()
+        if not call.future.done():
+            self._settle(call, message)
+        if self.retire or not self.batch:
+            self.hooks.on_batch_done(self)
+        else:
+            self.hooks.on_call_started(self, self.batch[0])
 
     def _serve(self, call: _Call, op: str, message: Mapping[str, Any]) -> None:
         fields = _OP_FIELDS.get(op)
@@ -352,12 +371,13 @@ class _Worker(asyncio.SubprocessProtocol):
         return ContractFailure(text, code=str(code))
 
     def _fail(self, gone: _WorkerGone) -> None:
-        if self._gone is None:
-            self._gone = gone
-        for future in (self._ready, self._call.future if self._call else None):
-            if future is not None and not future.done():
-                future.set_exception(self._gone)
-                future.exception()  # mark retrieved: the waiter may already be gone
+        if self._gone is not None:
+            return
+        self._gone = gone
+        if not self._ready.done():
+            self._ready.set_exception(gone)
+            self._ready.exception()  # mark retrieved: the waiter may already be gone
+        self.hooks.on_gone(self, gone)
 
     # ----------------------------------------------------------------------- ending
 
@@ -421,17 +441,19 @@ async def _op_invoke(ctx: SimulationContext, message: Mapping[str, Any]) -> Any:
 # --------------------------------------------------------------------------------- pool
 
 
-@dataclass(slots=True)
-class _Slot:
-    worker: _Worker | None = None
-
-
 class ContractPool:
     """Runs one contract package's calls in ``workers`` sandboxed processes.
 
     ``entry`` is ``"module:ClassName"``, importable from ``package_dir`` (which is put
     first on the worker's ``sys.path``). ``sandbox_mode`` is the mode in use after
     ``"auto"`` is resolved: ``"bwrap"`` or ``"none"``.
+
+    Calls wait in one queue; an idle worker takes a batch of them (up to
+    ``MAX_BATCH``, a fair share of the queue) in one message and runs them in order,
+    so a busy node pays one round trip per batch rather than per call. Each call
+    still has its own deadline: a call over ``call_timeout_s`` gets
+    ``contract_timeout``, its worker is killed, and the calls queued behind it in the
+    batch go back to the front of the queue for another worker.
     """
 
     def __init__(
@@ -449,10 +471,9 @@ class ContractPool:
         self.limits = limits
         self.sandbox_mode = resolve_sandbox_mode(limits.mode)
         self._command = compute_worker_command(self.sandbox_mode, self.package_dir, entry, limits)
-        self._slots: asyncio.Queue[_Slot] = asyncio.Queue()
-        for _ in range(workers):
-            self._slots.put_nowait(_Slot())
-        self._live: set[_Worker] = set()
+        self._slots: list[_Worker | None] = [None] * workers
+        self._starting: set[int] = set()
+        self._queue: deque[_Call] = deque()
         self._reaping: set[asyncio.Task[None]] = set()
         self._info: ContractInfo | None = None
         self._closed = False
@@ -465,7 +486,7 @@ class ContractPool:
     async def describe(self) -> ContractInfo:
         """The contract's functions (asked of a worker once, then cached)."""
         if self._info is None:
-            value = await self._request({"op": "describe"}, None)
+            value = await self._submit({"op": "describe"}, None)
             self._info = _parse_contract_info(value)
         return self._info
 
@@ -477,75 +498,154 @@ class ContractPool:
             "args": _validate_args(args),
             "ctx": _ctx_to_dict(ctx),
         }
-        return await self._request(request, ctx)
+        return await self._submit(request, ctx, nested=ctx.nested)
 
     async def close(self) -> None:
-        """Kill every worker (its whole process group) and wait for them to end."""
+        """Fail what is queued, kill every worker (its process group) and wait for them."""
         self._closed = True
-        workers, self._live = list(self._live), set()
-        await asyncio.gather(
-            *(w.wait_closed() for w in workers), *self._reaping, return_exceptions=True
-        )
+        closed = Unavailable("the contract pool is closed", code="contract_pool_closed")
+        while self._queue:
+            _fail_call(self._queue.popleft(), closed)
+        for index, worker in enumerate(self._slots):
+            if worker is not None:
+                self._discard(worker, closed)
+                self._slots[index] = None
+        while self._reaping:  # reaping one worker can schedule more work: drain it all
+            await asyncio.gather(*list(self._reaping), return_exceptions=True)
 
-    async def _request(self, request: Mapping[str, Any], ctx: SimulationContext | None) -> Any:
+    # ------------------------------------------------------------------- scheduling
+
+    async def _submit(
+        self, request: Mapping[str, Any], ctx: SimulationContext | None, *, nested: bool = False
+    ) -> Any:
         if self._closed:
             raise Unavailable("the contract pool is closed", code="contract_pool_closed")
-        slot = await self._slots.get()
+        call = _Call(request, ctx, asyncio.get_running_loop().create_future())
+        if nested:
+            self._queue.appendleft(call)  # its caller holds a worker: serve it first
+        else:
+            self._queue.append(call)
+        self._kick()
+        return await call.future
+
+    def _kick(self) -> None:
+        """Hand queued calls to idle workers; start workers for empty slots."""
+        for index, worker in enumerate(self._slots):
+            if not self._queue:
+                return
+            if worker is None:
+                if index not in self._starting:
+                    self._starting.add(index)  # now, not when the task first runs
+                    self._spawn(self._start_slot(index))
+            elif not worker.busy:
+                worker.run(self._take_batch())
+
+    def _take_batch(self) -> list[_Call]:
+        first = self._queue.popleft()
+        if first.request["op"] != "call":
+            return [first]
+        size = min(MAX_BATCH, max(1, len(self._queue) // len(self._slots)))
+        batch = [first]
+        while self._queue and len(batch) < size and self._queue[0].request["op"] == "call":
+            batch.append(self._queue.popleft())
+        return batch
+
+    async def _start_slot(self, index: int) -> None:
         try:
-            if slot.worker is None or not slot.worker.alive:
-                slot.worker = await self._start_worker()
-            return await self._run_on(slot.worker, request, ctx)
+            worker = await self._start_worker()
+        except MeridianError as exc:
+            while self._queue:  # nothing can run until the package loads
+                _fail_call(self._queue.popleft(), exc)
+            return
         finally:
-            worker = slot.worker
-            if worker is not None and (self._closed or not self._is_reusable(worker)):
-                self._discard(worker)
-                slot.worker = None
-            self._slots.put_nowait(slot)
-
-    async def _run_on(
-        self, worker: _Worker, request: Mapping[str, Any], ctx: SimulationContext | None
-    ) -> Any:
-        timeout = asyncio.timeout(self.limits.call_timeout_s)
-        try:
-            async with timeout:
-                return await worker.request(request, ctx)
-        except TimeoutError:
-            if not timeout.expired():
-                raise
-            raise ContractFailure(
-                f"the call took longer than {self.limits.call_timeout_s} s",
-                code="contract_timeout",
-            ) from None
-        except _WorkerGone as exc:
-            raise await _death_error(worker, exc) from None
-
-    def _is_reusable(self, worker: _Worker) -> bool:
-        """Idle, alive, not retired and under its call budget."""
-        calls_left = worker.calls < self.limits.max_calls_per_worker
-        return not worker.busy and worker.alive and calls_left
+            self._starting.discard(index)
+        if self._closed:
+            self._discard(worker, None)
+            return
+        self._slots[index] = worker
+        self._kick()
 
     async def _start_worker(self) -> _Worker:
         validate_package_dir(self.sandbox_mode, self.package_dir)
         try:
-            worker = await _Worker.start(self._command.argv, self._command.cwd, self.entry)
+            worker = await _Worker.start(self._command.argv, self._command.cwd, self.entry, self)
         except OSError as exc:
             raise ContractFailure(
                 f"cannot start a contract worker: {exc}", code="contract_crashed"
             ) from exc
-        self._live.add(worker)
         try:
             await worker.wait_ready()
         except BaseException:
-            self._discard(worker)
+            self._discard(worker, None)
             raise
         return worker
 
-    def _discard(self, worker: _Worker) -> None:
-        self._live.discard(worker)
+    # ------------------------------------------------------------- worker callbacks
+
+    def on_call_started(self, worker: _Worker, call: _Call) -> None:
+        loop = asyncio.get_running_loop()
+        call.timer = loop.call_later(self.limits.call_timeout_s, self._expire, worker, call)
+
+    def on_batch_done(self, worker: _Worker) -> None:
+        if worker.retire or worker.calls >= self.limits.max_calls_per_worker:
+            self._release(worker, None)
+        self._kick()
+
+    def on_gone(self, worker: _Worker, gone: _WorkerGone) -> None:
+        if worker.batch:
+            current = worker.batch.popleft()
+            if current.timer is not None:
+                current.timer.cancel()
+            self._spawn(_fail_with_death(worker, gone, current))
+        self._release(worker, None)
+        self._kick()
+
+    def _expire(self, worker: _Worker, call: _Call) -> None:
+        if not worker.batch or worker.batch[0] is not call:
+            return
+        worker.batch.popleft()
+        _fail_call(
+            call,
+            ContractFailure(
+                f"the call took longer than {self.limits.call_timeout_s} s",
+                code="contract_timeout",
+            ),
+        )
+        self._release(worker, None)
+        self._kick()
+
+    def _release(self, worker: _Worker, error: MeridianError | None) -> None:
+        """Take ``worker`` out of its slot; its unstarted calls go back to the queue."""
+        for index, slot in enumerate(self._slots):
+            if slot is worker:
+                self._slots[index] = None
+        self._discard(worker, error)
+
+    def _discard(self, worker: _Worker, error: MeridianError | None) -> None:
+        while worker.batch:
+            call = worker.batch.pop()
+            if call.timer is not None:
+                call.timer.cancel()
+            if error is not None:
+                _fail_call(call, error)
+            elif not call.future.done():
+                self._queue.appendleft(call)
         worker.kill()
-        task = asyncio.get_running_loop().create_task(worker.wait_closed())
+        self._spawn(worker.wait_closed())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._reaping.add(task)
         task.add_done_callback(self._reaping.discard)
+
+
+def _fail_call(call: _Call, error: BaseException) -> None:
+    if not call.future.done():
+        call.future.set_exception(error)
+
+
+async def _fail_with_death(worker: _Worker, gone: _WorkerGone, call: _Call) -> None:
+    _fail_call(call, await _death_error(worker, gone))
 
 
 async def _death_error(worker: _Worker, gone: _WorkerGone) -> ContractFailure:

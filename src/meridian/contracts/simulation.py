@@ -270,6 +270,11 @@ class SimulationContext:
         validate_state_value(payload, what="event payload")
         self._sim.add_event(Event(self._ns.name, name, payload))
 
+    @property
+    def nested(self) -> bool:
+        """True while another contract's call is waiting for this one (invoke)."""
+        return self._sim.depth > 0
+
     def invoke(self, contract: str, function: str, *args: Any) -> Any:
         raise ContractFailure(
             "invoke() from in-process code must use invoke_async",

@@ -226,8 +226,11 @@ class Channel:
 
     def write(self, message: Mapping[str, Any], *, defer: bool = False) -> None:
         self._outbox += encode_frame(message)
-        if defer:
-            return
+        if not defer:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send whatever deferred messages are waiting."""
         view = memoryview(self._outbox)
         while view:
             view = view[os.write(self._out, view) :]
@@ -678,9 +681,32 @@ def serve(channel: Channel, loaded: LoadedContract, guard: AuditGuard) -> None:
             reply = handle_describe(loaded)
         elif op == "call":
             reply = handle_call(message, loaded, channel, guard)
+        elif op == "calls" and isinstance(message.get("calls"), list):
+            handle_calls(message["calls"], loaded, channel, guard)
+            continue
         else:
             reply = CallFailed(ERROR, f"unknown request {op!r}").to_frame()
         channel.write(reply)
+
+
+def handle_calls(
+    calls: list[Any], loaded: LoadedContract, channel: Channel, guard: AuditGuard
+) -> None:
+    """Run a batch in order; answers go out with the next message that needs a reply.
+
+    After a sandbox violation or a resource limit the worker stops: the node retires
+    it and gives the rest of the batch to another worker.
+    """
+    for call in calls:
+        reply = (
+            handle_call(call, loaded, channel, guard)
+            if isinstance(call, dict)
+            else (CallFailed(ERROR, "malformed call").to_frame())
+        )
+        channel.write(reply, defer=True)
+        if reply.get("code") in (FORBIDDEN, RESOURCE_LIMIT):
+            break
+    channel.flush()
 
 
 def main(argv: list[str]) -> None:

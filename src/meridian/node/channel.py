@@ -26,12 +26,13 @@ from ..ledger.pending import PendingStore
 from ..ledger.store import CommitBatch, LedgerStore
 from ..types import ZERO_DIGEST, Block, Transaction, TxCode, Version
 from .ordering import ChainTip, Orderer
-from .validate import AppRules, validate_block
+from .validate import AppRules, BlockValidator
 
 log = logging.getLogger("meridian.node")
 
 MAX_PENDING = 50_000
 DROP_EVERY_S = 1.0
+VALIDATE_SLICE = 100  # transactions validated between two turns of the event loop
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,14 +223,18 @@ class Channel:
 
     # ----------------------------------------------------------------------- commit
 
-    def _validate_and_commit(self, block: Block) -> CommitBatch:
-        batch = validate_block(block, WriterState(self.ledger), self.membership, self.rules)
-        self.ledger.commit_block(batch)
-        return batch
+    async def _validate(self, block: Block) -> CommitBatch:
+        """Validate on the event loop in slices (validation is pure Python: a thread would
+        only contend for the GIL), then the commit's disk work goes to the committer."""
+        validator = BlockValidator(block, WriterState(self.ledger), self.membership, self.rules)
+        while validator.step(VALIDATE_SLICE):
+            await asyncio.sleep(0)
+        return validator.finish()
 
     async def _commit(self, block: Block) -> None:
         try:
-            batch = await self._run(self._validate_and_commit, block)
+            batch = await self._validate(block)
+            await self._run(self.ledger.commit_block, batch)
         except Exception as exc:  # a node that cannot commit must stop, loudly
             self.halted = f"commit of block {block.header.number} failed: {exc!r}"
             log.exception("%s: %s", self.app, self.halted)

@@ -130,29 +130,67 @@ def validate_block(
     rules: AppRules,
 ) -> CommitBatch:
     """Verdicts, state writes and events for ``block``; pure with respect to storage."""
-    overlay = _Overlay(state)
-    seen = state.committed_among([tx.tx_id for tx in block.transactions])
-    codes: list[TxCode] = []
-    writes: list[StateWrite] = []
-    events: list[BlockEvent] = []
-    block_time = datetime.fromtimestamp(block.header.timestamp_ms / 1000, UTC)
-    number = block.header.number
-    for index, tx in enumerate(block.transactions):
-        code = _validate_tx(tx, overlay, membership, rules, seen, block_time)
+    validator = BlockValidator(block, state, membership, rules)
+    while validator.step(len(block.transactions)):
+        pass
+    return validator.finish()
+
+
+class BlockValidator:
+    """:func:`validate_block` in steps, so that a caller can interleave other work.
+
+    Transactions are validated in order; each sees the writes of the valid ones
+    before it. :meth:`finish` gives the same batch as :func:`validate_block`.
+    """
+
+    def __init__(
+        self, block: Block, state: CommittedState, membership: Membership, rules: AppRules
+    ) -> None:
+        self.block = block
+        self._membership = membership
+        self._rules = rules
+        self._overlay = _Overlay(state)
+        self._seen = state.committed_among([tx.tx_id for tx in block.transactions])
+        self._codes: list[TxCode] = []
+        self._writes: list[StateWrite] = []
+        self._events: list[BlockEvent] = []
+        self._time = datetime.fromtimestamp(block.header.timestamp_ms / 1000, UTC)
+
+    def step(self, count: int) -> bool:
+        """Validate up to ``count`` more transactions; False once all are done."""
+        txs = self.block.transactions
+        for _ in range(count):
+            index = len(self._codes)
+            if index == len(txs):
+                return False
+            self._codes.append(self._validate(index, txs[index]))
+        return len(self._codes) < len(txs)
+
+    def _validate(self, index: int, tx: Transaction) -> TxCode:
+        code = _validate_tx(
+            tx, self._overlay, self._membership, self._rules, self._seen, self._time
+        )
+        number = self.block.header.number
         if code is TxCode.VALID:
-            code, tx_writes = _compute_writes(tx, overlay, Version(number, index))
+            code, tx_writes = _compute_writes(tx, self._overlay, Version(number, index))
             if code is TxCode.VALID:
                 for write in tx_writes:
-                    overlay.put(write)
-                writes.extend(tx_writes)
-                events.extend(
+                    self._overlay.put(write)
+                self._writes.extend(tx_writes)
+                self._events.extend(
                     BlockEvent(number, index, i, tx.tx_id, e.contract, e.name, e.payload)
                     for i, e in enumerate(tx.result.events)
                 )
-        seen.add(tx.tx_id)
-        codes.append(code)
-    root = compute_result_root(codes, writes)
-    return CommitBatch(block, tuple(codes), tuple(writes), tuple(events), root)
+        self._seen.add(tx.tx_id)
+        return code
+
+    def finish(self) -> CommitBatch:
+        if len(self._codes) != len(self.block.transactions):
+            raise ValueError("finish() before every transaction was validated")
+        root = compute_result_root(self._codes, self._writes)
+        return CommitBatch(
+            self.block, tuple(self._codes), tuple(self._writes), tuple(self._events), root
+        )
 
 
 def compute_result_root(codes: Collection[TxCode], writes: Collection[StateWrite]) -> Digest:
