@@ -233,11 +233,6 @@ class Proposal:
         return compute_signing_digest(DOMAIN_PROPOSAL, self.network, self.encode())
 
 
-def compute_tx_id(proposal: Proposal) -> TxId:
-    """Transaction id: digest of the unsigned proposal (never of signature bytes)."""
-    return TxId(compute_digest(proposal.encode()).hex())
-
-
 @dataclass(frozen=True, slots=True)
 class SignedProposal:
     proposal: Proposal

@@ -518,8 +518,32 @@ def test_invalid_policy_of_another_written_namespace(world: World, msp: Membersh
         _rw(writes=[KVWrite("k", 1)]),
         _rw("token", writes=[KVWrite("k", 1)]),
         endorsers=[world.node1],
+        version=f"{LABEL},token@1",
     )
     assert _codes(_validate([tx], state, msp)) == [TxCode.ENDORSEMENT_POLICY_FAILURE]
+
+
+def test_invalid_write_to_a_contract_that_did_not_run(world: World, msp: Membership) -> None:
+    state = _state(policy="ANY")
+    state.rows[(LIFECYCLE, definition_key("token"))] = (_definition("token", "ANY"), V0)
+    tx = _tx(world.client1, _rw("token", writes=[KVWrite("k", 1)]), endorsers=[world.node1])
+    assert _codes(_validate([tx], state, msp)) == [TxCode.CONTRACT_VERSION_MISMATCH]
+
+
+def test_invalid_nested_contract_upgraded_after_simulation(world: World, msp: Membership) -> None:
+    """The invoked contract called `token`, which was upgraded before the commit."""
+    state = _state(policy="ANY")
+    state.rows[(LIFECYCLE, definition_key("token"))] = (_definition("token", "ANY", sequence=2), V0)
+    ran = f"{LABEL},token@1"
+    tx = _tx(world.client1, _rw(writes=[KVWrite("k", 1)]), endorsers=[world.node1], version=ran)
+    assert _codes(_validate([tx], state, msp)) == [TxCode.CONTRACT_VERSION_MISMATCH]
+    current = _tx(
+        world.client1,
+        _rw(writes=[KVWrite("k", 2)]),
+        endorsers=[world.node1],
+        version=f"{LABEL},token@2",
+    )
+    assert _codes(_validate([current], state, msp)) == [TxCode.VALID]
 
 
 def test_invalid_lifecycle_tx_below_the_system_policy(world: World, msp: Membership) -> None:

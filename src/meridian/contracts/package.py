@@ -127,6 +127,10 @@ def read_archive(data: bytes) -> dict[str, bytes]:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for member in tar.getmembers():
                 _check_member(member)
+                if member.name in files:
+                    raise InvalidInput(
+                        f"{member.name!r} appears twice in the package", code="bad_package"
+                    )
                 extracted = tar.extractfile(member)
                 if extracted is None:
                     raise InvalidInput(f"{member.name}: unreadable", code="bad_package")
@@ -136,6 +140,7 @@ def read_archive(data: bytes) -> dict[str, bytes]:
     if MANIFEST not in files:
         raise InvalidInput(f"package has no {MANIFEST}", code="bad_package")
     _check_size(files)
+    _check_tree(files)
     return files
 
 
@@ -158,11 +163,33 @@ def _inflate(data: bytes, *, limit: int) -> bytes:
 
 
 def _check_member(member: tarfile.TarInfo) -> None:
-    path = PurePosixPath(member.name)
     if not member.isfile():
         raise InvalidInput(f"{member.name}: only regular files allowed", code="bad_package")
-    if path.is_absolute() or ".." in path.parts or not member.name:
-        raise InvalidInput(f"{member.name}: unsafe path in package", code="bad_package")
+    _check_path(member.name)
+
+
+def _check_path(name: str) -> None:
+    """One spelling per file: relative, normalised, no ``.``/``..``/empty segments."""
+    path = PurePosixPath(name)
+    if (
+        not name
+        or path.is_absolute()
+        or path.as_posix() != name
+        or any(part in (".", "..") for part in name.split("/"))
+    ):
+        raise InvalidInput(
+            f"{name!r}: unsafe or non-canonical path in package",
+            code="bad_package",
+            hint="use plain relative paths like pkg/mod.py",
+        )
+
+
+def _check_tree(files: dict[str, bytes]) -> None:
+    """No file may also be a directory of another (``a`` and ``a/b``)."""
+    dirs = {str(parent) for name in files for parent in PurePosixPath(name).parents}
+    clash = sorted(set(files) & dirs)
+    if clash:
+        raise InvalidInput(f"{clash[0]!r} is both a file and a directory", code="bad_package")
 
 
 class PackageStore:
@@ -189,7 +216,11 @@ class PackageStore:
                     dest.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
                     dest.write_bytes(content)
                     dest.chmod(0o644)
-                tmp.rename(target)
+                try:
+                    tmp.rename(target)
+                except OSError:
+                    if not (target / MANIFEST).is_file():  # not a concurrent identical install
+                        raise
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         return self.get(package_id)

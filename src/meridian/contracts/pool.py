@@ -51,7 +51,7 @@ from .sandbox import (
     resolve_sandbox_mode,
     validate_package_dir,
 )
-from .simulation import SimulationContext
+from .simulation import MAX_INVOKE_DEPTH, SimulationContext
 from .worker import (
     BAD_ARGUMENT,
     FINAL_ERROR_CODES,
@@ -74,6 +74,7 @@ LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 RETIRING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})
 DEFAULT_LIMITS = SandboxLimits()
 MAX_BATCH = 64
+BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -134,13 +135,21 @@ _OP_FIELDS = {
 class _Call:
     """One request: its message, context, first host error, outcome and deadline."""
 
-    __slots__ = ("ctx", "first_error", "future", "request", "timer")
+    __slots__ = ("ctx", "depth", "encoded", "first_error", "future", "op", "timer")
 
     def __init__(
         self, request: Mapping[str, Any], ctx: SimulationContext | None, future: asyncio.Future[Any]
     ) -> None:
-        self.request = request
+        self.op = request["op"]
+        self.encoded = orjson.dumps(request)  # once; batches are spliced from these
+        if len(self.encoded) > MAX_FRAME_BYTES - BATCH_FRAME_SLACK:
+            raise ContractArgumentError(
+                f"the call is {len(self.encoded)} bytes, over the limit of "
+                f"{MAX_FRAME_BYTES - BATCH_FRAME_SLACK}",
+                code=BAD_ARGUMENT,
+            )
         self.ctx = ctx
+        self.depth = ctx.depth if ctx is not None else 0
         self.future = future
         self.first_error: MeridianError | None = None
         self.timer: asyncio.TimerHandle | None = None
@@ -246,15 +255,15 @@ class _Worker(asyncio.SubprocessProtocol):
         return message
 
     def send(self, message: Mapping[str, Any]) -> None:
+        self.send_raw(orjson.dumps(message))
+
+    def send_raw(self, body: bytes) -> None:
+        """One frame; the pool keeps every frame under MAX_FRAME_BYTES."""
         if self._gone is not None or self._stdin is None or self._stdin.is_closing():
             return  # the pool learns of the death through on_gone
-        self._stdin.write(encode_frame(message))
+        self._stdin.write(FRAME_HEADER.pack(len(body)) + body)
 
     # --------------------------------------------------------------------- requests
-
-    @property
-    def alive(self) -> bool:
-        return self._gone is None and not self._exited.done() and not self.retire
 
     async def wait_ready(self) -> None:
         """Wait for the worker to have loaded the contract (or reported why it can't)."""
@@ -275,12 +284,13 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def run(self, calls: list[_Call]) -> None:
         """Send a batch: one request alone, or several calls the worker runs in order."""
+        if len(calls) == 1:
+            body = calls[0].encoded
+        else:
+            body = b'{"op":"calls","calls":[' + b",".join(c.encoded for c in calls) + b"]}"
+        self.send_raw(body)
         self.batch.extend(calls)
         self.calls += len(calls)
-        if len(calls) == 1:
-            self.send(calls[0].request)
-        else:
-            self.send({"op": "calls", "calls": [c.request for c in calls]})
         self.hooks.on_call_started(self, calls[0])
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -299,6 +309,8 @@ class _Worker(asyncio.SubprocessProtocol):
         self.batch.popleft()
         if call.timer is not None:
             call.timer.cancel()
+        if op == "error" and message.get("code") in RETIRING_CODES:
+            self.retire = True  # its sandbox flag or memory is spent, whoever is told
         if not call.future.done():
             self._settle(call, message)
         if self.retire or not self.batch:
@@ -319,6 +331,11 @@ class _Worker(asyncio.SubprocessProtocol):
                 value = _SYNC_OPS[op](call.ctx, message)
             except MeridianError as exc:
                 call.first_error = exc
+            except Exception as exc:  # a bug or an unexpected storage error: fail the call
+                log.exception("contract %s: %s failed", self.label, op)
+                call.first_error = ContractFailure(
+                    f"the node could not serve {op}: {type(exc).__name__}", code="contract_error"
+                )
             else:
                 if op in _REPLY_OPS:
                     self.send({"op": "value", "value": value})
@@ -332,6 +349,12 @@ class _Worker(asyncio.SubprocessProtocol):
         except MeridianError as exc:
             call.first_error = call.first_error or exc
             self._send_error(call)
+        except Exception as exc:
+            log.exception("contract %s: invoke failed", self.label)
+            call.first_error = call.first_error or ContractFailure(
+                f"the invoked call failed: {type(exc).__name__}", code="contract_error"
+            )
+            self._send_error(call)
         else:
             self.send({"op": "value", "value": value})
 
@@ -343,8 +366,13 @@ class _Worker(asyncio.SubprocessProtocol):
     def _settle(self, call: _Call, message: Mapping[str, Any]) -> None:
         try:
             call.future.set_result(self._finish(call, message))
-        except (MeridianError, _WorkerGone) as exc:
+        except MeridianError as exc:
             call.future.set_exception(exc)
+        except _WorkerGone as exc:  # it broke the protocol: never trust it again
+            call.future.set_exception(
+                ContractFailure(f"the contract worker misbehaved: {exc}", code="contract_crashed")
+            )
+            self.retire = True
 
     def _finish(self, call: _Call, message: Mapping[str, Any]) -> Any:
         if call.first_error is not None:
@@ -471,7 +499,8 @@ class ContractPool:
         self.limits = limits
         self.sandbox_mode = resolve_sandbox_mode(limits.mode)
         self._command = compute_worker_command(self.sandbox_mode, self.package_dir, entry, limits)
-        self._slots: list[_Worker | None] = [None] * workers
+        self._workers = workers
+        self._slots: list[_Worker | None] = [None] * (workers + MAX_INVOKE_DEPTH)
         self._starting: set[int] = set()
         self._queue: deque[_Call] = deque()
         self._reaping: set[asyncio.Task[None]] = set()
@@ -498,7 +527,7 @@ class ContractPool:
             "args": _validate_args(args),
             "ctx": _ctx_to_dict(ctx),
         }
-        return await self._submit(request, ctx, nested=ctx.nested)
+        return await self._submit(request, ctx)
 
     async def close(self) -> None:
         """Fail what is queued, kill every worker (its process group) and wait for them."""
@@ -515,13 +544,11 @@ class ContractPool:
 
     # ------------------------------------------------------------------- scheduling
 
-    async def _submit(
-        self, request: Mapping[str, Any], ctx: SimulationContext | None, *, nested: bool = False
-    ) -> Any:
+    async def _submit(self, request: Mapping[str, Any], ctx: SimulationContext | None) -> Any:
         if self._closed:
             raise Unavailable("the contract pool is closed", code="contract_pool_closed")
         call = _Call(request, ctx, asyncio.get_running_loop().create_future())
-        if nested:
+        if call.depth:
             self._queue.appendleft(call)  # its caller holds a worker: serve it first
         else:
             self._queue.append(call)
@@ -529,24 +556,53 @@ class ContractPool:
         return await call.future
 
     def _kick(self) -> None:
-        """Hand queued calls to idle workers; start workers for empty slots."""
+        """Hand queued calls to idle workers; start workers for empty slots.
+
+        Slots past ``workers`` are reserved, one per invoke depth, for calls made by
+        other contracts' calls: however many callers wait on nested calls, the
+        deepest waiting level always has a worker, so invokes cannot deadlock.
+        """
         for index, worker in enumerate(self._slots):
             if not self._queue:
                 return
+            depth = index - self._workers + 1 if index >= self._workers else 0
+            if depth and not any(c.depth == depth for c in self._queue):
+                continue
             if worker is None:
                 if index not in self._starting:
                     self._starting.add(index)  # now, not when the task first runs
                     self._spawn(self._start_slot(index))
-            elif not worker.busy:
-                worker.run(self._take_batch())
+            elif not worker.busy and (batch := self._take(depth)):
+                worker.run(batch)
 
-    def _take_batch(self) -> list[_Call]:
+    def _take(self, depth: int) -> list[_Call] | None:
+        if not depth:
+            return self._take_batch()
+        for call in self._queue:
+            if call.depth == depth and not call.future.done():
+                self._queue.remove(call)
+                return [call]
+        return None
+
+    def _take_batch(self) -> list[_Call] | None:
+        """A fair share of the queue that fits one frame; None if nothing is runnable."""
+        while self._queue and self._queue[0].future.done():
+            self._queue.popleft()  # its caller gave up (cancelled): don't run it
+        if not self._queue:
+            return None
         first = self._queue.popleft()
-        if first.request["op"] != "call":
+        if first.op != "call":
             return [first]
-        size = min(MAX_BATCH, max(1, len(self._queue) // len(self._slots)))
-        batch = [first]
-        while self._queue and len(batch) < size and self._queue[0].request["op"] == "call":
+        size = min(MAX_BATCH, max(1, len(self._queue) // self._workers))
+        batch, budget = [first], MAX_FRAME_BYTES - BATCH_FRAME_SLACK - len(first.encoded)
+        while self._queue and len(batch) < size and self._queue[0].op == "call":
+            nxt = self._queue[0]
+            if nxt.future.done():
+                self._queue.popleft()
+                continue
+            if len(nxt.encoded) + 1 > budget:
+                break
+            budget -= len(nxt.encoded) + 1
             batch.append(self._queue.popleft())
         return batch
 
@@ -554,8 +610,11 @@ class ContractPool:
         try:
             worker = await self._start_worker()
         except MeridianError as exc:
-            while self._queue:  # nothing can run until the package loads
-                _fail_call(self._queue.popleft(), exc)
+            if not any(self._slots):  # no worker at all: nothing queued can run
+                while self._queue:
+                    _fail_call(self._queue.popleft(), exc)
+            else:
+                log.warning("contract %s: could not start a worker: %s", self.entry, exc)
             return
         finally:
             self._starting.discard(index)

@@ -80,10 +80,15 @@ class ContractRegistry:
 
     async def call(
         self, sim: Simulation, contract: str, function: str, args: list[Any], *, submit: bool
-    ) -> tuple[Any, str]:
-        """Run ``contract.function(*args)``; returns (response, contract version label)."""
+    ) -> Any:
+        """Run ``contract.function(*args)`` and return its response.
+
+        Every contract version that runs is recorded in the simulation (see
+        :meth:`Simulation.record_version`), nested calls included.
+        """
         if contract == LIFECYCLE:
-            return self._call_lifecycle(sim, function, args, submit=submit), f"{LIFECYCLE}@0"
+            sim.record_version(f"{LIFECYCLE}@0")
+            return self._call_lifecycle(sim, function, args, submit=submit)
         if contract.startswith("_"):
             raise NotFound(f"no system contract {contract!r}", code="unknown_contract")
         definition = self.definition(sim.app, contract)
@@ -100,7 +105,8 @@ class ContractRegistry:
             raise InvalidInput(
                 f"{contract}.{function} is a query: evaluate it instead", code="not_a_transaction"
             )
-        return await pool.call(function, args, sim.context(contract)), definition.label
+        sim.record_version(definition.label)
+        return await pool.call(function, args, sim.context(contract))
 
     async def invoke(self, sim: Simulation, contract: str, function: str, args: list[Any]) -> Any:
         """A contract calling another contract of the same app (in the same simulation)."""
@@ -108,8 +114,7 @@ class ContractRegistry:
             raise ContractFailure(
                 "contracts cannot call system contracts", code="contract_invoke_unavailable"
             )
-        response, _ = await self.call(sim, contract, function, args, submit=False)
-        return response
+        return await self.call(sim, contract, function, args, submit=False)
 
     def _call_lifecycle(
         self, sim: Simulation, function: str, args: list[Any], *, submit: bool

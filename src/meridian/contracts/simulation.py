@@ -135,6 +135,7 @@ class Simulation:
         self._invoker = invoker
         self._namespaces: dict[str, _Namespace] = {}
         self._events: list[Event] = []
+        self._versions: set[str] = set()
         self._entries = 0
         self.depth = 0
 
@@ -172,8 +173,18 @@ class Simulation:
         finally:
             self.depth -= 1
 
-    def result(self, response: Any, contract_version: str) -> TxResult:
-        """The recorded read/write sets and events, with the contract's response."""
+    def record_version(self, label: str) -> None:
+        """Note that contract version ``label`` (``name@sequence``) ran in this simulation."""
+        self._versions.add(label)
+
+    def result(self, response: Any, contract_version: str | None = None) -> TxResult:
+        """The recorded read/write sets and events, with the contract's response.
+
+        The result's ``contract_version`` lists every contract version that ran
+        (sorted, comma-separated); ``contract_version`` adds one more.
+        """
+        if contract_version:
+            self.record_version(contract_version)
         try:
             codec.validate_value(response, what="contract response")
         except InvalidInput as exc:
@@ -181,7 +192,8 @@ class Simulation:
         rwsets = tuple(
             ns.to_rwset() for name, ns in sorted(self._namespaces.items()) if not ns.is_empty()
         )
-        return TxResult(response, rwsets, tuple(self._events), contract_version)
+        versions = ",".join(sorted(self._versions))
+        return TxResult(response, rwsets, tuple(self._events), versions)
 
 
 class SimulationContext:
@@ -271,9 +283,9 @@ class SimulationContext:
         self._sim.add_event(Event(self._ns.name, name, payload))
 
     @property
-    def nested(self) -> bool:
-        """True while another contract's call is waiting for this one (invoke)."""
-        return self._sim.depth > 0
+    def depth(self) -> int:
+        """0 for the proposal's own call; n for a call n invokes deep."""
+        return self._sim.depth
 
     def invoke(self, contract: str, function: str, *args: Any) -> Any:
         raise ContractFailure(

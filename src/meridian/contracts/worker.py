@@ -692,7 +692,7 @@ def serve(channel: Channel, loaded: LoadedContract, guard: AuditGuard) -> None:
 def handle_calls(
     calls: list[Any], loaded: LoadedContract, channel: Channel, guard: AuditGuard
 ) -> None:
-    """Run a batch in order; answers go out with the next message that needs a reply.
+    """Run a batch in order, answering each call as it ends.
 
     After a sandbox violation or a resource limit the worker stops: the node retires
     it and gives the rest of the batch to another worker.
@@ -703,10 +703,9 @@ def handle_calls(
             if isinstance(call, dict)
             else (CallFailed(ERROR, "malformed call").to_frame())
         )
-        channel.write(reply, defer=True)
+        channel.write(reply)  # at once: the node times each call from the previous answer
         if reply.get("code") in (FORBIDDEN, RESOURCE_LIMIT):
             break
-    channel.flush()
 
 
 def main(argv: list[str]) -> None:

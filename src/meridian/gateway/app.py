@@ -42,7 +42,7 @@ from .auth import RequestAuthenticator
 log = logging.getLogger("meridian.gateway")
 
 MAX_REQUEST_BYTES = 16 * 2**20
-MAX_BATCH = 2000
+MAX_BATCH_PROPOSALS = 2000
 MAX_WAIT_MS = 120_000
 SSE_HEARTBEAT_S = 15.0
 
@@ -67,20 +67,23 @@ def error_response(exc: MeridianError) -> ORJSON:
     return ORJSON({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
 
 
+def invalid_tx_error(receipt: Receipt) -> Conflict:
+    """The error a client gets for a transaction that was ordered but is invalid."""
+    code = receipt.code or TxCode.BAD_PROPOSAL
+    return Conflict(
+        f"transaction {receipt.tx_id} was ordered in block {receipt.block} but is "
+        f"invalid: {code.name}",
+        code=_TX_CODE_ERRORS.get(code, "tx_invalid"),
+        hint="re-read the current state and submit a new proposal",
+        details={"receipt": receipt.to_dict()},
+    )
+
+
 def receipt_response(receipt: Receipt) -> ORJSON:
     if receipt.status == "pending":
         return ORJSON({"receipt": receipt.to_dict()}, status_code=202)
     if not receipt.valid:
-        code = receipt.code or TxCode.BAD_PROPOSAL
-        return error_response(
-            Conflict(
-                f"transaction {receipt.tx_id} was ordered in block {receipt.block} but is "
-                f"invalid: {code.name}",
-                code=_TX_CODE_ERRORS.get(code, "tx_invalid"),
-                hint="re-read the current state and submit a new proposal",
-                details={"receipt": receipt.to_dict()},
-            )
-        )
+        return error_response(invalid_tx_error(receipt))
     return ORJSON({"receipt": receipt.to_dict()})
 
 
@@ -148,12 +151,20 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             MeridianError(f"internal error: {type(exc).__name__}", hint="see the node log")
         )
 
-    async def caller(request: Request) -> Identity:
-        body = await request.body()
-        if len(body) > MAX_REQUEST_BYTES:
-            raise InvalidInput("request body too large", code="too_large")
+    async def caller(request: Request, app_name: str | None = None) -> Identity:
+        """The authenticated caller; with ``app_name``, also a member org of that app."""
+        body = await _read_body(request)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        return auth.authenticate(request.method, request.url.path, request.url.query, headers, body)
+        identity = auth.authenticate(
+            request.method, request.url.path, request.url.query, headers, body
+        )
+        if app_name is not None and identity.org not in node.channel(app_name).rules.members:
+            raise Forbidden(
+                f"org {identity.org} is not a member of app {app_name}",
+                code="not_a_member",
+                hint="ask the app's members to invite your org",
+            )
+        return identity
 
     @app.get("/v1/health", tags=["node"], summary="Liveness (unauthenticated)")
     async def health() -> dict[str, Any]:
@@ -171,11 +182,12 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
 
     @app.get("/v1/apps", tags=["node"], summary="Apps hosted by this node")
     async def apps(request: Request) -> Any:
-        await caller(request)
+        identity = await caller(request)
         return {
             "apps": [
                 {"name": n, "height": c.height, "members": sorted(c.rules.members)}
                 for n, c in node.channels.items()
+                if identity.org in c.rules.members
             ]
         }
 
@@ -187,7 +199,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ReceiptOut}, 202: {"model": schemas.ReceiptOut}},
     )
     async def submit(app_name: str, request: Request) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         body = await _json_body(request)
         proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
         wait, timeout_s = _wait_args(body)
@@ -202,12 +214,13 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.BatchOut}},
     )
     async def submit_batch(app_name: str, request: Request) -> Any:
-        await caller(request)
-        node.channel(app_name)
+        await caller(request, app_name)
         body = await _json_body(request)
         raw = _get(body, "proposals", list, None)
-        if not 0 < len(raw) <= MAX_BATCH:
-            raise InvalidInput(f"a batch holds 1..{MAX_BATCH} proposals", code="malformed")
+        if not 0 < len(raw) <= MAX_BATCH_PROPOSALS:
+            raise InvalidInput(
+                f"a batch holds 1..{MAX_BATCH_PROPOSALS} proposals", code="malformed"
+            )
         wait, timeout_s = _wait_args(body)
         items = [_parse_or_error(item) for item in raw]
         good = [i for i in items if isinstance(i, SignedProposal)]
@@ -228,7 +241,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.EvaluateOut}},
     )
     async def evaluate(app_name: str, request: Request) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         body = await _json_body(request)
         proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
         return ORJSON({"response": await node.evaluate(app_name, proposal)})
@@ -240,7 +253,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ReceiptOut}},
     )
     async def tx_status(app_name: str, tx_id: str, request: Request) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         receipt = node.channel(app_name).get_receipt(tx_id)
         if receipt is None:
             raise NotFound(f"no transaction {tx_id} on app {app_name}", code="tx_not_found")
@@ -253,7 +266,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ProofOut}},
     )
     async def tx_proof(app_name: str, tx_id: str, request: Request) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         channel = node.channel(app_name)
         loc = channel.ledger.get_tx(tx_id)
         block = channel.ledger.get_block(loc.block) if loc else None
@@ -277,7 +290,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.BlockOut}},
     )
     async def get_block(app_name: str, number: str, request: Request) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         channel = node.channel(app_name)
         n = channel.height - 1 if number == "latest" else _block_number(number)
         block = channel.ledger.get_block(n) if n >= 0 else None
@@ -299,7 +312,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         summary="Committed contract definitions of an app",
     )
     async def contracts(app_name: str, request: Request) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         channel = node.channel(app_name)
         rows = channel.ledger.get_range(LIFECYCLE, "definition/", "definition0", 10_000)
         return {"contracts": [value for _, value, _ in rows]}
@@ -311,7 +324,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         response_class=StreamingResponse,
     )
     async def events(app_name: str, request: Request, from_block: int | None = None) -> Any:
-        await caller(request)
+        await caller(request, app_name)
         channel = node.channel(app_name)
         start = from_block
         if start is None:
@@ -382,6 +395,22 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     return app
 
 
+async def _read_body(request: Request) -> bytes:
+    """The body, refused as soon as it exceeds MAX_REQUEST_BYTES (never buffered whole)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_REQUEST_BYTES:
+        raise InvalidInput(f"request body over {MAX_REQUEST_BYTES} bytes", code="too_large")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_REQUEST_BYTES:
+            raise InvalidInput(f"request body over {MAX_REQUEST_BYTES} bytes", code="too_large")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    request._body = body  # Starlette's cache: later request.body() calls return it
+    return body
+
+
 def _block_number(text: str) -> int:
     if not text.isdigit() or len(text) > 18:
         raise InvalidInput(
@@ -401,13 +430,11 @@ def _batch_item(res: Receipt | MeridianError) -> dict[str, Any]:
     if isinstance(res, MeridianError):
         return {"ok": False, "error": res.to_dict()}
     if res.status == "committed" and not res.valid:
+        error = invalid_tx_error(res)
         return {
             "ok": False,
             "receipt": res.to_dict(),
-            "error": {
-                "code": _TX_CODE_ERRORS.get(res.code or TxCode.BAD_PROPOSAL, "tx_invalid"),
-                "message": f"invalid: {res.code.name if res.code else '?'}",
-            },
+            "error": {"code": error.code, "message": error.message, "hint": error.hint},
         }
     return {"ok": True, "receipt": res.to_dict()}
 

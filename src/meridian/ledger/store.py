@@ -200,10 +200,11 @@ class SqliteLedger:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     # ------------------------------------------------------------------------ blocks
 
@@ -383,10 +384,6 @@ class SqliteLedger:
         return [
             BlockEvent(b, t, i, tx_id, c, n, orjson.loads(p)) for b, t, i, tx_id, c, n, p in rows
         ]
-
-    def count_state_bytes(self) -> int:
-        row = self.reader().execute("SELECT COALESCE(SUM(LENGTH(value)), 0) FROM state")
-        return int(row.fetchone()[0])
 
 
 def _decode_block(header: bytes, body: bytes, number: int) -> Block:

@@ -23,7 +23,7 @@ import orjson
 
 from .. import codec
 from ..errors import InvalidInput, NotFound
-from ..types import NAME_RE
+from ..types import MAX_BLOCK_TXS, NAME_RE
 
 NETWORK_FILE = "network.json"
 MAX_CONFIG_BYTES = 4 * 2**20
@@ -151,6 +151,11 @@ class NetworkConfig:
         for name in names:
             if not NAME_RE.match(name):
                 raise InvalidInput(f"{name!r} is not a valid name", code="bad_config")
+        if not 1 <= self.block.max_txs <= MAX_BLOCK_TXS or not 1 <= self.block.timeout_ms <= 60_000:
+            raise InvalidInput(
+                f"block.max_txs must be 1..{MAX_BLOCK_TXS} and block.timeout_ms 1..60000",
+                code="bad_config",
+            )
         orgs = {o.id for o in self.orgs}
         for node in self.nodes:
             if node.org not in orgs:

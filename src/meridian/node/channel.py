@@ -191,9 +191,18 @@ class Channel:
         for tx in txs:
             if tx.tx_id in self._pending_ids:
                 raise Conflict(f"transaction {tx.tx_id} is already pending", code="duplicate_tx")
+        self._pending_ids.update(tx.tx_id for tx in txs)  # reserved now: a concurrent twin
+        # is refused. Shielded: once the write starts the transactions get ordered even if
+        # the client goes away, so nothing durable waits for a restart to be ordered.
+        await asyncio.shield(self._persist_and_order(txs))
+
+    async def _persist_and_order(self, txs: Sequence[Transaction]) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._accepting, self.pending.add, txs)
-        self._pending_ids.update(tx.tx_id for tx in txs)
+        try:
+            await loop.run_in_executor(self._accepting, self.pending.add, txs)
+        except BaseException:
+            self._pending_ids.difference_update(tx.tx_id for tx in txs)
+            raise
         self.orderer.submit(txs)
 
     def waiter(self, tx_id: str) -> asyncio.Future[Receipt]:

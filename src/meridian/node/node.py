@@ -51,7 +51,7 @@ from .channel import Channel, Receipt
 from .ordering import SoloOrderer
 from .policy import parse_policy
 from .revocations import load_revocations, save_revocations
-from .validate import AppRules
+from .validate import AppRules, get_governing_definition
 
 log = logging.getLogger("meridian.node")
 
@@ -222,10 +222,10 @@ class Node:
             ),
             invoker=self.registry.invoke,
         )
-        response, label = await self.registry.call(
+        response = await self.registry.call(
             sim, proposal.contract, proposal.function, list(proposal.args), submit=submit
         )
-        return sim.result(response, label)
+        return sim.result(response)
 
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
         payload = compute_endorsement_payload(signed.proposal.tx_id, result)
@@ -270,13 +270,10 @@ class Node:
         """Refuse to order what this node's endorsement alone cannot make valid."""
         members = channel.rules.members
         for ns in {rw.namespace for rw in result.rwsets} | {invoked}:
-            if ns.startswith("_"):
-                policy = channel.rules.system_policy
-            else:
-                definition = channel.get_definition(ns)
-                if definition is None:
-                    continue
-                policy = definition.policy
+            governing = get_governing_definition(ns, channel.rules, channel.get_definition)
+            if governing is None:
+                continue  # validation reports it (UNKNOWN_CONTRACT)
+            policy = governing[0]
             if not policy.is_satisfied({self.entry.org}, members):
                 raise Forbidden(
                     f"endorsement policy {policy} of {ns} needs more orgs than this node's "
@@ -298,8 +295,10 @@ class Node:
     ) -> list[Receipt]:
         channel = self.channel(app)
         txs = [item.tx for item in items]
-        futures = [channel.waiter(tx.tx_id) for tx in txs] if wait else []
         await channel.accept(txs)
+        # Registered after accept (no leak if it refuses) and before the next await, so
+        # no block holding them can be committed in between.
+        futures = [channel.waiter(tx.tx_id) for tx in txs] if wait else []
         if not wait:
             return [Receipt(tx.tx_id, "pending", response=tx.result.response) for tx in txs]
         receipts = await channel.wait_for_all([tx.tx_id for tx in txs], futures, timeout_s)

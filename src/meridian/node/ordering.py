@@ -37,9 +37,6 @@ class Orderer(Protocol):
     def submit(self, txs: Sequence[Transaction]) -> None:
         """Queue transactions (already durably accepted) for ordering."""
 
-    def queued(self) -> int:
-        """Transactions waiting to be ordered."""
-
     async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
         """Order forever, delivering each block in sequence."""
 
@@ -75,9 +72,6 @@ class SoloOrderer:
     def submit(self, txs: Sequence[Transaction]) -> None:
         self._queue.extend(txs)
         self._arrived.set()
-
-    def queued(self) -> int:
-        return len(self._queue)
 
     async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
         while True:

@@ -27,7 +27,8 @@ Checks, in order, for each transaction (first failure wins):
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -50,6 +51,9 @@ from ..types import (
     compute_endorsement_payload,
 )
 from .policy import Policy
+
+SYSTEM_LABEL = f"{LIFECYCLE}@0"
+_LABEL_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,63}@[0-9]{1,18}$")
 
 
 class CommittedState(Protocol):
@@ -265,25 +269,38 @@ def _endorsing_orgs(
     return orgs
 
 
+def get_governing_definition(
+    ns: str, rules: AppRules, get_definition: Callable[[str], ContractDefinition | None]
+) -> tuple[Policy, str] | None:
+    """(endorsement policy, version label) that govern namespace ``ns``; None if unknown."""
+    if ns.startswith("_"):
+        return (rules.system_policy, SYSTEM_LABEL) if ns == LIFECYCLE else None
+    definition = get_definition(ns)
+    return None if definition is None else (definition.policy, definition.label)
+
+
 def _check_definitions(
     tx: Transaction, overlay: _Overlay, rules: AppRules, endorsing: set[str]
 ) -> TxCode:
-    invoked = tx.proposal.contract
-    namespaces = {rw.namespace for rw in tx.result.rwsets} | {invoked}
-    for ns in sorted(namespaces):
-        if ns.startswith("_"):
-            if ns != LIFECYCLE:
-                return TxCode.UNKNOWN_CONTRACT
-            policy = rules.system_policy
-            label = f"{LIFECYCLE}@0"
-        else:
-            definition = overlay.get_definition(ns)
-            if definition is None:
-                return TxCode.UNKNOWN_CONTRACT
-            policy, label = definition.policy, definition.label
-        if ns == invoked and tx.result.contract_version != label:
+    """Every contract the endorsers ran is still at that version; policies are met.
+
+    ``contract_version`` lists ``name@sequence`` of every contract executed (the
+    invoked one and those it called), so an upgrade of any of them between
+    simulation and commit invalidates the transaction.
+    """
+    ran = set(tx.result.contract_version.split(",")) if tx.result.contract_version else set()
+    if not all(_LABEL_RE.match(label) for label in ran):
+        return TxCode.CONTRACT_VERSION_MISMATCH
+    namespaces = {rw.namespace for rw in tx.result.rwsets} | {tx.proposal.contract}
+    executed = {label.rpartition("@")[0] for label in ran}
+    for ns in sorted(namespaces | executed):
+        governing = get_governing_definition(ns, rules, overlay.get_definition)
+        if governing is None:
+            return TxCode.UNKNOWN_CONTRACT
+        policy, label = governing
+        if label not in ran:
             return TxCode.CONTRACT_VERSION_MISMATCH
-        if not policy.is_satisfied(endorsing, rules.members):
+        if ns in namespaces and not policy.is_satisfied(endorsing, rules.members):
             return TxCode.ENDORSEMENT_POLICY_FAILURE
     return TxCode.VALID
 
