@@ -346,3 +346,24 @@ def test_invalid_install_leaves_nothing_behind(tmp_path: Path) -> None:
         store.install(_tar_gz([_file(MANIFEST, SOURCES[MANIFEST]), _file("../x.py", b"x")]))
     assert list(store.root.iterdir()) == []
     assert not (tmp_path / "x.py").exists()
+
+
+# ------------------------------------------------------------- one spelling per file
+
+
+def _sources_with(*extra: tuple[str, bytes]) -> bytes:
+    return _tar_gz([*(_file(n, c) for n, c in SOURCES.items()), *(_file(n, c) for n, c in extra)])
+
+
+@pytest.mark.parametrize("alias", ["./extra.py", "pkg//extra.py", "pkg/./extra.py", "pkg/"])
+def test_invalid_non_canonical_member_paths(alias: str) -> None:
+    """`./m.py` and `m.py` would be two id entries but one file: refuse the spelling."""
+    _bad_package(_sources_with((alias, b"x = 1\n")))
+
+
+def test_invalid_duplicate_member() -> None:
+    _bad_package(_sources_with(("extra.py", b"GOOD = 1\n"), ("extra.py", b"EVIL = 1\n")))
+
+
+def test_invalid_file_that_is_also_a_directory() -> None:
+    _bad_package(_sources_with(("lib", b"a file\n"), ("lib/mod.py", b"x = 1\n")))

@@ -506,3 +506,10 @@ def test_invalid_query_through_the_ledger(docs: SqliteLedger) -> None:
         docs.query(NS, {"a;DROP": 1}, 10)
     assert exc.value.code == "bad_query"
     assert docs.get(NS, "car-1") is not None
+
+
+@pytest.mark.parametrize("operand", [2**63, -(2**63) - 1, {"$gt": 2**64 - 1}])
+def test_invalid_selector_integer_out_of_sqlite_range(operand: Any) -> None:
+    with pytest.raises(InvalidInput) as exc:
+        compile_selector({"n": operand})
+    assert exc.value.code == "bad_query"

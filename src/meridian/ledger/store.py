@@ -445,7 +445,11 @@ def _compile_op(expr: str, op: str, operand: Any, params: list[Any]) -> str:
 def _scalar(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, (str, int)):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        if not -(2**63) <= value < 2**63:
+            raise InvalidInput("selector integers must fit in 64 signed bits", code="bad_query")
         return value
     raise InvalidInput(
         "selector operands must be strings, integers, booleans or null", code="bad_query"

@@ -172,3 +172,10 @@ class Probe(Contract):
 
     def helper(self) -> None:
         """Not marked: not callable from outside."""
+
+    @query
+    def bad_key_then_dial(self, ctx: Context) -> str:
+        """A host error first, then a sandbox violation the contract swallows."""
+        with contextlib.suppress(Exception):  # the fixture misbehaves on purpose
+            ctx.put_state("", 1)
+        return self.dial(ctx)
