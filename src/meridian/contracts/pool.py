@@ -529,9 +529,15 @@ class ContractPool:
         }
         return await self._submit(request, ctx)
 
-    async def close(self) -> None:
-        """Fail what is queued, kill every worker (its process group) and wait for them."""
+    async def close(self, *, drain_s: float = 0.0) -> None:
+        """Refuse new calls; after up to ``drain_s`` for those already accepted to finish,
+        fail what is left, kill every worker (its process group) and wait for them."""
         self._closed = True
+        deadline = asyncio.get_running_loop().time() + drain_s
+        while (self._queue or any(w is not None and w.busy for w in self._slots)) and (
+            asyncio.get_running_loop().time() < deadline
+        ):
+            await asyncio.sleep(0.05)
         closed = Unavailable("the contract pool is closed", code="contract_pool_closed")
         while self._queue:
             _fail_call(self._queue.popleft(), closed)

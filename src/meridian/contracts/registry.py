@@ -73,7 +73,10 @@ class ContractRegistry:
         )
         self._pools[key] = (definition.package_id, pool)
         if current is not None:
-            task = asyncio.get_running_loop().create_task(current[1].close())
+            # calls already running on the old version finish (and will fail validation
+            # as CONTRACT_VERSION_MISMATCH) rather than being cut off
+            old = current[1].close(drain_s=self.limits.call_timeout_s)
+            task = asyncio.get_running_loop().create_task(old)
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
         return pool
