@@ -95,8 +95,16 @@ def handle_errors(json_mode: bool = False) -> Iterator[None]:
                 err_console.print(f"[yellow]hint:[/] {escape(exc.hint)}")
         raise typer.Exit(1) from None
     except httpx.TransportError as exc:
-        err_console.print(f"[bold red]error[/] [unreachable] cannot reach the gateway: {exc}")
-        err_console.print("[yellow]hint:[/] is the network up? try 'meridian up --detach'")
+        unreachable = MeridianError(
+            f"cannot reach the gateway: {exc}",
+            code="unreachable",
+            hint="is the network up? try 'meridian up --detach'",
+        )
+        if json_mode:
+            sys.stdout.write(orjson.dumps({"error": unreachable.to_dict()}).decode() + "\n")
+        else:
+            err_console.print(f"[bold red]error[/] {escape(str(unreachable))}")
+            err_console.print(f"[yellow]hint:[/] {escape(unreachable.hint or '')}")
         raise typer.Exit(1) from None
 
 

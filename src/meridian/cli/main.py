@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import signal
 import time
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -19,6 +20,13 @@ from ..network.init import InitOptions, init_network
 from . import contract, ledger, tx
 from .common import Settings, console, handle_errors, output, settings
 from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_healthy
+
+
+class SandboxMode(StrEnum):
+    AUTO = "auto"
+    BWRAP = "bwrap"
+    NONE = "none"
+
 
 app = typer.Typer(
     name="meridian",
@@ -106,7 +114,7 @@ def up(
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Start in the background and return once healthy."
     ),
-    sandbox: str = typer.Option("auto", help="Contract sandbox: auto, bwrap or none."),
+    sandbox: SandboxMode = typer.Option(SandboxMode.AUTO, help="Contract sandbox."),
 ) -> None:
     """Run the network's nodes (foreground until Ctrl-C, or --detach)."""
     s = settings(ctx)
@@ -120,7 +128,7 @@ def up(
                 hint="stop them with 'meridian down'",
             )
         with console.status("starting nodes..."):
-            procs = start_nodes(s.layout, config, detach=detach, sandbox=sandbox)
+            procs = start_nodes(s.layout, config, detach=detach, sandbox=sandbox.value)
             try:
                 wait_healthy(procs)
             except MeridianError:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import orjson
 import typer
+from rich.markup import escape
 
 from ..client import BlockEvent
 from .common import console, handle_errors, output, parse_args, settings
@@ -45,7 +46,7 @@ def submit(
         lambda: console.print(
             f"[green]{data['status']}[/] tx {data['tx_id'][:16]}… "
             f"{'in block ' + str(data.get('block')) if data.get('block') is not None else ''}\n"
-            f"response: {data['response']}"
+            f"response: {escape(str(data['response']))}"
         ),
     )
 
@@ -103,8 +104,8 @@ def block_show(
             p = tx["signed_proposal"]["proposal"]
             colour = "green" if code == "VALID" else "red"
             console.print(
-                f"  [{colour}]{code:<24}[/] {p['contract']}.{p['function']}"
-                f"({', '.join(map(str, p['args']))})"
+                f"  [{colour}]{code:<24}[/] "
+                + escape(f"{p['contract']}.{p['function']}({', '.join(map(str, p['args']))})")
             )
 
     output(s, data, human)
@@ -140,4 +141,4 @@ def events(
 
 def _print_block(block: BlockEvent) -> None:
     names = ", ".join(f"{e['contract']}.{e['name']}" for e in block.events)
-    console.print(f"block {block.block}: {len(block.txs)} tx {names}")
+    console.print(f"block {block.block}: {len(block.txs)} tx {escape(names)}")

@@ -539,7 +539,7 @@ class Membership:
     """Validates certificates against the member organisations' CAs and CRLs.
 
     The expensive part of :meth:`validate` (parsing and the CA signature check) is
-    cached by SHA-256 of the certificate in a bounded LRU; dates and revocation are
+    cached by the certificate's bytes in a bounded LRU; dates and revocation are
     checked on every call.
     """
 
