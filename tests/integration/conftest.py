@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -96,6 +98,29 @@ class RunningNetwork:
         finally:
             for gw in admins:
                 gw.close()
+
+
+def verify_ledgers(net: RunningNetwork) -> list[dict[str, Any]]:
+    """Run `meridian ledger verify --json` on a stopped network; assert every ledger is ok."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meridian.cli.main",
+            "--network",
+            str(net.layout.root),
+            "--json",
+            "ledger",
+            "verify",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    ledgers: list[dict[str, Any]] = json.loads(result.stdout)["ledgers"]
+    assert ledgers and all(ledger["ok"] for ledger in ledgers), ledgers
+    return ledgers
 
 
 def make_network(tmp: Path, **block: int) -> RunningNetwork:

@@ -6,8 +6,6 @@ committed exactly once after a restart, and `meridian ledger verify` must pass.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
 import time
 
@@ -16,7 +14,7 @@ import httpx
 from meridian.client import Gateway
 from meridian.errors import MeridianError
 
-from .conftest import RunningNetwork
+from .conftest import RunningNetwork, verify_ledgers
 
 SUBMITTERS = 4
 
@@ -98,20 +96,4 @@ def test_sigkill_under_load_loses_nothing_acknowledged(fresh_network: RunningNet
         assert contract.evaluate("count") == len(seen)
     net.stop()
 
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian.cli.main",
-            "--network",
-            str(net.layout.root),
-            "--json",
-            "ledger",
-            "verify",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert '"ok": true' in verify.stdout
+    verify_ledgers(net)

@@ -8,8 +8,6 @@ revocation took effect).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -18,7 +16,7 @@ from cryptography import x509
 from meridian.crypto.certs import CertificateAuthority
 from meridian.errors import CertificateError
 
-from .conftest import RunningNetwork
+from .conftest import RunningNetwork, verify_ledgers
 
 
 def test_backdated_revocation_keeps_earlier_verdicts(fresh_network: RunningNetwork) -> None:
@@ -49,20 +47,4 @@ def test_backdated_revocation_keeps_earlier_verdicts(fresh_network: RunningNetwo
         assert other.app("demo").transaction(early.tx_id).code == "VALID"
     net.stop()
 
-    verify = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian.cli.main",
-            "--network",
-            str(net.layout.root),
-            "--json",
-            "ledger",
-            "verify",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert '"ok": true' in verify.stdout
+    verify_ledgers(net)

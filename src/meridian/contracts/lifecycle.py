@@ -107,9 +107,23 @@ class Lifecycle(Contract):
             )
         return caller.org
 
-    def _next_sequence(self, ctx: SimulationContext, name: str) -> int:
+    def _propose(
+        self,
+        ctx: SimulationContext,
+        name: str,
+        version: str,
+        sequence: int,
+        package_id: str,
+        policy: str,
+    ) -> tuple[str, ContractDefinition]:
+        """(caller's org, the definition) once arguments, caller and sequence check out."""
+        parsed = _check_args(name, version, sequence, package_id, policy)
+        org = self._admin_org(ctx)
         current = ctx.get_state(definition_key(name))
-        return 1 if current is None else int(current["sequence"]) + 1
+        expected = 1 if current is None else int(current["sequence"]) + 1
+        if sequence != expected:
+            raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
+        return org, ContractDefinition(name, version, sequence, package_id, parsed)
 
     @transaction
     def approve(
@@ -121,12 +135,8 @@ class Lifecycle(Contract):
         package_id: str,
         policy: str = "MAJORITY",
     ) -> dict[str, Any]:
-        parsed = _check_args(name, version, sequence, package_id, policy)
-        org = self._admin_org(ctx)
-        expected = self._next_sequence(ctx, name)
-        if sequence != expected:
-            raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
-        approval = ContractDefinition(name, version, sequence, package_id, parsed).to_dict()
+        org, proposed = self._propose(ctx, name, version, sequence, package_id, policy)
+        approval = proposed.to_dict()
         ctx.put_state(approval_key(name, sequence, org), approval)
         ctx.emit("approved", {"org": org, **approval})
         return {"org": org, **approval}
@@ -141,12 +151,8 @@ class Lifecycle(Contract):
         package_id: str,
         policy: str = "MAJORITY",
     ) -> dict[str, Any]:
-        parsed = _check_args(name, version, sequence, package_id, policy)
-        self._admin_org(ctx)
-        expected = self._next_sequence(ctx, name)
-        if sequence != expected:
-            raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
-        definition = ContractDefinition(name, version, sequence, package_id, parsed).to_dict()
+        _, proposed = self._propose(ctx, name, version, sequence, package_id, policy)
+        definition = proposed.to_dict()
         approved = [
             org
             for org in self.members
