@@ -502,7 +502,8 @@ class ContractPool:
         self._workers = workers
         self._slots: list[_Worker | None] = [None] * (workers + MAX_INVOKE_DEPTH)
         self._starting: set[int] = set()
-        self._queue: deque[_Call] = deque()
+        # one queue per invoke depth: [0] holds proposals' own calls, [d] calls made d deep
+        self._queues: list[deque[_Call]] = [deque() for _ in range(MAX_INVOKE_DEPTH + 1)]
         self._reaping: set[asyncio.Task[None]] = set()
         self._info: ContractInfo | None = None
         self._closed = False
@@ -534,13 +535,12 @@ class ContractPool:
         fail what is left, kill every worker (its process group) and wait for them."""
         self._closed = True
         deadline = asyncio.get_running_loop().time() + drain_s
-        while (self._queue or any(w is not None and w.busy for w in self._slots)) and (
+        while (any(self._queues) or any(w is not None and w.busy for w in self._slots)) and (
             asyncio.get_running_loop().time() < deadline
         ):
             await asyncio.sleep(0.05)
         closed = Unavailable("the contract pool is closed", code="contract_pool_closed")
-        while self._queue:
-            _fail_call(self._queue.popleft(), closed)
+        self._fail_queued(closed)
         for index, worker in enumerate(self._slots):
             if worker is not None:
                 self._discard(worker, closed)
@@ -554,25 +554,21 @@ class ContractPool:
         if self._closed:
             raise Unavailable("the contract pool is closed", code="contract_pool_closed")
         call = _Call(request, ctx, asyncio.get_running_loop().create_future())
-        if call.depth:
-            self._queue.appendleft(call)  # its caller holds a worker: serve it first
-        else:
-            self._queue.append(call)
+        self._queues[call.depth].append(call)
         self._kick()
         return await call.future
 
     def _kick(self) -> None:
         """Hand queued calls to idle workers; start workers for empty slots.
 
-        Slots past ``workers`` are reserved, one per invoke depth, for calls made by
-        other contracts' calls: however many callers wait on nested calls, the
-        deepest waiting level always has a worker, so invokes cannot deadlock.
+        Calls made by other contracts' calls (``ctx.invoke``) go first: their callers
+        hold workers. Slots past ``workers`` are reserved, one per invoke depth, for
+        such calls only: however many callers wait on nested calls, the deepest waiting
+        level always has a worker, so invokes cannot deadlock.
         """
         for index, worker in enumerate(self._slots):
-            if not self._queue:
-                return
             depth = index - self._workers + 1 if index >= self._workers else 0
-            if depth and not any(c.depth == depth for c in self._queue):
+            if not (self._queues[depth] if depth else any(self._queues)):
                 continue
             if worker is None:
                 if index not in self._starting:
@@ -582,43 +578,45 @@ class ContractPool:
                 worker.run(batch)
 
     def _take(self, depth: int) -> list[_Call] | None:
-        if not depth:
-            return self._take_batch()
-        for call in self._queue:
-            if call.depth == depth and not call.future.done():
-                self._queue.remove(call)
-                return [call]
+        """Work for an idle worker: a reserved slot takes its depth, others anything."""
+        depths = [depth] if depth else range(MAX_INVOKE_DEPTH, -1, -1)
+        for d in depths:
+            queue = self._queues[d]
+            while queue and queue[0].future.done():
+                queue.popleft()  # its caller gave up (cancelled): don't run it
+            if queue:
+                return [queue.popleft()] if d else self._take_batch(queue)
         return None
 
-    def _take_batch(self) -> list[_Call] | None:
-        """A fair share of the queue that fits one frame; None if nothing is runnable."""
-        while self._queue and self._queue[0].future.done():
-            self._queue.popleft()  # its caller gave up (cancelled): don't run it
-        if not self._queue:
-            return None
-        first = self._queue.popleft()
+    def _take_batch(self, queue: deque[_Call]) -> list[_Call]:
+        """A fair share of the queue that fits one frame."""
+        first = queue.popleft()
         if first.op != "call":
             return [first]
-        size = min(MAX_BATCH, max(1, len(self._queue) // self._workers))
+        size = min(MAX_BATCH, max(1, len(queue) // self._workers))
         batch, budget = [first], MAX_FRAME_BYTES - BATCH_FRAME_SLACK - len(first.encoded)
-        while self._queue and len(batch) < size and self._queue[0].op == "call":
-            nxt = self._queue[0]
+        while queue and len(batch) < size and queue[0].op == "call":
+            nxt = queue[0]
             if nxt.future.done():
-                self._queue.popleft()
+                queue.popleft()
                 continue
             if len(nxt.encoded) + 1 > budget:
                 break
             budget -= len(nxt.encoded) + 1
-            batch.append(self._queue.popleft())
+            batch.append(queue.popleft())
         return batch
+
+    def _fail_queued(self, error: MeridianError) -> None:
+        for queue in self._queues:
+            while queue:
+                _fail_call(queue.popleft(), error)
 
     async def _start_slot(self, index: int) -> None:
         try:
             worker = await self._start_worker()
         except MeridianError as exc:
             if not any(self._slots):  # no worker at all: nothing queued can run
-                while self._queue:
-                    _fail_call(self._queue.popleft(), exc)
+                self._fail_queued(exc)
             else:
                 log.warning("contract %s: could not start a worker: %s", self.entry, exc)
             return
@@ -694,7 +692,7 @@ class ContractPool:
             if error is not None:
                 _fail_call(call, error)
             elif not call.future.done():
-                self._queue.appendleft(call)
+                self._queues[call.depth].appendleft(call)
         worker.kill()
         self._spawn(worker.wait_closed())
 
