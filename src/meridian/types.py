@@ -506,9 +506,27 @@ class Transaction:
         )
 
     def encode(self) -> bytes:
-        """Canonical bytes (computed once: records are immutable)."""
+        """Canonical bytes (computed once: records are immutable).
+
+        Spliced from the parts' own cached encodings, in canonical key order; equal
+        to ``codec.encode(self.to_dict())`` (a unit test holds it to that).
+        """
         if not self._encoded:
-            object.__setattr__(self, "_encoded", codec.encode(self.to_dict()))
+            signed = self.signed_proposal
+            encoded = b"".join(
+                (
+                    b'{"endorsements":',
+                    codec.encode([e.to_dict() for e in self.endorsements]),
+                    b',"result":',
+                    self.result.encode(),
+                    b',"signed_proposal":{"proposal":',
+                    signed.proposal.encode(),
+                    b',"signature":',
+                    codec.encode(codec.b64(signed.signature)),
+                    b"}}",
+                )
+            )
+            object.__setattr__(self, "_encoded", encoded)
         return self._encoded
 
     @classmethod

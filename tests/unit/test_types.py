@@ -260,6 +260,7 @@ def test_endorsement_round_trip(e: Endorsement) -> None:
 @settings(max_examples=20)
 @given(TRANSACTIONS)
 def test_transaction_round_trip(tx: Transaction) -> None:
+    assert tx.encode() == codec.encode(tx.to_dict())  # the spliced encoding is canonical
     back = Transaction.decode(tx.encode())
     assert back == tx
     assert back.tx_id == tx.tx_id
