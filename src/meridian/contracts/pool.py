@@ -75,6 +75,7 @@ RETIRING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})
 DEFAULT_LIMITS = SandboxLimits()
 MAX_BATCH = 64
 BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
+WATCHDOG_TICK_S = 0.05  # how often deadlines are checked (their precision)
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -135,7 +136,7 @@ _OP_FIELDS = {
 class _Call:
     """One request: its message, context, first host error, outcome and deadline."""
 
-    __slots__ = ("ctx", "depth", "encoded", "first_error", "future", "op", "timer")
+    __slots__ = ("ctx", "depth", "encoded", "first_error", "future", "op", "started")
 
     def __init__(
         self, request: Mapping[str, Any], ctx: SimulationContext | None, future: asyncio.Future[Any]
@@ -152,7 +153,7 @@ class _Call:
         self.depth = ctx.depth if ctx is not None else 0
         self.future = future
         self.first_error: MeridianError | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.started = 0.0  # loop time the worker began it (0: not yet)
 
 
 class _PoolHooks(Protocol):
@@ -307,8 +308,6 @@ class _Worker(asyncio.SubprocessProtocol):
             self._serve(call, op, message)
             return
         self.batch.popleft()
-        if call.timer is not None:
-            call.timer.cancel()
         if op == "error" and message.get("code") in RETIRING_CODES:
             self.retire = True  # its sandbox flag or memory is spent, whoever is told
         if not call.future.done():
@@ -507,6 +506,7 @@ class ContractPool:
         self._reaping: set[asyncio.Task[None]] = set()
         self._info: ContractInfo | None = None
         self._closed = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     @property
     def info(self) -> ContractInfo | None:
@@ -545,6 +545,10 @@ class ContractPool:
             if worker is not None:
                 self._discard(worker, closed)
                 self._slots[index] = None
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
         while self._reaping:  # reaping one worker can schedule more work: drain it all
             await asyncio.gather(*list(self._reaping), return_exceptions=True)
 
@@ -646,8 +650,22 @@ class ContractPool:
     # ------------------------------------------------------------- worker callbacks
 
     def on_call_started(self, worker: _Worker, call: _Call) -> None:
+        call.started = asyncio.get_running_loop().time()
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        """Expire calls over their deadline (one periodic check, not a timer per call)."""
         loop = asyncio.get_running_loop()
-        call.timer = loop.call_later(self.limits.call_timeout_s, self._expire, worker, call)
+        tick = min(WATCHDOG_TICK_S, self.limits.call_timeout_s / 10)
+        while not self._closed and any(w is not None and w.busy for w in self._slots):
+            await asyncio.sleep(tick)
+            now = loop.time()
+            for worker in list(self._slots):
+                if worker is not None and worker.batch:
+                    call = worker.batch[0]
+                    if call.started and now - call.started > self.limits.call_timeout_s:
+                        self._expire(worker, call)
 
     def on_batch_done(self, worker: _Worker) -> None:
         if worker.retire or worker.calls >= self.limits.max_calls_per_worker:
@@ -657,8 +675,6 @@ class ContractPool:
     def on_gone(self, worker: _Worker, gone: _WorkerGone) -> None:
         if worker.batch:
             current = worker.batch.popleft()
-            if current.timer is not None:
-                current.timer.cancel()
             self._spawn(_fail_with_death(worker, gone, current))
         self._release(worker, None)
         self._kick()
@@ -687,8 +703,6 @@ class ContractPool:
     def _discard(self, worker: _Worker, error: MeridianError | None) -> None:
         while worker.batch:
             call = worker.batch.pop()
-            if call.timer is not None:
-                call.timer.cancel()
             if error is not None:
                 _fail_call(call, error)
             elif not call.future.done():
