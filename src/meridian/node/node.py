@@ -381,11 +381,17 @@ class Node:
     def update_crl(self, org: str, crl_pem: bytes) -> None:
         """Apply a new revocation list for ``org`` (checked against the org's CA).
 
-        It takes effect now (see :mod:`meridian.node.revocations`), is recorded in the
-        data directory, and is copied to the network directory for other tools.
+        It takes effect now (see :mod:`meridian.node.revocations`), and is recorded in
+        the data directory *before* it applies, so that a revocation this node acted on
+        is never forgotten by a restart (or by ``ledger verify``). A copy goes to the
+        network directory for other tools.
         """
-        self.membership.update_crl(org, crl_pem, received_at=_now())
-        save_revocations(self.data_dir, self.membership)
+        when = _now()
+        staged = Membership({o.id: o.ca_pem for o in self.config.orgs})
+        staged.restore_revocations(self.membership.revocations())
+        staged.update_crl(org, crl_pem, received_at=when)  # refuses a bad CRL: no change
+        save_revocations(self.data_dir, staged)
+        self.membership.update_crl(org, crl_pem, received_at=when)
         write_file(self.layout.crl_file(org), crl_pem)
 
     def status(self) -> dict[str, Any]:
