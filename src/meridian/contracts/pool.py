@@ -522,13 +522,19 @@ class ContractPool:
 
     async def call(self, function: str, args: list[Any], ctx: SimulationContext) -> Any:
         """Run ``function(ctx, *args)`` in a worker; the contract's return value."""
+        return await self.start_call(function, args, ctx)
+
+    def start_call(
+        self, function: str, args: list[Any], ctx: SimulationContext
+    ) -> asyncio.Future[Any]:
+        """Queue ``function(ctx, *args)``; the future of its return value (no task needed)."""
         request = {
             "op": "call",
             "function": function,
             "args": _validate_args(args),
             "ctx": _ctx_to_dict(ctx),
         }
-        return await self._submit(request, ctx)
+        return self._enqueue(request, ctx)
 
     async def close(self, *, drain_s: float = 0.0) -> None:
         """Refuse new calls; after up to ``drain_s`` for those already accepted to finish,
@@ -555,12 +561,17 @@ class ContractPool:
     # ------------------------------------------------------------------- scheduling
 
     async def _submit(self, request: Mapping[str, Any], ctx: SimulationContext | None) -> Any:
+        return await self._enqueue(request, ctx)
+
+    def _enqueue(
+        self, request: Mapping[str, Any], ctx: SimulationContext | None
+    ) -> asyncio.Future[Any]:
         if self._closed:
             raise Unavailable("the contract pool is closed", code="contract_pool_closed")
         call = _Call(request, ctx, asyncio.get_running_loop().create_future())
         self._queues[call.depth].append(call)
         self._kick()
-        return await call.future
+        return call.future
 
     def _kick(self) -> None:
         """Hand queued calls to idle workers; start workers for empty slots.

@@ -84,19 +84,61 @@ class ContractRegistry:
     async def call(
         self, sim: Simulation, contract: str, function: str, args: list[Any], *, submit: bool
     ) -> Any:
-        """Run ``contract.function(*args)`` and return its response.
+        """Run ``contract.function(*args)`` and return its response."""
+        return await self.start_call(sim, contract, function, args, submit=submit)
 
-        Every contract version that runs is recorded in the simulation (see
-        :meth:`Simulation.record_version`), nested calls included.
+    def start_call(
+        self, sim: Simulation, contract: str, function: str, args: list[Any], *, submit: bool
+    ) -> asyncio.Future[Any]:
+        """Start ``contract.function(*args)``; the future of its response.
+
+        Errors found before the call runs (unknown contract or function, a query
+        submitted) are raised here. Every contract version that runs is recorded in
+        the simulation (see :meth:`Simulation.record_version`), nested calls included.
         """
+        loop = asyncio.get_running_loop()
         if contract == LIFECYCLE:
             sim.record_version(f"{LIFECYCLE}@0")
-            return self._call_lifecycle(sim, function, args, submit=submit)
+            done: asyncio.Future[Any] = loop.create_future()
+            done.set_result(self._call_lifecycle(sim, function, args, submit=submit))
+            return done
         if contract.startswith("_"):
             raise NotFound(f"no system contract {contract!r}", code="unknown_contract")
         definition = self.definition(sim.app, contract)
         pool = self.pool_for(sim.app, definition)
-        info = pool.info or await pool.describe()
+        if pool.info is None:  # first call: learn the functions, then run it
+            return loop.create_task(
+                self._first_call(pool, definition, sim, function, args, submit=submit)
+            )
+        return self._start_on(pool, definition, sim, function, args, submit=submit)
+
+    async def _first_call(
+        self,
+        pool: ContractPool,
+        definition: ContractDefinition,
+        sim: Simulation,
+        function: str,
+        args: list[Any],
+        *,
+        submit: bool,
+    ) -> Any:
+        await pool.describe()
+        return await self._start_on(pool, definition, sim, function, args, submit=submit)
+
+    def _start_on(
+        self,
+        pool: ContractPool,
+        definition: ContractDefinition,
+        sim: Simulation,
+        function: str,
+        args: list[Any],
+        *,
+        submit: bool,
+    ) -> asyncio.Future[Any]:
+        contract = definition.name
+        info = pool.info
+        if info is None:  # callers describe() first; a pool that forgot is broken
+            raise ContractFailure("the contract's functions are unknown", code="contract_crashed")
         fn = info.functions.get(function)
         if fn is None:
             raise NotFound(
@@ -109,7 +151,7 @@ class ContractRegistry:
                 f"{contract}.{function} is a query: evaluate it instead", code="not_a_transaction"
             )
         sim.record_version(definition.label)
-        return await pool.call(function, args, sim.context(contract))
+        return pool.start_call(function, args, sim.context(contract))
 
     async def invoke(self, sim: Simulation, contract: str, function: str, args: list[Any]) -> Any:
         """A contract calling another contract of the same app (in the same simulation)."""

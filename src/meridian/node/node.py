@@ -70,6 +70,16 @@ class NodeOptions:
 
 
 @dataclass(frozen=True, slots=True)
+class _Simulating:
+    """A checked proposal whose contract call is running."""
+
+    signed: SignedProposal
+    caller: Identity
+    sim: Simulation
+    future: asyncio.Future[Any]
+
+
+@dataclass(frozen=True, slots=True)
 class Endorsed:
     """A simulated and endorsed proposal, ready for ordering."""
 
@@ -207,9 +217,10 @@ class Node:
 
     # ------------------------------------------------------------------- endorsement
 
-    async def simulate(
+    def _start_simulation(
         self, app: str, signed: SignedProposal, caller: Identity, *, submit: bool
-    ) -> TxResult:
+    ) -> _Simulating:
+        """Start running the proposal's contract call; raises what is wrong up front."""
         proposal = signed.proposal
         channel = self.channel(app)
         sim = Simulation(
@@ -222,10 +233,16 @@ class Node:
             ),
             invoker=self.registry.invoke,
         )
-        response = await self.registry.call(
+        future = self.registry.start_call(
             sim, proposal.contract, proposal.function, list(proposal.args), submit=submit
         )
-        return sim.result(response)
+        return _Simulating(signed, caller, sim, future)
+
+    async def simulate(
+        self, app: str, signed: SignedProposal, caller: Identity, *, submit: bool
+    ) -> TxResult:
+        running = self._start_simulation(app, signed, caller, submit=submit)
+        return running.sim.result(await running.future)
 
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
         payload = compute_endorsement_payload(signed.proposal.tx_id, result)
@@ -234,19 +251,11 @@ class Node:
         remember_own_signature(self.signer.suite, self._public_key, bytes(digest), signature)
         return Transaction(signed, result, (Endorsement(self.cert_der, signature),))
 
-    async def prepare(
-        self, app: str, signed: SignedProposal, committed: set[str] | None = None
-    ) -> Endorsed:
-        """Check, simulate and endorse one proposal for submission.
-
-        ``committed``: the batch's tx ids already in the ledger, when the caller looked
-        them up at once (else this proposal's id is looked up here).
-        """
+    def _start(self, app: str, signed: SignedProposal, committed: set[str]) -> _Simulating:
+        """Check a proposal for submission and start simulating it."""
         caller = self.check_proposal(app, signed)
         channel = self.channel(app)
         tx_id = signed.proposal.tx_id
-        if committed is None:
-            committed = channel.ledger.known_tx_ids([tx_id])
         if channel.is_pending(tx_id) or tx_id in committed:
             raise Conflict(
                 f"transaction {tx_id} was already submitted",
@@ -254,9 +263,13 @@ class Node:
                 hint="a replayed proposal is never executed twice; query its status instead",
                 details={"tx_id": tx_id},
             )
-        result = await self.simulate(app, signed, caller, submit=True)
-        self._check_policies(channel, signed.proposal.contract, result)
-        tx = self.endorse(signed, result)
+        return self._start_simulation(app, signed, caller, submit=True)
+
+    def _finish(self, app: str, running: _Simulating) -> Endorsed:
+        """Endorse a finished simulation (its future must be done)."""
+        result = running.sim.result(running.future.result())
+        self._check_policies(self.channel(app), running.signed.proposal.contract, result)
+        tx = self.endorse(running.signed, result)
         if len(tx.encode()) > MAX_TX_BYTES:
             raise ContractFailure(
                 f"the transaction would be {len(tx.encode())} bytes, over the limit of "
@@ -264,7 +277,14 @@ class Node:
                 code="contract_limit",
                 hint="write less data per transaction (split it into several)",
             )
-        return Endorsed(tx, caller)
+        return Endorsed(tx, running.caller)
+
+    async def prepare(self, app: str, signed: SignedProposal) -> Endorsed:
+        """Check, simulate and endorse one proposal for submission."""
+        committed = self.channel(app).ledger.known_tx_ids([signed.proposal.tx_id])
+        running = self._start(app, signed, committed)
+        await asyncio.wait([running.future])
+        return self._finish(app, running)
 
     def _check_policies(self, channel: Channel, invoked: str, result: TxResult) -> None:
         """Refuse to order what this node's endorsement alone cannot make valid."""
@@ -320,7 +340,18 @@ class Node:
         """Endorse many proposals concurrently and accept the good ones in one write."""
         await self._preverify(items)
         committed = self.channel(app).ledger.known_tx_ids([s.proposal.tx_id for s in items])
-        results = await asyncio.gather(*(self._prepare_or_error(app, s, committed) for s in items))
+        started: list[_Simulating | MeridianError] = []
+        for signed in items:  # all calls queued at once: no task per transaction
+            try:
+                started.append(self._start(app, signed, committed))
+            except MeridianError as exc:
+                started.append(exc)
+        futures = [s.future for s in started if isinstance(s, _Simulating)]
+        if futures:
+            await asyncio.wait(futures)
+        results = [
+            s if isinstance(s, MeridianError) else self._finish_or_error(app, s) for s in started
+        ]
         seen: set[str] = set()
         endorsed: list[Endorsed] = []
         for i, res in enumerate(results):
@@ -362,11 +393,9 @@ class Node:
             )
         )
 
-    async def _prepare_or_error(
-        self, app: str, signed: SignedProposal, committed: set[str]
-    ) -> Endorsed | MeridianError:
+    def _finish_or_error(self, app: str, running: _Simulating) -> Endorsed | MeridianError:
         try:
-            return await self.prepare(app, signed, committed)
+            return self._finish(app, running)
         except MeridianError as exc:
             return exc
 
