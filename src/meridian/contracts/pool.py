@@ -44,6 +44,7 @@ from ..errors import (
     NotFound,
     Unavailable,
 )
+from .api import CallerIdentity
 from .sandbox import (
     SandboxLimits,
     compute_worker_command,
@@ -768,10 +769,25 @@ def _ctx_to_dict(ctx: SimulationContext) -> dict[str, Any]:
     return {
         "tx_id": ctx.tx_id,
         "timestamp_ms": ctx.timestamp_ms,
-        "caller": ctx.caller.to_dict(),
+        "caller": _caller_dict(ctx.caller),
         "app": ctx.app,
         "contract": ctx.contract,
     }
+
+
+_CALLER_DICTS: dict[str, dict[str, Any]] = {}
+
+
+def _caller_dict(caller: CallerIdentity) -> dict[str, Any]:
+    """``caller.to_dict()``, memoised by certificate fingerprint (fixed per certificate)."""
+    if not caller.fingerprint:
+        return caller.to_dict()
+    found = _CALLER_DICTS.get(caller.fingerprint)
+    if found is None:
+        if len(_CALLER_DICTS) >= 4096:
+            _CALLER_DICTS.clear()
+        found = _CALLER_DICTS[caller.fingerprint] = caller.to_dict()
+    return found
 
 
 def _parse_contract_info(value: Any) -> ContractInfo:

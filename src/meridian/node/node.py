@@ -108,6 +108,7 @@ class Node:
             self.packages, limits=self.options.limits, workers=self.options.contract_workers
         )
         self.channels: dict[str, Channel] = {}
+        self._callers: dict[str, CallerIdentity] = {}
         self._crypto = ThreadPoolExecutor(self.options.crypto_threads, thread_name_prefix="crypto")
         self.started_ms = int(time.time() * 1000)
         self.sandbox_mode = self.options.limits.mode
@@ -228,15 +229,28 @@ class Node:
             app=app,
             tx_id=proposal.tx_id,
             timestamp_ms=proposal.timestamp_ms,
-            caller=CallerIdentity(
-                caller.org, caller.name, str(caller.role), dict(caller.attrs), caller.fingerprint
-            ),
+            caller=self._caller_identity(caller),
             invoker=self.registry.invoke,
         )
         future = self.registry.start_call(
             sim, proposal.contract, proposal.function, list(proposal.args), submit=submit
         )
         return _Simulating(signed, caller, sim, future)
+
+    def _caller_identity(self, identity: Identity) -> CallerIdentity:
+        """What contracts see of the caller (memoised: fixed per certificate)."""
+        found = self._callers.get(identity.fingerprint)
+        if found is None:
+            if len(self._callers) >= 4096:
+                self._callers.clear()
+            found = self._callers[identity.fingerprint] = CallerIdentity(
+                identity.org,
+                identity.name,
+                str(identity.role),
+                dict(identity.attrs),
+                identity.fingerprint,
+            )
+        return found
 
     async def simulate(
         self, app: str, signed: SignedProposal, caller: Identity, *, submit: bool
