@@ -61,7 +61,6 @@ from .worker import (
     MAX_FRAME_BYTES,
     RESOURCE_LIMIT,
     UNKNOWN_FUNCTION,
-    encode_frame,
 )
 
 log = logging.getLogger("meridian.contracts")
@@ -757,9 +756,8 @@ async def _death_error(worker: _Worker, gone: _WorkerGone) -> ContractFailure:
 def _validate_args(args: Any) -> list[Any]:
     if not isinstance(args, list):
         raise ContractArgumentError("arguments must be a JSON list", code=BAD_ARGUMENT)
-    try:
+    try:  # the frame size is checked once, when the request is encoded (_Call)
         codec.validate_value(args, what="arguments")
-        encode_frame({"args": args})
     except InvalidInput as exc:
         raise ContractArgumentError(exc.message, code=BAD_ARGUMENT, hint=exc.hint) from exc
     return args

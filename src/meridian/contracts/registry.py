@@ -106,24 +106,24 @@ class ContractRegistry:
             raise NotFound(f"no system contract {contract!r}", code="unknown_contract")
         definition = self.definition(sim.app, contract)
         pool = self.pool_for(sim.app, definition)
-        if pool.info is None:  # first call: learn the functions, then run it
+        if pool.info is None:  # first call: learn the functions, then start it again
             return loop.create_task(
-                self._first_call(pool, definition, sim, function, args, submit=submit)
+                self._describe_then_call(pool, sim, contract, function, args, submit=submit)
             )
         return self._start_on(pool, definition, sim, function, args, submit=submit)
 
-    async def _first_call(
+    async def _describe_then_call(
         self,
         pool: ContractPool,
-        definition: ContractDefinition,
         sim: Simulation,
+        contract: str,
         function: str,
         args: list[Any],
         *,
         submit: bool,
     ) -> Any:
         await pool.describe()
-        return await self._start_on(pool, definition, sim, function, args, submit=submit)
+        return await self.start_call(sim, contract, function, args, submit=submit)
 
     def _start_on(
         self,

@@ -201,7 +201,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     async def submit(app_name: str, request: Request) -> Any:
         await caller(request, app_name)
         body = await _json_body(request)
-        proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
+        proposal = _proposal_of(body)
         wait, timeout_s = _wait_args(body)
         receipt = await node.submit(app_name, proposal, wait=wait, timeout_s=timeout_s)
         return receipt_response(receipt)
@@ -243,7 +243,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     async def evaluate(app_name: str, request: Request) -> Any:
         await caller(request, app_name)
         body = await _json_body(request)
-        proposal = SignedProposal.from_dict(_get(body, "proposal", dict, None))
+        proposal = _proposal_of(body)
         return ORJSON({"response": await node.evaluate(app_name, proposal)})
 
     @app.get(
@@ -417,6 +417,10 @@ def _block_number(text: str) -> int:
             "block number must be a non-negative integer or 'latest'", code="malformed"
         )
     return int(text)
+
+
+def _proposal_of(body: Any) -> SignedProposal:
+    return SignedProposal.from_dict(_get(body, "proposal", dict, None))
 
 
 def _parse_or_error(item: Any) -> SignedProposal | MeridianError:
