@@ -550,14 +550,16 @@ class BlockHeader:
     previous_hash: Digest  # 32 zero bytes for the genesis block
     data_hash: Digest  # Merkle root of the transaction hashes
     last_result_root: Digest  # result root of the previous block (zero for genesis)
-    timestamp_ms: int
+    timestamp_ms: int  # the proposer's clock, checked by voters, strictly increasing
     tx_count: int
+    proposer: str  # node id of the consenter that proposed the block
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "network": self.network,
             "app": self.app,
             "number": self.number,
+            "proposer": self.proposer,
             "previous_hash": self.previous_hash.hex(),
             "data_hash": self.data_hash.hex(),
             "last_result_root": self.last_result_root.hex(),
@@ -580,6 +582,7 @@ class BlockHeader:
             last_result_root=_digest(_field(d, "last_result_root", str, what), "last_result_root"),
             timestamp_ms=_nonneg(_field(d, "timestamp_ms", int, what), "header.timestamp_ms"),
             tx_count=tx_count,
+            proposer=_name(_field(d, "proposer", str, what), "header.proposer"),
         )
 
     def encode(self) -> bytes:

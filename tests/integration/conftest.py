@@ -128,7 +128,7 @@ def make_network(tmp: Path, **block: int) -> RunningNetwork:
     config = init_network(
         layout.root,
         InitOptions(
-            base_port=free_port_block(1), block=BlockConfig(**block) if block else BlockConfig()
+            base_port=free_port_block(2), block=BlockConfig(**block) if block else BlockConfig()
         ),
     )
     return RunningNetwork(layout, config, [])

@@ -80,7 +80,7 @@ def test_every_command_has_help(command: list[str]) -> None:
 @pytest.fixture()
 def cli_network(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "net"
-    meridian("network", "init", str(root), "--base-port", str(free_port_block(1)))
+    meridian("network", "init", str(root), "--base-port", str(free_port_block(2)))
     try:
         yield root
     finally:

@@ -21,7 +21,7 @@ from .conftest import RunningNetwork
 def three_orgs(tmp_path: Path) -> Iterator[RunningNetwork]:
     """org1 and org2 are members of `demo`; org3 is on the network but not in the app."""
     layout = NetworkLayout(tmp_path / "network")
-    config = init_network(layout.root, InitOptions(orgs=3, base_port=free_port_block(1)))
+    config = init_network(layout.root, InitOptions(orgs=3, base_port=free_port_block(2)))
     config = replace(config, apps=(replace(config.apps[0], members=("org1", "org2")),))
     layout.save(config)
     net = RunningNetwork(layout, config, [])

@@ -61,6 +61,7 @@ def _block(number: int, txs: list[Transaction], previous: Digest = ZERO_DIGEST) 
         ZERO_DIGEST,
         1_900_000_000_000 + number * 1000,
         len(txs),
+        "node1",
     )
     return Block(header, tuple(txs))
 

@@ -110,6 +110,7 @@ HEADERS = st.builds(
     DIGESTS,
     U63,
     st.integers(0, MAX_BLOCK_TXS),
+    NAMES,
 )
 
 
@@ -128,6 +129,7 @@ def blocks(draw: st.DrawFn) -> Block:
             header.last_result_root,
             header.timestamp_ms,
             len(txs),
+            header.proposer,
         ),
         txs,
     )
@@ -177,6 +179,7 @@ def _header(**changes: Any) -> BlockHeader:
         "last_result_root": bytes([0xAB]) * 32,
         "timestamp_ms": 1_900_000_000_500,
         "tx_count": 0,
+        "proposer": "node1",
     }
     fields.update(changes)
     return BlockHeader(**fields)

@@ -202,6 +202,7 @@ def _block(txs: Sequence[Transaction], number: int = 1, ms: int = BLOCK_MS) -> B
         ZERO_DIGEST,
         ms,
         len(txs),
+        "node1",
     )
     return Block(header, tuple(txs))
 

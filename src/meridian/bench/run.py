@@ -152,7 +152,7 @@ def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> Benc
     layout = NetworkLayout(root / "network")
     config = init_network(
         layout.root,
-        InitOptions(base_port=free_port_block(1), block=BlockConfig(max_txs=2000, timeout_ms=20)),
+        InitOptions(base_port=free_port_block(2), block=BlockConfig(max_txs=2000, timeout_ms=20)),
     )
     url = config.nodes[0].url
     procs = start_nodes(layout, config, detach=True)

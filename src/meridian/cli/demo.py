@@ -15,6 +15,7 @@ from ..crypto.certs import Membership
 from ..errors import MeridianError
 from ..network.config import NetworkLayout
 from ..network.init import InitOptions, init_network
+from ..node.node import get_consenters
 from ..node.policy import parse_policy
 from ..node.revocations import load_revocations
 from ..node.validate import AppRules
@@ -37,7 +38,7 @@ def run_demo(*, keep: bool = False) -> None:
     """Init a 2-org network, start its node, deploy, run the scenario, verify."""
     root = Path(tempfile.mkdtemp(prefix="meridian-demo-"))
     layout = NetworkLayout(root / "network")
-    config = init_network(layout.root, InitOptions(base_port=free_port_block(1)))
+    config = init_network(layout.root, InitOptions(base_port=free_port_block(2)))
     console.print(Rule("Meridian demo"))
     console.print(
         f"network [bold]{config.network}[/] in {layout.root}: orgs "
@@ -128,18 +129,20 @@ def _scenario(layout: NetworkLayout, url: str, network: str) -> None:
 def _verify(layout: NetworkLayout) -> None:
     console.print(Rule("5. meridian ledger verify"))
     config = layout.load()
-    membership = Membership({o.id: o.ca_pem for o in config.orgs})
-    load_revocations(layout.data_dir(config.nodes[0].id), membership)
     app = config.apps[0]
     rules = AppRules(
         config.network, app.name, frozenset(app.members), parse_policy(app.system_policy)
     )
-    path = layout.data_dir(config.nodes[0].id) / "ledgers" / f"{app.name}.sqlite"
-    report = verify_ledger(path, membership, rules)
-    if not report.ok:
-        raise MeridianError("; ".join(report.problems), code="verify_failed")
-    console.print(
-        f"  [green]ok[/]: {report.blocks} blocks, {report.transactions} txs "
-        f"({report.valid} valid), {report.state_keys} state keys; hash chain, "
-        "Merkle roots, verdicts and state re-checked"
-    )
+    for entry in config.nodes:
+        membership = Membership({o.id: o.ca_pem for o in config.orgs})
+        load_revocations(layout.data_dir(entry.id), membership)
+        consenters = get_consenters(config, membership, app)
+        path = layout.data_dir(entry.id) / "ledgers" / f"{app.name}.sqlite"
+        report = verify_ledger(path, membership, rules, consenters)
+        if not report.ok:
+            raise MeridianError("; ".join(report.problems), code="verify_failed")
+        console.print(
+            f"  [green]ok[/] {entry.id}: {report.blocks} blocks, {report.transactions} txs "
+            f"({report.valid} valid), {report.state_keys} state keys; hash chain, "
+            "Merkle roots, commit certificates, verdicts and state re-checked"
+        )

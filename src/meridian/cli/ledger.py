@@ -10,6 +10,7 @@ from rich.progress import Progress, TaskID
 
 from ..crypto.certs import Membership
 from ..errors import Corruption, NotFound
+from ..node.node import get_consenters
 from ..node.policy import parse_policy
 from ..node.revocations import load_revocations
 from ..node.validate import AppRules
@@ -49,6 +50,7 @@ def verify(
                         path,
                         membership,
                         rules,
+                        get_consenters(config, membership, app_cfg),
                         progress=functools.partial(_advance, bar, task),
                     )
                 results.append(

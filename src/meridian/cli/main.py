@@ -79,7 +79,9 @@ def network_init(
     nodes: int = typer.Option(1, help="Number of nodes (assigned to orgs round robin)."),
     app_name: str = typer.Option("demo", "--app-name", help="Name of the first application."),
     network_id: str = typer.Option("meridian", help="Network id (bound into signatures)."),
-    base_port: int = typer.Option(7050, help="Gateway port of node1; node N uses base+N-1."),
+    base_port: int = typer.Option(
+        7050, help="Gateway port of node1; node N serves its gateway on base+2(N-1), peers on +1."
+    ),
     block_max_txs: int = typer.Option(1000, help="Cut a block at this many transactions."),
     block_timeout_ms: int = typer.Option(20, help="...or this long after the first arrived."),
 ) -> None:

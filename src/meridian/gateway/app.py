@@ -1,6 +1,7 @@
 """The REST gateway of a node (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
 
-Every endpoint but ``/v1/health`` is authenticated by a request signature
+Every endpoint but ``/v1/health`` and ``/metrics`` (Prometheus counters, no ledger
+data) is authenticated by a request signature
 (:mod:`meridian.gateway.auth`). Errors are ``{"error": {"code", "message", "hint"}}``
 with a status per error branch (:mod:`meridian.errors`); ``429`` carries
 ``Retry-After``. Request bodies are parsed with the canonical codec (strict: no
@@ -18,7 +19,8 @@ from typing import Any
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST as METRICS_CONTENT_TYPE
 
 from .. import __version__, codec
 from ..contracts.lifecycle import LIFECYCLE
@@ -126,7 +128,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         title="Meridian gateway",
         version=__version__,
         description=(
-            "REST API of a Meridian node. Every request except /v1/health carries "
+            "REST API of a Meridian node. Every request except /v1/health and /metrics carries "
             "X-Meridian-Cert, X-Meridian-Time, X-Meridian-Nonce and X-Meridian-Signature "
             '(see docs/gateway-api.md). Errors: {"error": {"code", "message", '
             '"hint"}}.'
@@ -169,6 +171,15 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     @app.get("/v1/health", tags=["node"], summary="Liveness (unauthenticated)")
     async def health() -> dict[str, Any]:
         return {"ok": True, "node": node.id, "network": node.config.network}
+
+    @app.get(
+        "/metrics",
+        tags=["node"],
+        summary="Prometheus metrics (unauthenticated; counters only)",
+        response_class=PlainTextResponse,
+    )
+    async def metrics() -> PlainTextResponse:
+        return PlainTextResponse(node.metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     @app.get(
         "/v1/status",

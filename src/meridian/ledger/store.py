@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     header BLOB NOT NULL,
     body BLOB NOT NULL,
     codes BLOB NOT NULL,
-    result_root BLOB NOT NULL
+    result_root BLOB NOT NULL,
+    certificate BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS txs (
     tx_id TEXT PRIMARY KEY,
@@ -112,6 +113,7 @@ class CommitBatch:
     writes: tuple[StateWrite, ...]
     events: tuple[BlockEvent, ...]
     result_root: Digest
+    certificate: bytes = b""  # the consensus commit certificate (canonical JSON)
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class LedgerStore(Protocol):
     def get_block(self, number: int) -> Block | None: ...
     def get_codes(self, number: int) -> tuple[TxCode, ...] | None: ...
     def get_result_root(self, number: int) -> Digest | None: ...
+    def get_certificate(self, number: int) -> bytes | None: ...
     def get_tx(self, tx_id: str) -> TxLocation | None: ...
     def known_tx_ids(self, tx_ids: Sequence[str], *, writer: bool = False) -> set[str]: ...
     def commit_block(self, batch: CommitBatch) -> None: ...
@@ -241,10 +244,20 @@ class SqliteLedger:
         )
         return None if row is None else Digest(row[0])
 
-    def iter_raw_blocks(self) -> Iterator[tuple[int, bytes, bytes, bytes, bytes, bytes]]:
-        """(number, hash, header, body, codes, result_root) in order, for verification."""
+    def get_certificate(self, number: int) -> bytes | None:
+        """The commit certificate stored with block ``number`` (empty if none)."""
+        row = (
+            self.reader()
+            .execute("SELECT certificate FROM blocks WHERE number=?", (number,))
+            .fetchone()
+        )
+        return None if row is None else bytes(row[0])
+
+    def iter_raw_blocks(self) -> Iterator[tuple[int, bytes, bytes, bytes, bytes, bytes, bytes]]:
+        """(number, hash, header, body, codes, result_root, certificate) in order."""
         yield from self.reader().execute(
-            "SELECT number, hash, header, body, codes, result_root FROM blocks ORDER BY number"
+            "SELECT number, hash, header, body, codes, result_root, certificate FROM blocks "
+            "ORDER BY number"
         )
 
     def get_tx(self, tx_id: str) -> TxLocation | None:
@@ -273,7 +286,7 @@ class SqliteLedger:
         number = block.header.number
         with self._atomic() as conn:
             conn.execute(
-                "INSERT INTO blocks VALUES (?,?,?,?,?,?)",
+                "INSERT INTO blocks VALUES (?,?,?,?,?,?,?)",
                 (
                     number,
                     block.header.hash,
@@ -281,6 +294,7 @@ class SqliteLedger:
                     b"[" + b",".join(t.encode() for t in block.transactions) + b"]",
                     codec.encode([int(c) for c in batch.codes]),
                     batch.result_root,
+                    batch.certificate,
                 ),
             )
             conn.executemany(

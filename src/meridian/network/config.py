@@ -37,10 +37,14 @@ class OrgConfig:
 
 @dataclass(frozen=True, slots=True)
 class NodeEntry:
+    """A node: its gateway (HTTP) port, its peer-to-peer (mutual TLS) port, its cert."""
+
     id: str
     org: str
     host: str
     port: int
+    p2p_port: int
+    cert_pem: bytes = field(repr=False)
 
     @property
     def url(self) -> str:
@@ -62,12 +66,23 @@ class BlockConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsensusConfig:
+    """Consensus timing every node must agree on (see docs/consensus.md)."""
+
+    round_timeout_ms: int = 1_000  # first round's timeout; doubles per failed round
+    max_round_timeout_ms: int = 30_000
+    max_clock_skew_ms: int = 5_000  # a proposer's block time vs. a voter's clock
+    leader_term: int = 64  # heights a leader keeps the lead while nothing fails
+
+
+@dataclass(frozen=True, slots=True)
 class NetworkConfig:
     network: str
     orgs: tuple[OrgConfig, ...]
     nodes: tuple[NodeEntry, ...]
     apps: tuple[AppConfig, ...]
     block: BlockConfig = field(default_factory=BlockConfig)
+    consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
 
     def org(self, org_id: str) -> OrgConfig:
         for org in self.orgs:
@@ -100,7 +115,15 @@ class NetworkConfig:
             "network": self.network,
             "orgs": [{"id": o.id, "ca": o.ca_pem.decode()} for o in self.orgs],
             "nodes": [
-                {"id": n.id, "org": n.org, "host": n.host, "port": n.port} for n in self.nodes
+                {
+                    "id": n.id,
+                    "org": n.org,
+                    "host": n.host,
+                    "port": n.port,
+                    "p2p_port": n.p2p_port,
+                    "cert": n.cert_pem.decode(),
+                }
+                for n in self.nodes
             ],
             "apps": [
                 {
@@ -112,6 +135,12 @@ class NetworkConfig:
                 for a in self.apps
             ],
             "block": {"max_txs": self.block.max_txs, "timeout_ms": self.block.timeout_ms},
+            "consensus": {
+                "round_timeout_ms": self.consensus.round_timeout_ms,
+                "max_round_timeout_ms": self.consensus.max_round_timeout_ms,
+                "max_clock_skew_ms": self.consensus.max_clock_skew_ms,
+                "leader_term": self.consensus.leader_term,
+            },
         }
 
     @classmethod
@@ -121,7 +150,15 @@ class NetworkConfig:
                 network=d["network"],
                 orgs=tuple(OrgConfig(o["id"], o["ca"].encode()) for o in d["orgs"]),
                 nodes=tuple(
-                    NodeEntry(n["id"], n["org"], n["host"], int(n["port"])) for n in d["nodes"]
+                    NodeEntry(
+                        n["id"],
+                        n["org"],
+                        n["host"],
+                        _port(n["port"]),
+                        _port(n["p2p_port"]),
+                        n["cert"].encode(),
+                    )
+                    for n in d["nodes"]
                 ),
                 apps=tuple(
                     AppConfig(
@@ -133,6 +170,7 @@ class NetworkConfig:
                     for a in d["apps"]
                 ),
                 block=BlockConfig(**d.get("block", {})),
+                consensus=ConsensusConfig(**d.get("consensus", {})),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise InvalidInput(
@@ -156,7 +194,21 @@ class NetworkConfig:
                 f"block.max_txs must be 1..{MAX_BLOCK_TXS} and block.timeout_ms 1..60000",
                 code="bad_config",
             )
+        c = self.consensus
+        timings = (c.round_timeout_ms, c.max_round_timeout_ms, c.max_clock_skew_ms, c.leader_term)
+        if not all(isinstance(t, int) and not isinstance(t, bool) and t > 0 for t in timings) or (
+            c.round_timeout_ms > c.max_round_timeout_ms
+        ):
+            raise InvalidInput(
+                "consensus timings must be positive integers, round ≤ max round timeout",
+                code="bad_config",
+            )
         orgs = {o.id for o in self.orgs}
+        endpoints = [(n.host, p) for n in self.nodes for p in (n.port, n.p2p_port)]
+        if len(set(endpoints)) != len(endpoints) or len({n.id for n in self.nodes}) != len(
+            self.nodes
+        ):
+            raise InvalidInput("node ids and node ports must be unique", code="bad_config")
         for node in self.nodes:
             if node.org not in orgs:
                 raise InvalidInput(
@@ -165,6 +217,12 @@ class NetworkConfig:
         for app in self.apps:
             if not app.members or not set(app.members) <= orgs:
                 raise InvalidInput(f"app {app.name} has unknown or no members", code="bad_config")
+
+
+def _port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ValueError(f"{value!r} is not a port")
+    return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """``meridian network init``: generate a network directory with its identities.
 
 Creates, for N organisations, a CA each, an ``admin`` and a ``user1`` (client)
-identity each, the nodes (assigned to orgs round robin, ports from ``base_port``),
+identity each, the nodes (assigned to orgs round robin; node i serves its gateway on
+``base_port + 2i`` and its peer-to-peer link on the port after),
 and the genesis ``network.json`` with one app whose members are all orgs.
 """
 
@@ -54,7 +55,10 @@ def init_network(root: Path, options: InitOptions) -> NetworkConfig:
         issued = ca.issue(node_id, Role.NODE)
         _write_identity(layout.node_dir(node_id), issued.cert_pem, issued.key_pem)
         layout.data_dir(node_id).mkdir(parents=True, exist_ok=True)
-        nodes.append(NodeEntry(node_id, org, options.host, options.base_port + i))
+        gateway_port = options.base_port + 2 * i
+        nodes.append(
+            NodeEntry(node_id, org, options.host, gateway_port, gateway_port + 1, issued.cert_pem)
+        )
     config = NetworkConfig(
         network=options.network,
         orgs=tuple(OrgConfig(ca.org, ca.cert_pem) for ca in orgs),

@@ -16,16 +16,17 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..consensus.core import ChainTip
 from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
 from ..crypto.certs import Membership
 from ..errors import Busy, Conflict, Unavailable
 from ..ledger.pending import PendingStore
 from ..ledger.store import CommitBatch, LedgerStore
 from ..types import ZERO_DIGEST, Block, Transaction, TxCode, Version
-from .ordering import ChainTip, Orderer
+from .ordering import Orderer
 from .validate import AppRules, BlockValidator
 
 log = logging.getLogger("meridian.node")
@@ -104,6 +105,7 @@ class Channel:
         membership: Membership,
         orderer: Orderer,
     ) -> None:
+        """``orderer`` is this channel's consensus driver (it also holds the mempool)."""
         self.rules = rules
         self.app = rules.app
         self.ledger = ledger
@@ -120,7 +122,7 @@ class Channel:
         self._tip = self._load_tip()
         self._task: asyncio.Task[None] | None = None
         self.last_commit_ms = 0
-        self.halted: str | None = None
+        self._failed: str | None = None
         self._definitions: dict[str, ContractDefinition | None] = {}
 
     # --------------------------------------------------------------------- lifecycle
@@ -133,7 +135,12 @@ class Channel:
         root = self.ledger.get_result_root(height - 1)
         if header is None or root is None:
             raise Unavailable(f"ledger of {self.app} is missing block {height - 1}")
-        return ChainTip(height, header.hash, root, header.timestamp_ms)
+        return ChainTip(height, header.hash, root, header.timestamp_ms, header.proposer)
+
+    @property
+    def halted(self) -> str | None:
+        """Why this channel stopped committing (a failed commit, or consensus halted)."""
+        return self._failed or self.orderer.halted
 
     async def start(self) -> None:
         """Re-queue acknowledged transactions that were not yet committed, then run."""
@@ -182,6 +189,7 @@ class Channel:
             raise Unavailable(
                 f"app {self.app} stopped committing: {self.halted}", code="channel_halted"
             )
+        self.orderer.check_room(txs)
         if len(self._pending_ids) + len(txs) > MAX_PENDING:
             raise Busy(
                 f"{len(self._pending_ids)} transactions are waiting to be ordered",
@@ -240,16 +248,18 @@ class Channel:
             await asyncio.sleep(0)
         return validator.finish()
 
-    async def _commit(self, block: Block) -> None:
+    async def _commit(self, block: Block, certificate: bytes) -> None:
+        """Validate and commit a decided block with its commit certificate."""
         try:
-            batch = await self._validate(block)
+            batch = replace(await self._validate(block), certificate=certificate)
             await self._run(self.ledger.commit_block, batch)
         except Exception as exc:  # a node that cannot commit must stop, loudly
-            self.halted = f"commit of block {block.header.number} failed: {exc!r}"
-            log.exception("%s: %s", self.app, self.halted)
+            self._failed = f"commit of block {block.header.number} failed: {exc!r}"
+            log.exception("%s: %s", self.app, self._failed)
             raise
+        header = block.header
         self._tip = ChainTip(
-            block.header.number + 1, block.header.hash, batch.result_root, block.header.timestamp_ms
+            header.number + 1, header.hash, batch.result_root, header.timestamp_ms, header.proposer
         )
         if any(w.ns == LIFECYCLE for w in batch.writes):
             self._definitions.clear()

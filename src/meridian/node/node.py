@@ -17,13 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ..consensus.core import Consenters, Timing
+from ..consensus.messages import decode_message
 from ..contracts.api import CallerIdentity
 from ..contracts.lifecycle import LIFECYCLE
 from ..contracts.package import InstalledPackage, PackageStore
 from ..contracts.registry import AppContracts, ContractRegistry
 from ..contracts.sandbox import SandboxLimits, resolve_sandbox_mode
 from ..contracts.simulation import Simulation
-from ..crypto.certs import Identity, Membership, load_cert_der, load_signer
+from ..crypto.certs import Identity, Membership, Role, load_cert_der, load_signer
 from ..crypto.hashing import compute_signing_digest
 from ..crypto.suites import remember_own_signature, verify_cached
 from ..errors import (
@@ -37,7 +39,8 @@ from ..errors import (
 )
 from ..ledger.pending import PendingStore
 from ..ledger.store import SqliteLedger
-from ..network.config import NetworkConfig, NetworkLayout, write_file
+from ..network.config import AppConfig, NetworkConfig, NetworkLayout, write_file
+from ..p2p.transport import PeerAddress, Transport
 from ..types import (
     DOMAIN_ENDORSEMENT,
     MAX_TX_BYTES,
@@ -48,7 +51,8 @@ from ..types import (
     compute_endorsement_payload,
 )
 from .channel import Channel, Receipt
-from .ordering import SoloOrderer
+from .metrics import NodeMetrics
+from .ordering import NoPeers, Orderer, OrderingConfig, Peers, SafetyStore
 from .policy import parse_policy
 from .revocations import load_revocations, save_revocations
 from .validate import AppRules, get_governing_definition
@@ -97,8 +101,10 @@ class Node:
         self.id = node_id
         self.options = options or NodeOptions()
         node_dir = layout.node_dir(node_id)
-        self.signer = load_signer((node_dir / "key.pem").read_bytes())
-        self.cert_der = load_cert_der((node_dir / "cert.pem").read_bytes())
+        self._key_pem = (node_dir / "key.pem").read_bytes()
+        self._cert_pem = (node_dir / "cert.pem").read_bytes()
+        self.signer = load_signer(self._key_pem)
+        self.cert_der = load_cert_der(self._cert_pem)
         self._public_key = self.signer.public_key_bytes()
         self.data_dir: Path = layout.data_dir(node_id)
         self.membership = Membership({org.id: org.ca_pem for org in self.config.orgs})
@@ -112,6 +118,9 @@ class Node:
         self._crypto = ThreadPoolExecutor(self.options.crypto_threads, thread_name_prefix="crypto")
         self.started_ms = int(time.time() * 1000)
         self.sandbox_mode = self.options.limits.mode
+        self.metrics = NodeMetrics()
+        self.transport: Transport | None = None
+        self.dropped_frames: dict[str, int] = {}
 
     def _load_revocations(self) -> None:
         """Revocations this node already knew, then any CRL files in the network dir."""
@@ -128,24 +137,10 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.sandbox_mode = resolve_sandbox_mode(self.options.limits.mode)
         log.info("contract sandbox: %s", self.sandbox_mode)
-        for app in self.config.apps:
-            if self.entry.org not in app.members:
-                continue
-            rules = AppRules(
-                self.config.network,
-                app.name,
-                frozenset(app.members),
-                parse_policy(app.system_policy),
-            )
-            ledger = SqliteLedger(self.data_dir / "ledgers" / f"{app.name}.sqlite")
-            orderer = SoloOrderer(
-                self.config.network,
-                app.name,
-                max_txs=self.config.block.max_txs,
-                timeout_ms=self.config.block.timeout_ms,
-            )
-            pending = PendingStore(self.data_dir / "ledgers" / f"{app.name}.pending.sqlite")
-            channel = Channel(rules, ledger, pending, self.membership, orderer)
+        hosted = [app for app in self.config.apps if self.entry.org in app.members]
+        self.transport = self._create_transport(hosted)
+        for app in hosted:
+            channel = self._create_channel(app, self.transport or NoPeers())
             self.registry.add_app(
                 AppContracts(
                     app.name,
@@ -156,6 +151,8 @@ class Node:
             )
             await channel.start()
             self.channels[app.name] = channel
+        if self.transport is not None:
+            await self.transport.start()
         log.info(
             "node %s (org %s) serving apps %s",
             self.id,
@@ -163,7 +160,96 @@ class Node:
             ", ".join(self.channels) or "none",
         )
 
+    def _create_channel(self, app: AppConfig, peers: Peers) -> Channel:
+        rules = AppRules(
+            self.config.network, app.name, frozenset(app.members), parse_policy(app.system_policy)
+        )
+        ledgers = self.data_dir / "ledgers"
+        ledger = SqliteLedger(ledgers / f"{app.name}.sqlite")
+        block, timing = self.config.block, self.config.consensus
+        orderer = Orderer(
+            network=self.config.network,
+            app=app.name,
+            me=self.id,
+            signer=self.signer,
+            consenters=get_consenters(self.config, self.membership, app),
+            config=OrderingConfig(
+                max_txs=block.max_txs,
+                timeout_ms=block.timeout_ms,
+                timing=Timing(
+                    round_timeout_ms=timing.round_timeout_ms,
+                    max_round_timeout_ms=timing.max_round_timeout_ms,
+                    max_clock_skew_ms=timing.max_clock_skew_ms,
+                    leader_term=timing.leader_term,
+                ),
+            ),
+            safety=SafetyStore(ledgers, app.name),
+            ledger=ledger,
+            peers=peers,
+            metrics=self.metrics,
+        )
+        pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
+        return Channel(rules, ledger, pending, self.membership, orderer)
+
+    def _create_transport(self, hosted: Sequence[AppConfig]) -> Transport | None:
+        """Links to every node that shares an app with this one (None if there is none)."""
+        orgs = {org for app in hosted for org in app.members}
+        peers = [
+            PeerAddress(n.id, n.host, n.p2p_port)
+            for n in self.config.nodes
+            if n.id != self.id and n.org in orgs
+        ]
+        if not peers:
+            return None
+        transport = Transport(
+            node_id=self.id,
+            listen=PeerAddress(self.id, self.entry.host, self.entry.p2p_port),
+            cert_pem=self._cert_pem,
+            key_pem=self._key_pem,
+            ca_pems=[org.ca_pem for org in self.config.orgs],
+            peers=peers,
+            authenticate=self._authenticate_peer,
+            on_frame=self._on_frame,
+        )
+        transport.on_connect(self._on_peer_connected)
+        self.metrics.watch_transport(lambda: transport.stats, lambda: len(transport.connected()))
+        return transport
+
+    def _authenticate_peer(self, cert_der: bytes) -> str:
+        """The node id of a peer's TLS certificate (a node of the network, and that node)."""
+        identity = self.membership.validate(cert_der)
+        if identity.role is not Role.NODE:
+            raise CertificateError("the peer certificate is not a node's", code="not_a_node")
+        entry = self.config.node(identity.name)
+        if entry.org != identity.org or load_cert_der(entry.cert_pem) != cert_der:
+            raise CertificateError(
+                f"the peer certificate is not the one of node {entry.id}", code="not_a_node"
+            )
+        return entry.id
+
+    def _on_frame(self, peer: str, data: bytes) -> None:
+        try:
+            msg = decode_message(data)
+        except MeridianError:
+            self._count_dropped("malformed")
+            return
+        channel = self.channels.get(msg.app)
+        if channel is None:
+            self._count_dropped("unknown_channel")
+            return
+        channel.orderer.on_message(peer, msg)
+
+    def _count_dropped(self, reason: str) -> None:
+        self.dropped_frames[reason] = self.dropped_frames.get(reason, 0) + 1
+        self.metrics.rejected.labels("", reason).inc()
+
+    def _on_peer_connected(self, peer: str) -> None:
+        for channel in self.channels.values():
+            channel.orderer.announce(peer)
+
     async def stop(self) -> None:
+        if self.transport is not None:
+            await self.transport.stop()
         for channel in self.channels.values():
             await channel.stop()
         await self.registry.close()
@@ -452,10 +538,34 @@ class Node:
                     "last_commit_age_ms": now - ch.last_commit_ms if ch.last_commit_ms else None,
                     "halted": ch.halted,
                     "members": sorted(ch.rules.members),
+                    "consensus": ch.orderer.status(),
                 }
                 for name, ch in self.channels.items()
             },
+            "peers": {
+                "connected": [] if self.transport is None else self.transport.connected(),
+                "dropped_frames": dict(self.dropped_frames),
+            },
         }
+
+
+def get_consenters(config: NetworkConfig, membership: Membership, app: AppConfig) -> Consenters:
+    """The consenters of ``app``: the nodes of its member orgs, with checked certificates."""
+    keys = {}
+    for entry in config.nodes:
+        if entry.org not in app.members:
+            continue
+        identity = membership.validate(load_cert_der(entry.cert_pem))
+        if identity.role is not Role.NODE or (identity.org, identity.name) != (
+            entry.org,
+            entry.id,
+        ):
+            raise CertificateError(
+                f"the certificate of node {entry.id} in network.json is not that node's",
+                code="bad_node_certificate",
+            )
+        keys[entry.id] = (identity.suite, identity.public_key)
+    return Consenters(keys)
 
 
 def _now() -> datetime:

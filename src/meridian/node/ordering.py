@@ -1,48 +1,134 @@
-"""Ordering: turning accepted transactions into a sequence of blocks.
+"""Ordering: the asyncio driver of one channel's consensus replica.
 
-:class:`Orderer` is the seam the BFT consensus plugs into. :class:`SoloOrderer` is
-the single-node implementation: a FIFO queue cut into blocks when ``max_txs`` are
-waiting or ``timeout_ms`` after the first one arrived, whichever comes first. Blocks
-are delivered one at a time; the next block is cut only after the previous one was
-committed (its hash and result root go into the next header).
+:class:`Orderer` is the shell around :class:`meridian.consensus.core.Replica` (the
+sans-IO protocol). It owns the channel's :class:`~meridian.node.mempool.Mempool`,
+forwards the transactions this node accepted to the other consenters, builds a block
+when the replica asks for one (``max_txs`` waiting, or ``timeout_ms`` after the
+oldest arrived), persists the safety state *before* sending what the replica says
+(so a restarted node never votes twice), applies decided blocks one at a time
+through the channel's commit, answers peers' sync requests from the ledger, and
+keeps the replica's timer. A single node is the same code with one consenter.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import os
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
 
-from ..crypto.hashing import Digest
+from .. import codec
+from ..consensus.core import ChainTip, Consenters, Output, Replica, SafetyState, Signer, Timing
+from ..consensus.messages import (
+    MAX_FORWARD_TXS,
+    MAX_SYNC_BLOCKS,
+    Message,
+    QuorumCert,
+    Status,
+    SyncRequest,
+    SyncResponse,
+    TxForward,
+    encode_block,
+    encode_message,
+)
+from ..errors import MeridianError
 from ..ledger.merkle import compute_root
+from ..ledger.store import LedgerStore
 from ..types import Block, BlockHeader, Transaction, compute_tx_hash
+from .mempool import Mempool
+from .metrics import NodeMetrics
+
+log = logging.getLogger("meridian.consensus")
+
+MAX_BLOCK_BYTES = 16 * 2**20
+MAX_FORWARD_BYTES = 8 * 2**20
+MAX_SYNC_BYTES = 16 * 2**20
+STATUS_EVERY_S = 2.0
+
+__all__ = ["ChainTip", "Deliver", "Orderer", "OrderingConfig", "Peers", "SafetyStore"]
+
+Deliver = Callable[[Block, bytes], Awaitable[None]]  # (block, commit certificate)
+
+
+class Peers(Protocol):
+    """The node's links to other nodes (see :mod:`meridian.p2p.transport`)."""
+
+    def send(self, peer: str, payload: bytes) -> bool: ...
+
+    def connected(self) -> list[str]: ...
+
+
+class NoPeers:
+    """The links of a node with no other consenter."""
+
+    def send(self, peer: str, payload: bytes) -> bool:
+        return False
+
+    def connected(self) -> list[str]:
+        return []
 
 
 @dataclass(frozen=True, slots=True)
-class ChainTip:
-    """What the next block builds on."""
-
-    height: int  # the next block's number
-    previous_hash: Digest
-    last_result_root: Digest
-    last_timestamp_ms: int
-
-
-Deliver = Callable[[Block], Awaitable[None]]
+class OrderingConfig:
+    max_txs: int = 1000
+    timeout_ms: int = 20
+    max_block_bytes: int = MAX_BLOCK_BYTES
+    mempool_txs: int = 50_000
+    mempool_bytes: int = 512 * 2**20
+    timing: Timing = field(default_factory=Timing)
 
 
-class Orderer(Protocol):
-    def submit(self, txs: Sequence[Transaction]) -> None:
-        """Queue transactions (already durably accepted) for ordering."""
+class SafetyStore:
+    """The replica's safety state, and the block it last voted for, in two files
+    (``<app>.safety.json``, ``<app>.voted.json``), each replaced atomically and fsynced."""
 
-    async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
-        """Order forever, delivering each block in sequence."""
+    def __init__(self, folder: Path, app: str) -> None:
+        self.path = folder / f"{app}.safety.json"
+        self.block_path = folder / f"{app}.voted.json"
+
+    def load(self) -> SafetyState | None:
+        if not self.path.is_file():
+            return None
+        return SafetyState.decode(self.path.read_bytes())
+
+    def load_block(self) -> Block | None:
+        if not self.block_path.is_file():
+            return None
+        data = self.block_path.read_bytes()
+        return Block.from_dict(codec.decode(data, max_bytes=2 * MAX_BLOCK_BYTES, what="block"))
+
+    def save(self, state: SafetyState) -> None:
+        _write_durably(self.path, state.encode())
+
+    def save_block(self, block: Block) -> None:
+        _write_durably(self.block_path, encode_block(block))
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself must survive a crash
+    finally:
+        os.close(dir_fd)
 
 
 def compute_block(
-    network: str, app: str, tip: ChainTip, txs: Sequence[Transaction], now_ms: int
+    network: str, app: str, tip: ChainTip, txs: Sequence[Transaction], now_ms: int, proposer: str
 ) -> Block:
     """The next block over ``tip`` holding ``txs`` (timestamps strictly increase)."""
     header = BlockHeader(
@@ -54,41 +140,275 @@ def compute_block(
         last_result_root=tip.last_result_root,
         timestamp_ms=max(now_ms, tip.last_timestamp_ms + 1),
         tx_count=len(txs),
+        proposer=proposer,
     )
     return Block(header, tuple(txs))
 
 
-class SoloOrderer:
-    """Single-node ordering by block size or time."""
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
-    def __init__(self, network: str, app: str, *, max_txs: int, timeout_ms: int) -> None:
+
+class Orderer:
+    """One channel's consensus replica, driven by asyncio."""
+
+    def __init__(
+        self,
+        *,
+        network: str,
+        app: str,
+        me: str,
+        signer: Signer,
+        consenters: Consenters,
+        config: OrderingConfig,
+        safety: SafetyStore,
+        ledger: LedgerStore,
+        peers: Peers | None = None,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
         self.network = network
         self.app = app
-        self.max_txs = max_txs
-        self.timeout_s = timeout_ms / 1000
-        self._queue: list[Transaction] = []
+        self.me = me
+        self.signer = signer
+        self.consenters = consenters
+        self.config = config
+        self.safety = safety
+        self.ledger = ledger
+        self.peers: Peers = peers or NoPeers()
+        self.metrics = metrics or NodeMetrics()
+        self.mempool = Mempool(max_txs=config.mempool_txs, max_bytes=config.mempool_bytes)
+        self.replica: Replica | None = None
+        self.halted: str | None = None
+        self._others = [c for c in consenters.ids if c != me]
+        self._commits: deque[tuple[Block, QuorumCert]] = deque()
+        self._wake = asyncio.Event()
+        self._timer_ms: int | None = None
+        self._building: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
+        self._last_status = 0.0
+
+    # ---------------------------------------------------------------- admission
+
+    def check_room(self, txs: Sequence[Transaction]) -> None:
+        """Busy if the mempool cannot take ``txs`` (before they are acknowledged)."""
+        self.mempool.check_room(len(txs), sum(len(tx.encode()) for tx in txs))
 
     def submit(self, txs: Sequence[Transaction]) -> None:
-        self._queue.extend(txs)
+        """Order transactions this node accepted (and made durable)."""
+        added = self.mempool.add(txs, now_ms(), own=True)
+        self._forward(added)
         self._arrived.set()
+        self._after_mempool_change()
+
+    def _forward(self, txs: Sequence[Transaction]) -> None:
+        if not self._others or not txs:
+            return
+        chunk: list[Transaction] = []
+        size = 0
+        for tx in txs:
+            n = len(tx.encode())
+            if chunk and (len(chunk) >= MAX_FORWARD_TXS or size + n > MAX_FORWARD_BYTES):
+                self._send_all(TxForward(self.app, tuple(chunk)))
+                chunk, size = [], 0
+            chunk.append(tx)
+            size += n
+        if chunk:
+            self._send_all(TxForward(self.app, tuple(chunk)))
+
+    def _after_mempool_change(self) -> None:
+        self.metrics.mempool.labels(self.app).set(len(self.mempool))
+        if self.replica is not None:
+            self._process(self.replica.on_pending(len(self.mempool) > 0, now_ms()))
+
+    # ---------------------------------------------------------------- messages
+
+    def on_message(self, sender: str, msg: Message) -> None:
+        """A message from a peer for this channel (already decoded and bounded)."""
+        replica = self.replica
+        if replica is None:
+            return  # not started yet: peers re-send what matters
+        if sender not in self.consenters.keys:
+            self._count_rejected("not_a_consenter")
+            return
+        if isinstance(msg, TxForward):
+            committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
+            fresh = [tx for tx in msg.transactions if tx.tx_id not in committed]
+            if self.mempool.add(fresh, now_ms(), own=False):
+                self._arrived.set()
+                self._after_mempool_change()
+        elif isinstance(msg, SyncRequest):
+            self._serve(sender, msg.from_height)
+        elif isinstance(msg, SyncResponse):
+            self._process(replica.on_synced(sender, msg, now_ms()))
+        else:
+            self._process(replica.on_message(sender, msg, now_ms()))
+
+    def _send(self, peer: str, msg: Message) -> None:
+        self.peers.send(peer, encode_message(msg))
+
+    def _send_all(self, msg: Message) -> None:
+        data = encode_message(msg)
+        for peer in self._others:
+            self.peers.send(peer, data)
+
+    def _serve(self, peer: str, from_height: int) -> None:
+        """Send a peer the committed blocks it lacks, with their certificates."""
+        blocks: list[tuple[Block, QuorumCert]] = []
+        size = 0
+        for number in range(from_height, from_height + MAX_SYNC_BLOCKS):
+            block = self.ledger.get_block(number)
+            cert = self.ledger.get_certificate(number)
+            if block is None or not cert:
+                break
+            size += len(encode_block(block))
+            if blocks and size > MAX_SYNC_BYTES:
+                break
+            blocks.append((block, QuorumCert.decode(cert)))
+        if blocks:
+            self._send(peer, SyncResponse(self.app, tuple(blocks)))
+
+    def _count_rejected(self, reason: str) -> None:
+        self.metrics.rejected.labels(self.app, reason).inc()
+
+    # ------------------------------------------------------------------ driving
+
+    def _process(self, out: Output) -> None:
+        """Carry out what the replica asked: persist first, then send."""
+        if out.persist is not None or out.persist_block is not None:
+            try:
+                if out.persist_block is not None:
+                    self.safety.save_block(out.persist_block)
+                if out.persist is not None:
+                    self.safety.save(out.persist)
+            except OSError as exc:  # a vote not recorded must not leave
+                self._halt(f"cannot persist the safety state: {exc!r}")
+                return
+        for dest, msg in out.send:
+            if dest is None:
+                self._send_all(msg)
+            else:
+                self._send(dest, msg)
+        for peer, height in out.sync:
+            self._send(peer, SyncRequest(self.app, height))
+        for peer, height in out.serve:
+            self._serve(peer, height)
+        for reason in out.rejected:
+            self._count_rejected(reason)
+        for event in out.events:
+            if event == "new_round":
+                self.metrics.rounds.labels(self.app).inc()
+            elif event == "timeout":
+                self.metrics.timeouts.labels(self.app).inc()
+        if out.halted and not self.halted:
+            self._halt(out.halted)
+        if out.commits:
+            self._commits.extend(out.commits)
+            self._wake.set()
+        if out.propose is not None and (self._building is None or self._building.done()):
+            self._building = asyncio.get_running_loop().create_task(self._build(*out.propose))
+        if out.timer_ms != self._timer_ms:
+            self._timer_ms = out.timer_ms
+            self._wake.set()
+        if self.replica is not None:
+            self.metrics.round.labels(self.app).set(self.replica.round)
+
+    def _halt(self, reason: str) -> None:
+        self.halted = reason
+        self.metrics.halted.labels(self.app).set(1)
+        log.error("%s: CONSENSUS HALTED — %s", self.app, reason)
+
+    async def _build(self, height: int, round_: int) -> None:
+        """Wait for a full block or the batch timeout, then hand the block over."""
+        deadline = time.monotonic() + self.config.timeout_ms / 1000
+        while len(self.mempool) < self.config.max_txs and time.monotonic() < deadline:
+            self._arrived.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), deadline - time.monotonic())
+        replica = self.replica
+        if replica is None or replica.height != height or replica.round != round_:
+            return
+        if round_ == 0 and not len(self.mempool):
+            return  # nothing to order after all (no empty blocks while all is well)
+        txs = self.mempool.take(self.config.max_txs, self.config.max_block_bytes)
+        block = compute_block(self.network, self.app, replica.tip, txs, now_ms(), self.me)
+        self._process(replica.on_payload(block, now_ms()))
 
     async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
+        """Order forever: tick the replica, apply decided blocks in sequence."""
+        self.replica = Replica(
+            network=self.network,
+            app=self.app,
+            me=self.me,
+            signer=self.signer,
+            consenters=self.consenters,
+            tip=tip(),
+            safety=self.safety.load(),
+            voted_block=self.safety.load_block(),
+            timing=self.config.timing,
+            now_ms=now_ms(),
+        )
+        self._process(self.replica.on_pending(len(self.mempool) > 0, now_ms()))
         while True:
-            await self._arrived.wait()
-            deadline = time.monotonic() + self.timeout_s
-            while len(self._queue) < self.max_txs and time.monotonic() < deadline:
-                self._arrived.clear()
-                try:
-                    await asyncio.wait_for(
-                        self._arrived.wait(), max(0.0, deadline - time.monotonic())
-                    )
-                except TimeoutError:
-                    break
-            batch, self._queue = self._queue[: self.max_txs], self._queue[self.max_txs :]
-            if not self._queue:
-                self._arrived.clear()
-            if batch:
-                await deliver(
-                    compute_block(self.network, self.app, tip(), batch, int(time.time() * 1000))
-                )
+            await self._wait()
+            while self._commits:
+                block, qc = self._commits.popleft()
+                await self._apply(block, qc, tip, deliver)
+            self._process(self.replica.on_tick(now_ms()))
+            self._housekeeping()
+
+    async def _wait(self) -> None:
+        timeout = STATUS_EVERY_S
+        if self._timer_ms is not None:
+            timeout = min(timeout, max(0.0, (self._timer_ms - now_ms()) / 1000))
+        if self._commits:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), timeout)
+        self._wake.clear()
+
+    async def _apply(
+        self, block: Block, qc: QuorumCert, tip: Callable[[], ChainTip], deliver: Deliver
+    ) -> None:
+        assert self.replica is not None
+        try:
+            await deliver(block, qc.encode())
+        except MeridianError as exc:
+            self._halt(f"block {block.header.number} could not be committed: {exc}")
+            raise
+        now = now_ms()
+        latencies = self.mempool.remove(tx.tx_id for tx in block.transactions)
+        for arrived in latencies:
+            self.metrics.commit_latency.labels(self.app).observe((now - arrived) / 1000)
+        self.metrics.blocks.labels(self.app).inc()
+        self.metrics.txs.labels(self.app).inc(len(block.transactions))
+        self.metrics.height.labels(self.app).set(block.header.number + 1)
+        self.metrics.mempool.labels(self.app).set(len(self.mempool))
+        # Pending first: the replica is still applying, so this cannot trigger a stale
+        # proposal; then the next height starts with the right view of the mempool.
+        self._process(self.replica.on_pending(len(self.mempool) > 0, now))
+        self._process(self.replica.on_applied(tip(), now))
+
+    def _housekeeping(self) -> None:
+        """Re-forward own transactions still waiting; tell peers our height now and then."""
+        self._forward(self.mempool.due_for_forward(now_ms()))
+        if self._others and time.monotonic() - self._last_status >= STATUS_EVERY_S:
+            self._last_status = time.monotonic()
+            assert self.replica is not None
+            self._send_all(Status(self.app, self.replica.height))
+
+    def announce(self, peer: str) -> None:
+        """A link to ``peer`` came up: tell it our height (it may need our blocks)."""
+        if self.replica is not None and peer in self._others:
+            self._send(peer, Status(self.app, self.replica.height))
+
+    def status(self) -> dict[str, Any]:
+        replica = self.replica
+        connected = set(self.peers.connected())
+        info: dict[str, Any] = {
+            "mempool": len(self.mempool),
+            "peers": {p: p in connected for p in self._others},
+            "halted": self.halted,
+        }
+        if replica is not None:
+            info.update(replica.status())
+        return info

@@ -3,9 +3,10 @@
 For every block: its number follows the previous one, ``previous_hash`` is the
 previous header's hash, ``data_hash`` is the Merkle root of its transactions, the
 stored hash is the header's hash, and ``last_result_root`` is the previous block's
-result root. Then the block is validated again against a replay of the ledger in a
-scratch database, and the verdicts and result root must equal the stored ones.
-Finally the replayed state must equal the stored state, key by key.
+result root, and its commit certificate carries a quorum of the consenters'
+signatures over the header's hash. Then the block is validated again against a
+replay of the ledger in a scratch database, and the verdicts and result root must
+equal the stored ones. Finally the replayed state must equal the stored state, key by key.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from pathlib import Path
 
 import orjson
 
+from ..consensus.core import Consenters, check_commit_certificate
+from ..consensus.messages import QuorumCert
 from ..crypto.certs import Membership
 from ..crypto.hashing import Digest
+from ..errors import InvalidInput
 from ..ledger.merkle import compute_root
 from ..ledger.store import SqliteLedger
 from ..types import ZERO_DIGEST, Block, BlockHeader, Transaction, TxCode, compute_tx_hash
@@ -43,6 +47,7 @@ def verify_ledger(
     path: Path,
     membership: Membership,
     rules: AppRules,
+    consenters: Consenters,
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
@@ -54,7 +59,7 @@ def verify_ledger(
         try:
             store.reader().execute("BEGIN")  # one consistent snapshot, even while the node runs
             total = store.height()
-            _verify_blocks(store, replay, membership, rules, report, total, progress)
+            _verify_blocks(store, replay, membership, rules, consenters, report, total, progress)
             if report.ok:
                 _compare_state(store, replay, report)
         finally:
@@ -68,12 +73,13 @@ def _verify_blocks(
     replay: SqliteLedger,
     membership: Membership,
     rules: AppRules,
+    consenters: Consenters,
     report: VerifyReport,
     total: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     prev_hash, prev_root = ZERO_DIGEST, ZERO_DIGEST
-    for number, stored_hash, header_raw, body_raw, codes_raw, root in store.iter_raw_blocks():
+    for number, stored_hash, header_raw, body_raw, codes_raw, root, cert in store.iter_raw_blocks():
         where = f"block {number}"
         header = BlockHeader.from_dict(orjson.loads(header_raw))
         txs = tuple(Transaction.from_dict(t) for t in orjson.loads(body_raw))
@@ -91,6 +97,9 @@ def _verify_blocks(
             ),
         ]
         report.problems.extend(f"{where}: {msg}" for ok, msg in checks if not ok)
+        cert_problem = _check_certificate(rules.network, consenters, header, cert)
+        if cert_problem:
+            report.problems.append(f"{where}: commit certificate: {cert_problem}")
         if report.problems:
             return
         batch = validate_block(Block(header, txs), WriterState(replay), membership, rules)
@@ -108,6 +117,16 @@ def _verify_blocks(
         prev_hash, prev_root = header.hash, Digest(root)
         if progress:
             progress(report.blocks, total)
+
+
+def _check_certificate(
+    network: str, consenters: Consenters, header: BlockHeader, raw: bytes
+) -> str | None:
+    try:
+        qc = QuorumCert.decode(raw)
+    except InvalidInput as exc:
+        return f"unreadable ({exc})"
+    return check_commit_certificate(network, consenters, header, qc)
 
 
 def _compare_state(store: SqliteLedger, replay: SqliteLedger, report: VerifyReport) -> None:

@@ -1,0 +1,27 @@
+"""Node-to-node transport: mutually authenticated TLS links carrying length-prefixed frames."""
+
+from .frames import FrameDecoder, FrameError, encode_frame
+from .transport import (
+    PREAMBLE,
+    STAT_NAMES,
+    Authenticate,
+    OnFrame,
+    PeerAddress,
+    Transport,
+    TransportLimits,
+    create_ssl_context,
+)
+
+__all__ = [
+    "PREAMBLE",
+    "STAT_NAMES",
+    "Authenticate",
+    "FrameDecoder",
+    "FrameError",
+    "OnFrame",
+    "PeerAddress",
+    "Transport",
+    "TransportLimits",
+    "create_ssl_context",
+    "encode_frame",
+]

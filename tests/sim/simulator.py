@@ -1,0 +1,609 @@
+"""A deterministic simulator for the consensus core.
+
+Everything is driven by one seeded ``random.Random`` and a virtual clock: message
+delays, losses, duplicates and reorderings; partitions that heal; crashes and
+restarts (a restarted replica gets back only what it persisted: its ledger and its
+safety state); and Byzantine replicas. Before ``gst_ms`` (global stabilisation time)
+the network is hostile; after it every message between live honest replicas arrives
+within ``stable_delay_ms``. A run returns a :class:`Report`; :func:`check_safety` and
+:func:`check_liveness` turn it into assertions. The same seed always gives the same
+run, so a failing seed printed by a test replays exactly.
+
+Each simulated node runs the same driver logic as production in miniature: a
+:class:`~meridian.node.mempool.Mempool` with forwarding, blocks built from it on
+``Output.propose``, decided blocks applied after a short delay, sync served from
+the ledger, and the safety state persisted before messages leave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from meridian.consensus.core import (
+    ChainTip,
+    Consenters,
+    Output,
+    Replica,
+    SafetyState,
+    Timing,
+)
+from meridian.consensus.messages import (
+    Message,
+    Phase,
+    ProposalMsg,
+    QuorumCert,
+    Status,
+    SyncRequest,
+    SyncResponse,
+    TimeoutMsg,
+    TxForward,
+    Vote,
+    compute_proposal_digest,
+    compute_vote_digest,
+    decode_message,
+    encode_message,
+)
+from meridian.crypto.hashing import Digest
+from meridian.crypto.suites import ED25519, Ed25519Signer
+from meridian.errors import MeridianError
+from meridian.ledger.merkle import compute_root
+from meridian.node.mempool import Mempool
+from meridian.types import (
+    ZERO_DIGEST,
+    Block,
+    BlockHeader,
+    Proposal,
+    SignedProposal,
+    Transaction,
+    TxResult,
+    compute_tx_hash,
+)
+
+NETWORK = "simnet"
+APP = "simapp"
+BYZANTINE_KINDS = (
+    "silent",
+    "equivocate",
+    "double_vote",
+    "bad_signature",
+    "forge_certificate",
+    "replay",
+    "garbage",
+)
+_CREATOR = b"\x30" * 40  # the core never reads transactions' contents
+
+
+def make_tx(i: int, seed: int) -> Transaction:
+    proposal = Proposal(
+        NETWORK, APP, "asset", "create", (f"a{seed}-{i}",), i.to_bytes(8, "big"), 1, _CREATOR
+    )
+    result = TxResult(None, (), (), "asset@1")
+    return Transaction(SignedProposal(proposal, b"s"), result, ())
+
+
+@dataclass
+class Scenario:
+    seed: int
+    n: int = 4
+    byzantine: dict[str, str] = field(default_factory=dict)  # node id -> behaviour
+    gst_ms: int = 4_000
+    end_ms: int = 40_000
+    loss: float = 0.1
+    duplicate: float = 0.05
+    max_delay_ms: int = 400  # before GST
+    stable_delay_ms: int = 15  # after GST
+    txs: int = 24
+    crashes: list[tuple[str, int, int]] = field(default_factory=list)  # node, down, up
+    partitions: list[tuple[int, int, frozenset[str]]] = field(default_factory=list)
+    diverge: str | None = None  # a node whose execution results differ from the others
+    wire: bool = True  # send every message through the wire codec
+    max_block_txs: int = 8
+
+    @classmethod
+    def random(cls, seed: int, *, byzantine: bool = True) -> Scenario:
+        rng = random.Random(seed * 7919 + 1)
+        n = rng.choice([1, 3, 4, 4, 4, 5, 7])
+        ids = [f"n{i}" for i in range(n)]
+        f = (n - 1) // 3
+        scenario = cls(seed, n=n, loss=rng.choice([0.0, 0.05, 0.2]), txs=rng.randint(5, 30))
+        scenario.duplicate = rng.choice([0.0, 0.1])
+        scenario.max_delay_ms = rng.choice([50, 400, 1500])
+        bad = rng.sample(ids, rng.randint(0, f)) if byzantine else []
+        scenario.byzantine = {b: rng.choice(BYZANTINE_KINDS) for b in bad}
+        honest = [i for i in ids if i not in bad]
+        for _ in range(rng.randint(0, 2)):
+            victim = rng.choice(honest)
+            down = rng.randint(0, scenario.gst_ms - 500)
+            scenario.crashes.append((victim, down, rng.randint(down + 1, scenario.gst_ms)))
+        if n > 1 and rng.random() < 0.5:
+            side = frozenset(rng.sample(ids, rng.randint(1, n - 1)))
+            start = rng.randint(0, scenario.gst_ms // 2)
+            scenario.partitions.append((start, rng.randint(start, scenario.gst_ms), side))
+        return scenario
+
+    def describe(self) -> str:
+        return (
+            f"seed={self.seed} n={self.n} byzantine={self.byzantine} loss={self.loss} "
+            f"dup={self.duplicate} delay={self.max_delay_ms} crashes={self.crashes} "
+            f"partitions={[(a, b, sorted(s)) for a, b, s in self.partitions]}"
+        )
+
+
+@dataclass
+class Report:
+    scenario: Scenario
+    ledgers: dict[str, list[Block]]
+    certificates: dict[str, list[QuorumCert]]
+    submitted: dict[str, int]  # tx id -> submit time
+    honest: list[str]
+    halted: dict[str, str | None]
+    rejected: dict[str, int]
+    decided_at: dict[str, int]  # tx id -> first commit time (virtual ms)
+
+
+class SimNode:
+    """One replica and its miniature driver."""
+
+    def __init__(self, sim: Simulator, node_id: str, signer: Ed25519Signer) -> None:
+        self.sim = sim
+        self.id = node_id
+        self.signer = signer
+        self.ledger: list[Block] = []
+        self.certs: list[QuorumCert] = []
+        self.roots: list[Digest] = []
+        self.disk_safety: SafetyState | None = None
+        self.disk_block: Block | None = None
+        self.mempool = Mempool(max_txs=10_000, max_bytes=1 << 30)
+        self.pending_disk: dict[str, Transaction] = {}  # acknowledged: survives a crash
+        self.up = True
+        self.epoch = 0  # bumped on crash: stale timers and deliveries are ignored
+        self.replica = self._new_replica()
+
+    def tip(self) -> ChainTip:
+        if not self.ledger:
+            return ChainTip(0, ZERO_DIGEST, ZERO_DIGEST, 0, "")
+        header = self.ledger[-1].header
+        return ChainTip(
+            len(self.ledger), header.hash, self.roots[-1], header.timestamp_ms, header.proposer
+        )
+
+    def _new_replica(self) -> Replica:
+        return Replica(
+            network=NETWORK,
+            app=APP,
+            me=self.id,
+            signer=self.signer,
+            consenters=self.sim.consenters,
+            tip=self.tip(),
+            safety=self.disk_safety,
+            voted_block=self.disk_block,
+            timing=self.sim.timing,
+            now_ms=self.sim.now,
+        )
+
+    # ------------------------------------------------------------------ events
+
+    def crash(self) -> None:
+        self.up = False
+        self.epoch += 1
+        self.mempool = Mempool(max_txs=10_000, max_bytes=1 << 30)  # memory is lost
+
+    def restart(self) -> None:
+        self.up = True
+        self.replica = self._new_replica()
+        committed = self.committed_ids()
+        redo = [tx for tx in self.pending_disk.values() if tx.tx_id not in committed]
+        self.mempool.add(redo, self.sim.now, own=True)
+        self.process(self.replica.on_pending(bool(redo), self.sim.now))
+        self.broadcast_status()
+
+    def broadcast_status(self) -> None:
+        self.sim.broadcast(self, Status(APP, len(self.ledger)))
+
+    def submit(self, tx: Transaction) -> None:
+        self.pending_disk[tx.tx_id] = tx
+        added = self.mempool.add([tx], self.sim.now, own=True)
+        if added:
+            self.sim.broadcast(self, TxForward(APP, tuple(added)))
+        self.process(self.replica.on_pending(True, self.sim.now))
+
+    def receive(self, sender: str, msg: Message) -> None:
+        now = self.sim.now
+        if isinstance(msg, TxForward):
+            committed = self.committed_ids()
+            fresh = [tx for tx in msg.transactions if tx.tx_id not in committed]
+            if self.mempool.add(fresh, now, own=False):
+                self.process(self.replica.on_pending(True, now))
+        elif isinstance(msg, SyncRequest):
+            self.serve(sender, msg.from_height)
+        elif isinstance(msg, SyncResponse):
+            self.process(self.replica.on_synced(sender, msg, now))
+        else:
+            self.process(self.replica.on_message(sender, msg, now))
+
+    def committed_ids(self) -> set[str]:
+        return {tx.tx_id for block in self.ledger for tx in block.transactions}
+
+    def serve(self, peer: str, from_height: int) -> None:
+        blocks = tuple(
+            zip(
+                self.ledger[from_height : from_height + 16],
+                self.certs[from_height : from_height + 16],
+                strict=True,
+            )
+        )
+        if blocks:
+            self.sim.send(self, peer, SyncResponse(APP, blocks))
+
+    def tick(self, epoch: int) -> None:
+        if epoch != self.epoch or not self.up:
+            return
+        now = self.sim.now
+        due = self.mempool.due_for_forward(now, 1_000)
+        if due:
+            self.sim.broadcast(self, TxForward(APP, tuple(due)))
+        self.process(self.replica.on_tick(now))
+
+    def process(self, out: Output) -> None:
+        """The driver's contract: persist first, then send, then apply and propose."""
+        if out.persist is not None:
+            self.disk_safety = out.persist
+        if out.persist_block is not None:
+            self.disk_block = out.persist_block
+        for dest, msg in out.send:
+            if dest is None:
+                self.sim.broadcast(self, msg)
+            else:
+                self.sim.send(self, dest, msg)
+        for reason in out.rejected:
+            self.sim.rejected[reason] = self.sim.rejected.get(reason, 0) + 1
+        for peer, height in out.sync:
+            self.sim.send(self, peer, SyncRequest(APP, height))
+        for peer, height in out.serve:
+            self.serve(peer, height)
+        for block, qc in out.commits:
+            self.sim.schedule(self.sim.rng.randint(1, 5), "apply", self.id, (self.epoch, block, qc))
+        if out.propose is not None:
+            self.sim.schedule(
+                self.sim.rng.randint(0, 3), "payload", self.id, (self.epoch, out.propose)
+            )
+        if out.timer_ms is not None:
+            self.sim.schedule(max(1, out.timer_ms - self.sim.now), "tick", self.id, self.epoch)
+
+    def apply(self, epoch: int, block: Block, qc: QuorumCert) -> None:
+        if epoch != self.epoch or not self.up or block.header.number != len(self.ledger):
+            return
+        previous = self.roots[-1] if self.roots else ZERO_DIGEST
+        salt = b"diverged" if self.sim.scenario.diverge == self.id else b""
+        root = Digest(hashlib.sha256(previous + block.header.hash + salt).digest())
+        self.ledger.append(block)
+        self.certs.append(qc)
+        self.roots.append(root)
+        for tx in block.transactions:
+            self.sim.decided_at.setdefault(tx.tx_id, self.sim.now)
+        self.mempool.remove(tx.tx_id for tx in block.transactions)
+        self.process(self.replica.on_pending(len(self.mempool) > 0, self.sim.now))
+        self.process(self.replica.on_applied(self.tip(), self.sim.now))
+
+    def build_payload(self, epoch: int, height_round: tuple[int, int]) -> None:
+        if epoch != self.epoch or not self.up:
+            return
+        tip = self.tip()
+        if height_round[0] != tip.height:
+            return
+        txs = self.mempool.take(self.sim.scenario.max_block_txs, 1 << 30)
+        now = self.sim.now + self.sim.clock_skew[self.id]
+        block = compute_sim_block(tip, txs, max(now, tip.last_timestamp_ms + 1), self.id)
+        self.process(self.replica.on_payload(block, self.sim.now))
+
+
+def compute_sim_block(tip: ChainTip, txs: list[Transaction], ts: int, proposer: str) -> Block:
+    header = BlockHeader(
+        network=NETWORK,
+        app=APP,
+        number=tip.height,
+        previous_hash=tip.previous_hash,
+        data_hash=compute_root([compute_tx_hash(tx) for tx in txs]),
+        last_result_root=tip.last_result_root,
+        timestamp_ms=ts,
+        tx_count=len(txs),
+        proposer=proposer,
+    )
+    return Block(header, tuple(txs))
+
+
+class ByzantineNode(SimNode):
+    """A replica that runs the honest code but tampers with what it sends."""
+
+    def __init__(self, sim: Simulator, node_id: str, signer: Ed25519Signer, kind: str) -> None:
+        super().__init__(sim, node_id, signer)
+        self.kind = kind
+        self.seen: list[Message] = []
+
+    def receive(self, sender: str, msg: Message) -> None:
+        if self.kind == "silent":
+            return
+        replayable = isinstance(msg, Vote | TimeoutMsg | ProposalMsg)
+        if self.kind == "replay" and replayable and len(self.seen) < 500:
+            self.seen.append(msg)
+        super().receive(sender, msg)
+
+    def process(self, out: Output) -> None:
+        if self.kind == "silent":
+            return
+        sends, out.send = out.send, []
+        super().process(out)
+        for dest, msg in sends:
+            for peer, tampered in self.tamper(msg):
+                if dest is None or peer == dest:
+                    self.sim.send(self, peer, tampered)
+
+    def peers(self) -> list[str]:
+        return [p for p in self.sim.nodes if p != self.id]
+
+    def tamper(self, msg: Message) -> list[tuple[str, Any]]:
+        rng, peers = self.sim.rng, self.peers()
+        out: list[tuple[str, Any]] = [(p, msg) for p in peers]
+        if self.kind == "equivocate" and isinstance(msg, ProposalMsg) and msg.justify is None:
+            other = compute_sim_block(
+                self.tip(),
+                [make_tx(10_000 + rng.randint(0, 10**6), 0)],
+                msg.block.header.timestamp_ms + 1,
+                self.id,
+            )
+            digest = compute_proposal_digest(NETWORK, APP, msg.height, msg.round, other.header.hash)
+            twin = ProposalMsg(
+                APP, msg.round, other, None, msg.tc, self.id, self.signer.sign(bytes(digest))
+            )
+            half = set(rng.sample(peers, len(peers) // 2))  # these get both, in either order
+            out = [(p, twin if p in half else msg) for p in peers]
+            out += [(p, msg) for p in half]
+        elif self.kind == "double_vote" and isinstance(msg, Vote):
+            fake = Digest(rng.randbytes(32))
+            digest = compute_vote_digest(NETWORK, APP, msg.phase, msg.height, msg.round, fake)
+            twin = Vote(
+                APP,
+                msg.phase,
+                msg.height,
+                msg.round,
+                fake,
+                self.id,
+                self.signer.sign(bytes(digest)),
+            )
+            out = [(p, twin) for p in peers] + out
+        elif self.kind == "bad_signature" and isinstance(msg, Vote | TimeoutMsg | ProposalMsg):
+            bad = bytes([msg.signature[0] ^ 1]) + msg.signature[1:]
+            out = [(p, _with_signature(msg, bad)) for p in peers]
+        elif self.kind == "forge_certificate" and isinstance(msg, Vote):
+            forged = QuorumCert(
+                APP,
+                Phase.COMMIT,
+                msg.height,
+                msg.round,
+                Digest(rng.randbytes(32)),
+                ((self.id, b"x" * 64),),
+            )
+            fake_block = compute_sim_block(self.tip(), [], self.sim.now, self.id)
+            digest = compute_proposal_digest(
+                NETWORK, APP, msg.height, msg.round + 1, fake_block.header.hash
+            )
+            forged_prepare = QuorumCert(
+                APP,
+                Phase.PREPARE,
+                msg.height,
+                msg.round,
+                fake_block.header.hash,
+                ((self.id, b"x" * 64),),
+            )
+            prop = ProposalMsg(
+                APP,
+                msg.round + 1,
+                fake_block,
+                forged_prepare,
+                None,
+                self.id,
+                self.signer.sign(bytes(digest)),
+            )
+            out += [(p, SyncResponse(APP, ((fake_block, forged),))) for p in peers]
+            out += [(p, prop) for p in peers]
+        elif self.kind == "replay" and self.seen:
+            out += [(rng.choice(peers), rng.choice(self.seen)) for _ in range(3)]
+        elif self.kind == "garbage":
+            out += [(rng.choice(peers), rng.randbytes(rng.randint(0, 200)))]
+            out += [(rng.choice(peers), Status("otherapp", 10**9))]
+        return out
+
+
+def _with_signature(msg: Any, sig: bytes) -> Any:
+    from dataclasses import replace
+
+    return replace(msg, signature=sig)
+
+
+class Simulator:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.rng = random.Random(scenario.seed)
+        self.now = 0
+        self._queue: list[tuple[int, int, str, str, Any]] = []
+        self._seq = 0
+        ids = [f"n{i}" for i in range(scenario.n)]
+        signers = {
+            i: Ed25519Signer(hashlib.sha256(f"{scenario.seed}/{i}".encode()).digest()) for i in ids
+        }
+        self.consenters = Consenters(
+            {i: (ED25519, s.public_key_bytes()) for i, s in signers.items()}
+        )
+        self.timing = Timing(
+            round_timeout_ms=300,
+            max_round_timeout_ms=4_000,
+            max_clock_skew_ms=500,
+            leader_term=8,
+            sync_retry_ms=200,
+        )
+        self.clock_skew = {i: self.rng.randint(-100, 100) for i in ids}
+        self.rejected: dict[str, int] = {}
+        self.decided_at: dict[str, int] = {}
+        self.nodes: dict[str, SimNode] = {}
+        for i in ids:
+            kind = scenario.byzantine.get(i)
+            self.nodes[i] = (
+                SimNode(self, i, signers[i])
+                if kind is None
+                else ByzantineNode(self, i, signers[i], kind)
+            )
+        self.honest = [i for i in ids if i not in scenario.byzantine]
+        self.submitted: dict[str, int] = {}
+
+    # ----------------------------------------------------------------- network
+
+    def schedule(self, delay: int, kind: str, node: str, payload: Any) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (self.now + delay, self._seq, kind, node, payload))
+
+    def broadcast(self, src: SimNode, msg: Any) -> None:
+        for peer in self.nodes:
+            if peer != src.id:
+                self.send(src, peer, msg)
+
+    def _cut(self, a: str, b: str) -> bool:
+        for start, end, side in self.scenario.partitions:
+            if start <= self.now < end and ((a in side) != (b in side)):
+                return True
+        return False
+
+    def send(self, src: SimNode, dst: str, msg: Any) -> None:
+        sc = self.scenario
+        stable = self.now >= sc.gst_ms
+        if not stable and (self.rng.random() < sc.loss or self._cut(src.id, dst)):
+            return
+        copies = 2 if not stable and self.rng.random() < sc.duplicate else 1
+        data = msg if isinstance(msg, bytes) or not sc.wire else encode_message(msg)
+        for _ in range(copies):
+            delay = self.rng.randint(1, sc.stable_delay_ms if stable else sc.max_delay_ms)
+            self.schedule(delay, "deliver", dst, (src.id, data))
+
+    # -------------------------------------------------------------------- run
+
+    def deliver(self, dst: SimNode, sender: str, data: Any) -> None:
+        if not dst.up:
+            return
+        if isinstance(data, bytes):
+            try:
+                data = decode_message(data)
+            except MeridianError:
+                self.rejected["malformed"] = self.rejected.get("malformed", 0) + 1
+                return
+        if data.app != APP:
+            self.rejected["unknown_channel"] = self.rejected.get("unknown_channel", 0) + 1
+            return
+        dst.receive(sender, data)
+
+    def run(self) -> Report:
+        sc = self.scenario
+        submit_until = sc.gst_ms + 2_000
+        for k in range(sc.txs):
+            self.schedule(self.rng.randint(0, submit_until), "submit", "", make_tx(k, sc.seed))
+        for node, down, up in sc.crashes:
+            self.schedule(down, "crash", node, None)
+            self.schedule(up, "restart", node, None)
+        for i in self.nodes:
+            self.schedule(0, "tick", i, 0)
+            self.schedule(sc.gst_ms, "status", i, None)
+        while self._queue:
+            at, _, kind, node_id, payload = heapq.heappop(self._queue)
+            if at > sc.end_ms:
+                break
+            self.now = at
+            self._dispatch(kind, node_id, payload)
+        return Report(
+            sc,
+            {i: list(n.ledger) for i, n in self.nodes.items()},
+            {i: list(n.certs) for i, n in self.nodes.items()},
+            self.submitted,
+            self.honest,
+            {i: n.replica.halted for i, n in self.nodes.items()},
+            self.rejected,
+            self.decided_at,
+        )
+
+    def _dispatch(self, kind: str, node_id: str, payload: Any) -> None:
+        if kind == "submit":
+            up = [i for i in self.honest if self.nodes[i].up]
+            if not up:
+                self.schedule(100, "submit", "", payload)
+                return
+            self.submitted[payload.tx_id] = self.now
+            self.nodes[self.rng.choice(up)].submit(payload)
+            return
+        node = self.nodes[node_id]
+        if kind == "deliver":
+            self.deliver(node, *payload)
+        elif kind == "tick":
+            node.tick(payload)
+        elif kind == "apply":
+            node.apply(*payload)
+        elif kind == "payload":
+            node.build_payload(*payload)
+        elif kind == "crash":
+            node.crash()
+        elif kind == "restart":
+            node.restart()
+        elif kind == "status" and node.up:
+            node.broadcast_status()
+
+
+# --------------------------------------------------------------------- checks
+
+
+def check_safety(report: Report) -> None:
+    """No two honest replicas committed different blocks at the same height; every
+    commit carries a valid certificate; block numbers and links are consistent."""
+    honest = [report.ledgers[i] for i in report.honest]
+    longest = max(honest, key=len)
+    for node_id in report.honest:
+        ledger = report.ledgers[node_id]
+        for height, block in enumerate(ledger):
+            assert block.header.hash == longest[height].header.hash, (
+                f"{node_id} committed a different block at height {height}"
+            )
+            cert = report.certificates[node_id][height]
+            assert cert.phase is Phase.COMMIT and cert.block == block.header.hash
+            if height:
+                assert block.header.previous_hash == ledger[height - 1].header.hash
+                assert block.header.timestamp_ms > ledger[height - 1].header.timestamp_ms
+
+
+def check_liveness(report: Report) -> None:
+    """After the network stabilised, every submitted transaction was committed once on
+    every honest replica."""
+    for node_id in report.honest:
+        assert report.halted[node_id] is None, f"{node_id} halted: {report.halted[node_id]}"
+        committed = [tx.tx_id for block in report.ledgers[node_id] for tx in block.transactions]
+        missing = set(report.submitted) - set(committed)
+        assert not missing, f"{node_id} lacks {len(missing)} of {len(report.submitted)} txs"
+        honest_blocks = [
+            tx.tx_id
+            for block in report.ledgers[node_id]
+            if block.header.proposer in report.honest
+            for tx in block.transactions
+        ]
+        assert len(honest_blocks) == len(set(honest_blocks)), f"{node_id}: a tx committed twice"
+
+
+def run_scenario(scenario: Scenario) -> Report:
+    return Simulator(scenario).run()
+
+
+__all__ = [
+    "Scenario",
+    "Simulator",
+    "SyncResponse",
+    "check_liveness",
+    "check_safety",
+    "run_scenario",
+]
