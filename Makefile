@@ -17,10 +17,9 @@ $(STAMP): pyproject.toml scripts/install-system-deps.sh
 demo: $(STAMP)
 	$(BIN)/meridian demo
 
-# Run a network in the foreground: `make up NETWORK=./network` (created if missing).
+# Run a network in the foreground: `make up NETWORK=./network` (4 nodes, created if missing).
 NETWORK ?= network
 up: $(STAMP)
-	test -f $(NETWORK)/network.json || $(BIN)/meridian network init $(NETWORK)
 	$(BIN)/meridian --network $(NETWORK) up
 
 test: $(STAMP)

@@ -35,10 +35,14 @@ class RunningNetwork:
     def url(self) -> str:
         return self.config.nodes[0].url
 
-    def gateway(self, who: str = "org1/user1", **kw: object) -> Gateway:
+    def node_url(self, org: str) -> str:
+        """The gateway of ``org``'s first node (the first node if the org runs none)."""
+        return next((n.url for n in self.config.nodes if n.org == org), self.url)
+
+    def gateway(self, who: str = "org1/user1", url: str | None = None, **kw: object) -> Gateway:
         org, name = who.split("/")
         return connect(
-            self.url,
+            url or self.node_url(org),
             Identity.from_dir(self.layout.user_dir(org, name)),
             network=self.config.network,
             **kw,
@@ -92,7 +96,7 @@ class RunningNetwork:
                 p.proc.wait(10)
 
     def deploy(self, source: Path = EXAMPLE, policy: str = "ANY") -> dict[str, object]:
-        admins = [self.gateway(f"{org}/admin") for org in ("org1", "org2")]
+        admins = [self.gateway(f"{org.id}/admin") for org in self.config.orgs]
         try:
             return deploy(admins, "demo", source, policy=policy)
         finally:
@@ -123,12 +127,15 @@ def verify_ledgers(net: RunningNetwork) -> list[dict[str, Any]]:
     return ledgers
 
 
-def make_network(tmp: Path, **block: int) -> RunningNetwork:
+def make_network(tmp: Path, *, orgs: int = 2, nodes: int = 1, **block: int) -> RunningNetwork:
     layout = NetworkLayout(tmp / "network")
     config = init_network(
         layout.root,
         InitOptions(
-            base_port=free_port_block(2), block=BlockConfig(**block) if block else BlockConfig()
+            orgs=orgs,
+            nodes=nodes,
+            base_port=free_port_block(2 * nodes),
+            block=BlockConfig(**block) if block else BlockConfig(),
         ),
     )
     return RunningNetwork(layout, config, [])

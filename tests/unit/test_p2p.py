@@ -22,6 +22,7 @@ from meridian.errors import Forbidden, InvalidInput
 from meridian.network.config import NetworkConfig, NetworkLayout
 from meridian.network.init import InitOptions, init_network
 from meridian.p2p import (
+    GREETING,
     PREAMBLE,
     Authenticate,
     FrameDecoder,
@@ -156,8 +157,10 @@ class Cluster:
         ctx = create_ssl_context(
             server_side=False, cert_pem=identity[0], key_pem=identity[1], ca_pems=self.net.ca_pems
         )
-        reader, writer = await asyncio.open_connection(HOST, port, ssl=ctx, server_hostname="")
+        reader, writer = await asyncio.open_connection(HOST, port)
         self.stack.callback(writer.transport.abort)
+        assert await reader.readexactly(len(GREETING)) == GREETING  # the acceptor speaks first
+        await writer.start_tls(ctx, server_hostname="")
         return reader, writer
 
     async def raw_session(

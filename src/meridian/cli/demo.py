@@ -13,7 +13,7 @@ from ..client.core import Receipt
 from ..client.lifecycle import deploy
 from ..crypto.certs import Membership
 from ..errors import MeridianError
-from ..network.config import NetworkLayout
+from ..network.config import NetworkConfig, NetworkLayout
 from ..network.init import InitOptions, init_network
 from ..node.node import get_consenters
 from ..node.policy import parse_policy
@@ -23,6 +23,7 @@ from ..node.verify import verify_ledger
 from .common import console
 from .procs import free_port_block, start_nodes, stop_processes, wait_healthy
 
+DEMO_NODES = 4
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "asset_transfer"
 
 
@@ -35,21 +36,25 @@ def _show(label: str, receipt: Receipt) -> None:
 
 
 def run_demo(*, keep: bool = False) -> None:
-    """Init a 2-org network, start its node, deploy, run the scenario, verify."""
+    """Init a 4-org, 4-node network, start its nodes, deploy, run the scenario, verify."""
     root = Path(tempfile.mkdtemp(prefix="meridian-demo-"))
     layout = NetworkLayout(root / "network")
-    config = init_network(layout.root, InitOptions(base_port=free_port_block(2)))
+    config = init_network(
+        layout.root, InitOptions(orgs=DEMO_NODES, nodes=DEMO_NODES, base_port=free_port_block(8))
+    )
     console.print(Rule("Meridian demo"))
     console.print(
         f"network [bold]{config.network}[/] in {layout.root}: orgs "
-        f"{', '.join(o.id for o in config.orgs)}, node {config.nodes[0].id} at "
-        f"{config.nodes[0].url}, app [bold]demo[/]"
+        f"{', '.join(o.id for o in config.orgs)}, app [bold]demo[/]; nodes (one process "
+        "each, BFT consensus tolerating 1 faulty node):"
     )
+    for entry in config.nodes:
+        console.print(f"  {entry.id} of {entry.org}: gateway {entry.url}, peers :{entry.p2p_port}")
     procs = start_nodes(layout, config, detach=True)
     try:
-        with console.status("starting the node..."):
+        with console.status("starting the nodes..."):
             wait_healthy(procs)
-        _scenario(layout, config.nodes[0].url, config.network)
+        _scenario(layout, config)
     finally:
         stop_processes(procs)
     _verify(layout)
@@ -64,11 +69,13 @@ def _gateway(layout: NetworkLayout, url: str, network: str, org: str, name: str)
     return connect(url, Identity.from_dir(layout.user_dir(org, name)), network=network)
 
 
-def _scenario(layout: NetworkLayout, url: str, network: str) -> None:
-    admins = [_gateway(layout, url, network, org, "admin") for org in ("org1", "org2")]
+def _scenario(layout: NetworkLayout, config: NetworkConfig) -> None:
+    network, url = config.network, config.nodes[0].url
+    admins = [_gateway(layout, entry.url, network, entry.org, "admin") for entry in config.nodes]
     user = _gateway(layout, url, network, "org1", "user1")
     try:
-        console.print(Rule("1. deploy asset-transfer: install, approve (org1, org2), commit"))
+        orgs = ", ".join(entry.org for entry in config.nodes)
+        console.print(Rule(f"1. deploy asset-transfer: install and approve ({orgs}), commit"))
         definition = deploy(admins, "demo", EXAMPLE)
         console.print(
             f"  committed {definition['name']} v{definition['version']} sequence "
@@ -115,7 +122,10 @@ def _scenario(layout: NetworkLayout, url: str, network: str) -> None:
                 )
         console.print(f"  bike-7 is owned by {contract.evaluate('read', 'bike-7')['owner']}")
 
-        console.print(Rule("4. bad input gets a clear error"))
+        console.print(Rule("4. one ledger on every node"))
+        _show_heights(layout, config)
+
+        console.print(Rule("5. bad input gets a clear error"))
         for call in (("transfer", "ghost-1", "zoe"), ("create", "x", "y", "not-a-number")):
             try:
                 contract.submit(*call)
@@ -126,8 +136,22 @@ def _scenario(layout: NetworkLayout, url: str, network: str) -> None:
             gw.close()
 
 
+def _show_heights(layout: NetworkLayout, config: NetworkConfig) -> None:
+    """Each node's height and latest block hash: the same everywhere once committed."""
+    for entry in config.nodes:
+        with _gateway(layout, entry.url, config.network, entry.org, "user1") as gw:
+            app = gw.status()["apps"]["demo"]
+            block = gw.app("demo").block("latest")
+        header = block["block"]["header"]
+        console.print(
+            f"  {entry.id}: height {app['height']}, block {header['number']} proposed by "
+            f"{header['proposer']}, leader {app['consensus']['leader']}, peers "
+            f"{sum(app['consensus']['peers'].values())}/{len(app['consensus']['peers'])}"
+        )
+
+
 def _verify(layout: NetworkLayout) -> None:
-    console.print(Rule("5. meridian ledger verify"))
+    console.print(Rule("6. meridian ledger verify (every node)"))
     config = layout.load()
     app = config.apps[0]
     rules = AppRules(

@@ -21,6 +21,8 @@ from . import contract, ledger, tx
 from .common import Settings, console, handle_errors, output, settings
 from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_healthy
 
+DEFAULT_NODES = 4
+
 
 class SandboxMode(StrEnum):
     AUTO = "auto"
@@ -75,8 +77,10 @@ def main(
 def network_init(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="New (empty) network directory."),
-    orgs: int = typer.Option(2, help="Number of organisations (each gets a CA, admin, user1)."),
-    nodes: int = typer.Option(1, help="Number of nodes (assigned to orgs round robin)."),
+    orgs: int = typer.Option(4, help="Number of organisations (each gets a CA, admin, user1)."),
+    nodes: int = typer.Option(
+        4, help="Number of nodes (assigned to orgs round robin); 3f+1 nodes tolerate f faulty."
+    ),
     app_name: str = typer.Option("demo", "--app-name", help="Name of the first application."),
     network_id: str = typer.Option("meridian", help="Network id (bound into signatures)."),
     base_port: int = typer.Option(
@@ -117,11 +121,33 @@ def up(
         False, "--detach", "-d", help="Start in the background and return once healthy."
     ),
     sandbox: SandboxMode = typer.Option(SandboxMode.AUTO, help="Contract sandbox."),
+    nodes: int | None = typer.Option(
+        None,
+        "--nodes",
+        min=1,
+        max=64,
+        help="If the network directory does not exist yet: create it with this many nodes, "
+        "one org each (default 4). An existing network keeps its nodes.",
+    ),
 ) -> None:
-    """Run the network's nodes (foreground until Ctrl-C, or --detach)."""
+    """Run the network's nodes, each its own process (foreground until Ctrl-C, or --detach).
+
+    Creates the network directory first if it does not exist (4 nodes of 4 orgs,
+    one app 'demo'); each node logs to <network>/nodes/<node>/data/node.log.
+    """
     s = settings(ctx)
     with handle_errors(s.json):
+        if not s.layout.config_file.is_file():
+            count = nodes or DEFAULT_NODES
+            init_network(s.layout.root, InitOptions(orgs=count, nodes=count))
+            console.print(f"created network {s.layout.root} ({count} nodes, {count} orgs)")
         config = s.config()
+        if nodes is not None and nodes != len(config.nodes):
+            raise MeridianError(
+                f"network {s.layout.root} has {len(config.nodes)} nodes, not {nodes}",
+                code="bad_config",
+                hint="drop --nodes, or create a new network with 'network init --nodes N'",
+            )
         already = running_pids(s.layout, config)
         if already:
             raise MeridianError(
@@ -175,7 +201,8 @@ def down(ctx: typer.Context) -> None:
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Per node and app: height, pending transactions, last commit age."""
+    """Per node and app: height, consensus round and leader, peers connected, pending
+    transactions, last commit age (or why the app halted)."""
     from rich.table import Table
 
     s = settings(ctx)
@@ -190,21 +217,32 @@ def status(ctx: typer.Context) -> None:
                 rows.append({"node": entry.id, "org": entry.org, "down": str(exc)[:80]})
 
     def human() -> None:
-        table = Table("node", "org", "app", "height", "pending", "last commit", "sandbox")
+        table = Table(
+            "node", "org", "app", "height", "round", "leader", "peers", "pending", "last commit"
+        )
         for row in rows:
             if "down" in row:
-                table.add_row(row["node"], row["org"], "-", "-", "-", "[red]down[/]", "-")
+                table.add_row(row["node"], row["org"], "-", "-", "-", "-", "-", "-", "[red]down[/]")
                 continue
             for app_name, a in row["apps"].items():
                 age = a["last_commit_age_ms"]
+                consensus = a.get("consensus", {})
+                peers = consensus.get("peers", {})
+                halted = a["halted"]
                 table.add_row(
                     row["node"],
                     row["org"],
                     app_name,
                     str(a["height"]),
+                    str(consensus.get("round", "-")),
+                    str(consensus.get("leader", "-")),
+                    f"{sum(peers.values())}/{len(peers)}",
                     str(a["pending"]),
-                    "-" if age is None else f"{age / 1000:.1f}s ago",
-                    row["sandbox"],
+                    f"[red]HALTED: {halted}[/]"
+                    if halted
+                    else "-"
+                    if age is None
+                    else f"{age / 1000:.1f}s ago",
                 )
         console.print(table)
 

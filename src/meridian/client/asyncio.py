@@ -13,6 +13,7 @@ from .core import (
     Identity,
     ProposalBuilder,
     Receipt,
+    SeenBlocks,
     SseParser,
     committed_response,
     encode_body,
@@ -25,6 +26,7 @@ class AsyncGateway:
     def __init__(self, url: str, identity: Identity, network: str, timeout_s: float = 60.0) -> None:
         self._http = httpx.AsyncClient(base_url=url, timeout=timeout_s)
         self.builder = ProposalBuilder(identity, network)
+        self.seen = SeenBlocks()  # what this session saw, sent as after_block
 
     async def request(
         self, method: str, path: str, body: Any = None, params: dict[str, Any] | None = None
@@ -105,20 +107,31 @@ class AsyncContract:
     async def submit(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Any:
         return committed_response(await self.submit_receipt(function, *args, timeout_ms=timeout_ms))
 
+    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.app.gateway.seen.body(self.app.name, body)
+
     async def submit_receipt(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Receipt:
         body = await self.app.gateway.request(
             "POST",
             f"/v1/apps/{self.app.name}/transactions",
-            {"proposal": self._proposal(function, args), "wait": True, "timeout_ms": timeout_ms},
+            self._body(
+                {
+                    "proposal": self._proposal(function, args),
+                    "wait": True,
+                    "timeout_ms": timeout_ms,
+                }
+            ),
         )
-        return Receipt.from_dict(body["receipt"])
+        receipt = Receipt.from_dict(body["receipt"])
+        self.app.gateway.seen.observe(self.app.name, receipt.block)
+        return receipt
 
     async def submit_async(self, function: str, *args: Any) -> Receipt:
         """Returns the pending receipt (with the endorsed response) once accepted."""
         body = await self.app.gateway.request(
             "POST",
             f"/v1/apps/{self.app.name}/transactions",
-            {"proposal": self._proposal(function, args), "wait": False},
+            self._body({"proposal": self._proposal(function, args), "wait": False}),
         )
         return Receipt.from_dict(body["receipt"])
 
@@ -126,6 +139,6 @@ class AsyncContract:
         body = await self.app.gateway.request(
             "POST",
             f"/v1/apps/{self.app.name}/evaluate",
-            {"proposal": self._proposal(function, args)},
+            self._body({"proposal": self._proposal(function, args)}),
         )
         return body["response"]

@@ -38,6 +38,33 @@ class Identity:
         return cls.from_files(folder / "cert.pem", folder / "key.pem")
 
 
+class SeenBlocks:
+    """The highest block one client session has seen per app.
+
+    Sent as ``after_block`` with every proposal, so that a node which has not yet
+    committed what this client already saw (through another node) waits for it
+    instead of answering from an older state: read-your-writes across nodes.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def observe(self, app: str, block: int | None) -> None:
+        if block is not None and block > self._seen.get(app, -1):
+            self._seen[app] = block
+
+    def merge(self, other: SeenBlocks) -> None:
+        for app, block in other._seen.items():
+            self.observe(app, block)
+
+    def body(self, app: str, body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with this session's ``after_block`` for ``app`` (if any)."""
+        block = self._seen.get(app)
+        if block is not None:
+            body["after_block"] = block
+        return body
+
+
 @dataclass(frozen=True, slots=True)
 class Receipt:
     """Outcome of a transaction (see the gateway's receipt)."""

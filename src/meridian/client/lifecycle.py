@@ -52,15 +52,25 @@ def deploy(
     name: str | None = None,
     policy: str = "ANY",
 ) -> dict[str, Any]:
-    """Install on the node, approve as every given org admin, commit (or upgrade)."""
+    """Install on each admin's node, approve as every given org admin, commit (or upgrade).
+
+    Each admin's gateway should be a node of that admin's org (only an org's admin may
+    install on its nodes); installing the same package twice is harmless.
+    """
     package_id, archive = load_package(source)
     installed = admins[0].install(archive)
+    for gw in admins[1:]:
+        gw.install(archive)
     name = name or installed["name"]
     sequence = next_sequence(admins[0], app_name, name)
     for gw in admins:
+        for other in admins:  # each admin's node must see the approvals before it
+            gw.seen.merge(other.seen)
         lifecycle_call(
             gw, app_name, "approve", name, installed["version"], sequence, package_id, policy
         )
+    for other in admins:
+        admins[0].seen.merge(other.seen)
     return lifecycle_call(
         admins[0], app_name, "commit", name, installed["version"], sequence, package_id, policy
     )

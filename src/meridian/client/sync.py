@@ -14,6 +14,7 @@ from .core import (
     Identity,
     ProposalBuilder,
     Receipt,
+    SeenBlocks,
     committed_response,
     encode_body,
     parse_sse,
@@ -40,6 +41,7 @@ class Gateway:
         if network is None:
             network = raise_for_error(self._http.get("/v1/health"))["network"]
         self.builder = ProposalBuilder(identity, network)
+        self.seen = SeenBlocks()  # what this session saw, sent as after_block
 
     @property
     def network(self) -> str:
@@ -143,6 +145,7 @@ class Commit:
             receipt = self.app.transaction(self.tx_id)
             if receipt.status == "committed":
                 self._receipt = receipt
+                self.app.gateway.seen.observe(self.app.name, receipt.block)
                 break
             if time.monotonic() > deadline:
                 return receipt
@@ -171,20 +174,33 @@ class Contract:
         """
         return committed_response(self.submit_receipt(function, *args, timeout_ms=timeout_ms))
 
+    def _body(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.app.gateway.seen.body(self.app.name, body)
+
+    def _observe(self, receipt: Receipt) -> Receipt:
+        self.app.gateway.seen.observe(self.app.name, receipt.block)
+        return receipt
+
     def submit_receipt(self, function: str, *args: Any, timeout_ms: int = 30_000) -> Receipt:
         body = self.app.gateway.request(
             "POST",
             f"{self._base}/transactions",
-            {"proposal": self._proposal(function, args), "wait": True, "timeout_ms": timeout_ms},
+            self._body(
+                {
+                    "proposal": self._proposal(function, args),
+                    "wait": True,
+                    "timeout_ms": timeout_ms,
+                }
+            ),
         )
-        return Receipt.from_dict(body["receipt"])
+        return self._observe(Receipt.from_dict(body["receipt"]))
 
     def submit_async(self, function: str, *args: Any) -> Commit:
         """Submit and return once the node has durably accepted the transaction."""
         body = self.app.gateway.request(
             "POST",
             f"{self._base}/transactions",
-            {"proposal": self._proposal(function, args), "wait": False},
+            self._body({"proposal": self._proposal(function, args), "wait": False}),
         )
         return Commit(self.app, Receipt.from_dict(body["receipt"]))
 
@@ -199,17 +215,25 @@ class Contract:
         body = self.app.gateway.request(
             "POST",
             f"{self._base}/transactions/batch",
-            {
-                "proposals": [self._proposal(f, a) for f, a in calls],
-                "wait": wait,
-                "timeout_ms": timeout_ms,
-            },
+            self._body(
+                {
+                    "proposals": [self._proposal(f, a) for f, a in calls],
+                    "wait": wait,
+                    "timeout_ms": timeout_ms,
+                }
+            ),
         )
-        return [_batch_result(item) for item in body["results"]]
+        results = [_batch_result(item) for item in body["results"]]
+        for result in results:
+            if isinstance(result, Receipt):
+                self._observe(result)
+        return results
 
     def evaluate(self, function: str, *args: Any) -> Any:
         body = self.app.gateway.request(
-            "POST", f"{self._base}/evaluate", {"proposal": self._proposal(function, args)}
+            "POST",
+            f"{self._base}/evaluate",
+            self._body({"proposal": self._proposal(function, args)}),
         )
         return body["response"]
 

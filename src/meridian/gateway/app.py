@@ -102,6 +102,16 @@ def _get(d: Any, key: str, kind: type, default: Any) -> Any:
     return value
 
 
+def _after_block(body: Any) -> int | None:
+    """The block the caller has seen (its state must include it), if it says."""
+    after = body.get("after_block") if isinstance(body, dict) else None
+    if after is None:
+        return None
+    if not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**53:
+        raise InvalidInput("'after_block' must be a block number", code="malformed")
+    return after
+
+
 def _wait_args(body: Any) -> tuple[bool, float]:
     wait = _get(body, "wait", bool, True)
     timeout_ms = _get(body, "timeout_ms", int, 30_000)
@@ -214,6 +224,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         body = await _json_body(request)
         proposal = _proposal_of(body)
         wait, timeout_s = _wait_args(body)
+        await node.wait_for_block(app_name, _after_block(body))
         receipt = await node.submit(app_name, proposal, wait=wait, timeout_s=timeout_s)
         return receipt_response(receipt)
 
@@ -233,6 +244,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
                 f"a batch holds 1..{MAX_BATCH_PROPOSALS} proposals", code="malformed"
             )
         wait, timeout_s = _wait_args(body)
+        await node.wait_for_block(app_name, _after_block(body))
         items = [_parse_or_error(item) for item in raw]
         good = [i for i in items if isinstance(i, SignedProposal)]
         results = iter(
@@ -255,6 +267,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         await caller(request, app_name)
         body = await _json_body(request)
         proposal = _proposal_of(body)
+        await node.wait_for_block(app_name, _after_block(body))
         return ORJSON({"response": await node.evaluate(app_name, proposal)})
 
     @app.get(
@@ -311,10 +324,12 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
                 code="block_not_found",
             )
         codes = channel.ledger.get_codes(n) or ()
+        certificate = channel.ledger.get_certificate(n)
         return {
             "block": block.to_dict(),
             "hash": block.header.hash.hex(),
             "codes": [c.name for c in codes],
+            "certificate": orjson.loads(certificate) if certificate else None,
         }
 
     @app.get(

@@ -38,16 +38,34 @@ class SubmitIn(_Strict):
     proposal: SignedProposalIn
     wait: bool = Field(True, description="wait for the commit (else 202 once accepted)")
     timeout_ms: int = Field(30_000, ge=1, le=120_000)
+    after_block: int | None = Field(
+        None,
+        ge=0,
+        description="run on a state that includes this block (the node waits up to "
+        "10 s for it, else 503 node_behind): read-your-writes across nodes",
+    )
 
 
 class BatchIn(_Strict):
     proposals: list[SignedProposalIn] = Field(min_length=1, max_length=2000)
     wait: bool = True
     timeout_ms: int = Field(30_000, ge=1, le=120_000)
+    after_block: int | None = Field(
+        None,
+        ge=0,
+        description="run on a state that includes this block (the node waits up to "
+        "10 s for it, else 503 node_behind): read-your-writes across nodes",
+    )
 
 
 class EvaluateIn(_Strict):
     proposal: SignedProposalIn
+    after_block: int | None = Field(
+        None,
+        ge=0,
+        description="run on a state that includes this block (the node waits up to "
+        "10 s for it, else 503 node_behind): read-your-writes across nodes",
+    )
 
 
 class InstallIn(_Strict):
@@ -101,6 +119,10 @@ class BlockOut(BaseModel):
     block: dict[str, Any]
     hash: str
     codes: list[str]
+    certificate: dict[str, Any] | None = Field(
+        description="the consensus commit certificate: a quorum of the consenters' "
+        "signatures over the header hash (see docs/consensus.md)"
+    )
 
 
 class PackageOut(BaseModel):

@@ -36,6 +36,7 @@ from ..errors import (
     Forbidden,
     MeridianError,
     NotFound,
+    Unavailable,
 )
 from ..ledger.pending import PendingStore
 from ..ledger.store import SqliteLedger
@@ -62,6 +63,7 @@ log = logging.getLogger("meridian.node")
 PROPOSAL_MAX_SKEW_MS = 10 * 60 * 1000
 PREVERIFY_MIN_BATCH = 16
 DEFAULT_WAIT_S = 30.0
+AFTER_BLOCK_WAIT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,6 +266,20 @@ class Node:
                 hint=f"hosted apps: {', '.join(self.channels) or 'none'}",
             )
         return channel
+
+    async def wait_for_block(self, app: str, number: int | None) -> None:
+        """Return once block ``number`` of ``app`` is committed here (session consistency:
+        a client that saw block N through one node reads at least N through any other)."""
+        if number is None:
+            return
+        channel = self.channel(app)
+        if not await channel.wait_for_block(number, AFTER_BLOCK_WAIT_S):
+            raise Unavailable(
+                f"node {self.id} has {channel.height} blocks of {app}; the request needs "
+                f"block {number}",
+                code="node_behind",
+                hint="retry shortly, or send the request to a node that has the block",
+            )
 
     # ----------------------------------------------------------------- authorisation
 

@@ -2,6 +2,7 @@
 
 from .frames import FrameDecoder, FrameError, encode_frame
 from .transport import (
+    GREETING,
     PREAMBLE,
     STAT_NAMES,
     Authenticate,
@@ -13,6 +14,7 @@ from .transport import (
 )
 
 __all__ = [
+    "GREETING",
     "PREAMBLE",
     "STAT_NAMES",
     "Authenticate",

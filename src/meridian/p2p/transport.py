@@ -14,6 +14,8 @@ Promises
   certificate (DER) to its node id. A peer is rejected if ``authenticate`` raises, names
   this node, names a node that is not a configured peer, or (when dialling) is not the
   node that was dialled.
+* **Greeting.** The acceptor first sends :data:`GREETING` in clear; the dialler starts
+  TLS only once it has it (so no TLS bytes reach the acceptor before its TLS is set up).
 * **Preamble.** After TLS and authentication each side sends :data:`PREAMBLE` (protocol
   and version). The acceptor sends it only after accepting the dialler, so a link is
   reported up on either side only once *both* sides have accepted each other.
@@ -60,6 +62,7 @@ from ..errors import CertificateError, InvalidInput, Unavailable
 from .frames import HEADER_BYTES, MAX_FRAME_LIMIT_BYTES, FrameDecoder, FrameError, encode_header
 
 __all__ = [
+    "GREETING",
     "PREAMBLE",
     "STAT_NAMES",
     "Authenticate",
@@ -73,6 +76,10 @@ __all__ = [
 log = logging.getLogger("meridian.p2p")
 
 PREAMBLE = b"MERIDIAN-P2P/1\n"
+# Sent in clear by the acceptor before it starts TLS; the dialler starts TLS only once
+# it has it. Without it a ClientHello can reach the acceptor's plain stream before TLS
+# is set up there, and (with uvloop) the handshake then hangs.
+GREETING = b"MERIDIAN-TLS\n"
 READ_CHUNK_BYTES = 256 * 1024
 WRITE_BATCH_BYTES = 256 * 1024  # frames joined into one write (one TLS record run)
 CLOSE_TIMEOUT_S = 1.0  # graceful TLS close on stop(), then abort
@@ -340,6 +347,7 @@ class Transport:
         remote = writer.get_extra_info("peername")
         try:
             async with asyncio.timeout(timeout_s):
+                writer.write(GREETING)
                 await writer.start_tls(self._server_ctx, ssl_handshake_timeout=timeout_s)
                 peer = self._get_authenticated_peer(writer, dialled=None)
                 if peer is None:
@@ -377,6 +385,8 @@ class Transport:
             return None
         try:
             async with asyncio.timeout(timeout_s):
+                if await reader.readexactly(len(GREETING)) != GREETING:
+                    raise ConnectionError("the peer did not greet as a Meridian node")
                 await writer.start_tls(self._client_ctx, ssl_handshake_timeout=timeout_s)
                 peer_id = self._get_authenticated_peer(writer, dialled=peer.node_id)
                 if peer_id is None:
