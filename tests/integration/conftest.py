@@ -96,9 +96,12 @@ class RunningNetwork:
                 p.proc.wait(10)
 
     def deploy(self, source: Path = EXAMPLE, policy: str = "ANY") -> dict[str, object]:
-        admins = [self.gateway(f"{org.id}/admin") for org in self.config.orgs]
+        members = self.config.app("demo").members
+        admins = [self.gateway(f"{org}/admin") for org in members]
+        running = {n.org for n in self.config.nodes}
+        installers = [gw for gw, org in zip(admins, members, strict=True) if org in running]
         try:
-            return deploy(admins, "demo", source, policy=policy)
+            return deploy(admins, "demo", source, policy=policy, install_on=installers)
         finally:
             for gw in admins:
                 gw.close()

@@ -80,7 +80,8 @@ def test_every_command_has_help(command: list[str]) -> None:
 @pytest.fixture()
 def cli_network(tmp_path: Path) -> Iterator[Path]:
     root = tmp_path / "net"
-    meridian("network", "init", str(root), "--base-port", str(free_port_block(2)))
+    base = str(free_port_block(2))
+    meridian("network", "init", str(root), "--orgs", "2", "--nodes", "1", "--base-port", base)
     try:
         yield root
     finally:

@@ -537,11 +537,6 @@ def test_invalid_commit_certificate_for_another_block() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core.py:498 _check_tc counts len(tc.entries), not distinct voters: one "
-    "replica's timeout repeated n-f times passes as a timeout certificate",
-)
 def test_invalid_tc_with_a_repeated_voter() -> None:
     replica = lock_on(make_block())
     entry = make_tc(0, 0, ("n2",)).entries[0]

@@ -95,19 +95,24 @@ def deploy_cmd(
     ),
     policy: str = typer.Option("ANY", help="Endorsement policy (ANY, ALL, MAJORITY, K-of(...))."),
 ) -> None:
-    """Install, approve by each org admin and commit (or upgrade) in one step."""
+    """Install on every node of the app's orgs, approve by each org admin, and commit (or
+    upgrade) in one step."""
     s = settings(ctx)
     with handle_errors(s.json):
         config = s.config()
         app_name = s.app_name()
-        specs = [a for a in admins.split(",") if a] or [
-            f"{org}/admin" for org in config.app(app_name).members
-        ]
+        members = config.app(app_name).members
+        specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in members]
         gateways = [s.gateway(spec) for spec in specs]
+        installers = [  # each org's admin installs on that org's nodes
+            s.gateway(f"{node.org}/admin", url=node.url)
+            for node in config.nodes
+            if node.org in members
+        ]
         try:
-            result = deploy(gateways, app_name, source, policy=policy)
+            result = deploy(gateways, app_name, source, policy=policy, install_on=installers)
         finally:
-            for gw in gateways:
+            for gw in (*gateways, *installers):
                 gw.close()
     output(
         s,

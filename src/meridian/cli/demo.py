@@ -76,7 +76,7 @@ def _scenario(layout: NetworkLayout, config: NetworkConfig) -> None:
     try:
         orgs = ", ".join(entry.org for entry in config.nodes)
         console.print(Rule(f"1. deploy asset-transfer: install and approve ({orgs}), commit"))
-        definition = deploy(admins, "demo", EXAMPLE)
+        definition = deploy(admins, "demo", EXAMPLE, install_on=admins)
         console.print(
             f"  committed {definition['name']} v{definition['version']} sequence "
             f"{definition['sequence']}, policy {definition['policy']}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,19 @@ def deploy(
     *,
     name: str | None = None,
     policy: str = "ANY",
+    install_on: Sequence[Gateway] | None = None,
 ) -> dict[str, Any]:
-    """Install on each admin's node, approve as every given org admin, commit (or upgrade).
+    """Install, approve as every given org admin, commit (or upgrade).
 
-    Each admin's gateway should be a node of that admin's org (only an org's admin may
-    install on its nodes); installing the same package twice is harmless.
+    The package is installed through ``install_on`` (default: the first admin): each an
+    admin's gateway on a node of that admin's org, since only an org's admin may
+    install on its nodes. Every node that should run the contract needs it; installing
+    the same package twice is harmless.
     """
     package_id, archive = load_package(source)
-    installed = admins[0].install(archive)
-    for gw in admins[1:]:
+    installers = list(install_on) if install_on else [admins[0]]
+    installed = installers[0].install(archive)
+    for gw in installers[1:]:
         gw.install(archive)
     name = name or installed["name"]
     sequence = next_sequence(admins[0], app_name, name)

@@ -5,7 +5,7 @@ Inputs are method calls (:meth:`Replica.on_message`, :meth:`~Replica.on_tick`,
 time; each returns an :class:`Output`: the safety state to persist, messages to send,
 blocks decided, and when to be ticked next. The driver must make ``persist`` durable
 *before* it sends any of ``send`` — that is what makes a restarted replica unable
-to vote twice. The production driver is :mod:`meridian.node.consensus`; the tests
+to vote twice. The production driver is :mod:`meridian.node.ordering`; the tests
 drive the same code in a deterministic simulator (``tests/sim``). One replica alone
 (n = 1) runs the same steps, all messages being its own.
 
@@ -146,17 +146,24 @@ class SafetyState:
         try:
             lock, last_tc = d["lock"], d.get("last_tc")
             rounds = {k: d[k] for k in ("proposed", "prepare_voted", "commit_voted", "timed_out")}
-            if not all(isinstance(r, int) and r >= NO_ROUND for r in rounds.values()):
+            if not all(_is_int(r) and r >= NO_ROUND for r in rounds.values()):
                 raise ValueError("bad round")
+            height, round_ = d["height"], d["round"]
+            if not (_is_int(height) and _is_int(round_) and height >= 0 and round_ >= 0):
+                raise ValueError("bad height or round")
             return cls(
-                height=int(d["height"]),
-                round=int(d["round"]),
+                height=height,
+                round=round_,
                 lock=None if lock is None else QuorumCert.from_dict(lock),
                 last_tc=None if last_tc is None else TimeoutCert.from_dict(last_tc),
                 **rounds,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidInput(f"safety state is malformed: {exc!r}", code="malformed") from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(slots=True)
@@ -444,6 +451,8 @@ class Replica:
             if not self.applying:
                 self._request_sync_if_behind()
             return
+        if self.idle:
+            self.round_started_ms = self._now  # the round's clock starts with its first sign
         if isinstance(msg, Vote):
             self._on_vote(msg)
         elif isinstance(msg, TimeoutMsg):
@@ -495,7 +504,7 @@ class Replica:
     def _check_tc(self, tc: TimeoutCert) -> str | None:
         if tc.app != self.app or tc.height != self.tip.height:
             return "tc_wrong_height"
-        if len(tc.entries) < self.consenters.quorum.strong:
+        if len({voter for voter, _, _ in tc.entries}) < self.consenters.quorum.strong:
             return "tc_too_few_signatures"
         for voter, high_round, sig in tc.entries:
             digest = compute_timeout_digest(self.network, self.app, tc.height, tc.round, high_round)
@@ -644,15 +653,16 @@ class Replica:
             return
         box = self._votes.setdefault((vote.phase, vote.round), {})
         known = box.get(vote.voter)
-        if known is not None:
-            if known.block != vote.block:
-                self._reject("double_vote")
-            return
+        if known is not None and known.block == vote.block:
+            return  # a duplicate
         digest = compute_vote_digest(
             self.network, self.app, vote.phase, vote.height, vote.round, vote.block
         )
         if not self.consenters.verify(vote.voter, digest, vote.signature):
-            self._reject("vote_bad_signature")
+            self._reject("vote_bad_signature")  # checked first: a forgery blames no one
+            return
+        if known is not None:
+            self._reject("double_vote")
             return
         box[vote.voter] = vote
         same = sorted((v.voter, v.signature) for v in box.values() if v.block == vote.block)
@@ -678,9 +688,13 @@ class Replica:
             self._save(lock=qc)
         if qc.round > self.round:
             self._enter_round(qc.round, None)
-        if self.safety.commit_voted < qc.round and self.safety.timed_out < qc.round:
-            self._save(commit_voted=qc.round)
-            self._vote(Phase.COMMIT, qc.round, qc.block)
+        # Commit-vote only in the current round: a replica already in a later round may
+        # have prepare-voted another block there, unlocked; a late commit vote for an
+        # older round would let both blocks be decided (see docs/consensus.md).
+        r = qc.round
+        if r == self.round and self.safety.commit_voted < r and self.safety.timed_out < r:
+            self._save(commit_voted=r)
+            self._vote(Phase.COMMIT, r, qc.block)
 
     def _decide(self, qc: QuorumCert) -> None:
         if self.applying:
@@ -708,6 +722,12 @@ class Replica:
         reason = self._check_block_link(block, fresh=False)
         if reason == "block_time_in_future":
             reason = None  # a certified block: a quorum accepted its time
+        if reason == "block_does_not_extend_tip":
+            self._halt(
+                f"fork at height {block.header.number}: a quorum certified a block that does "
+                "not extend this node's chain"
+            )
+            return
         if reason:
             self._out.rejected.append(f"sync:{reason}")
             self._synced.clear()
@@ -753,7 +773,10 @@ class Replica:
             reason = self._check_tc(last_tc)
             if reason:
                 self._reject(reason)
-            else:
+                return
+            if last_tc.high_qc is not None:
+                self._on_qc(last_tc.high_qc)  # the highest lock the TC proves
+            if not self.halted and not self.applying:
                 self._enter_round(last_tc.round + 1, last_tc)
         if self.halted or self.applying:
             return

@@ -37,7 +37,6 @@ from ..consensus.messages import (
     encode_block,
     encode_message,
 )
-from ..errors import MeridianError
 from ..ledger.merkle import compute_root
 from ..ledger.store import LedgerStore
 from ..types import Block, BlockHeader, Transaction, compute_tx_hash
@@ -50,6 +49,7 @@ MAX_BLOCK_BYTES = 16 * 2**20
 MAX_FORWARD_BYTES = 8 * 2**20
 MAX_SYNC_BYTES = 16 * 2**20
 STATUS_EVERY_S = 2.0
+SERVE_EVERY_S = 0.1
 
 __all__ = ["ChainTip", "Deliver", "Orderer", "OrderingConfig", "Peers", "SafetyStore"]
 
@@ -186,6 +186,7 @@ class Orderer:
         self._building: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         self._last_status = 0.0
+        self._served_at: dict[str, float] = {}
 
     # ---------------------------------------------------------------- admission
 
@@ -225,8 +226,8 @@ class Orderer:
     def on_message(self, sender: str, msg: Message) -> None:
         """A message from a peer for this channel (already decoded and bounded)."""
         replica = self.replica
-        if replica is None:
-            return  # not started yet: peers re-send what matters
+        if replica is None or self.halted:
+            return  # not started yet (peers re-send what matters), or stopped for good
         if sender not in self.consenters.keys:
             self._count_rejected("not_a_consenter")
             return
@@ -252,7 +253,14 @@ class Orderer:
             self.peers.send(peer, data)
 
     def _serve(self, peer: str, from_height: int) -> None:
-        """Send a peer the committed blocks it lacks, with their certificates."""
+        """Send a peer the committed blocks it lacks, with their certificates (at most
+        every SERVE_EVERY_S per peer: a peer cannot make this node read its ledger
+        in a loop)."""
+        now = time.monotonic()
+        if now - self._served_at.get(peer, -SERVE_EVERY_S) < SERVE_EVERY_S:
+            self._count_rejected("sync_request_too_soon")
+            return
+        self._served_at[peer] = now
         blocks: list[tuple[Block, QuorumCert]] = []
         size = 0
         for number in range(from_height, from_height + MAX_SYNC_BLOCKS):
@@ -274,6 +282,8 @@ class Orderer:
 
     def _process(self, out: Output) -> None:
         """Carry out what the replica asked: persist first, then send."""
+        if self.halted:
+            return  # a halted channel says nothing more (its safety state may be behind)
         if out.persist is not None or out.persist_block is not None:
             try:
                 if out.persist_block is not None:
@@ -314,6 +324,8 @@ class Orderer:
 
     def _halt(self, reason: str) -> None:
         self.halted = reason
+        if self.replica is not None and self.replica.halted is None:
+            self.replica.halted = reason
         self.metrics.halted.labels(self.app).set(1)
         log.error("%s: CONSENSUS HALTED — %s", self.app, reason)
 
@@ -347,6 +359,7 @@ class Orderer:
             timing=self.config.timing,
             now_ms=now_ms(),
         )
+        self.metrics.height.labels(self.app).set(self.replica.height)
         self._process(self.replica.on_pending(len(self.mempool) > 0, now_ms()))
         while True:
             await self._wait()
@@ -372,8 +385,8 @@ class Orderer:
         assert self.replica is not None
         try:
             await deliver(block, qc.encode())
-        except MeridianError as exc:
-            self._halt(f"block {block.header.number} could not be committed: {exc}")
+        except Exception as exc:
+            self._halt(f"block {block.header.number} could not be committed: {exc!r}")
             raise
         now = now_ms()
         latencies = self.mempool.remove(tx.tx_id for tx in block.transactions)
@@ -411,4 +424,5 @@ class Orderer:
         }
         if replica is not None:
             info.update(replica.status())
+            info["halted"] = self.halted or replica.halted
         return info
