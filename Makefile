@@ -31,7 +31,8 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
-	$(BIN)/meridian bench --output docs/benchmarks.md
+	$(BIN)/meridian bench --nodes 1 --output docs/benchmarks.md
+	$(BIN)/meridian bench --nodes 4 --output docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

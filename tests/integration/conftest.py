@@ -17,7 +17,7 @@ import pytest
 from meridian.cli.procs import NodeProcess, free_port_block, wait_healthy
 from meridian.client import Gateway, Identity, connect
 from meridian.client.lifecycle import deploy
-from meridian.network.config import BlockConfig, NetworkConfig, NetworkLayout
+from meridian.network.config import BlockConfig, NetworkConfig, NetworkLayout, NodeEntry
 from meridian.network.init import InitOptions, init_network
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -50,32 +50,48 @@ class RunningNetwork:
 
     def start(self, sandbox: str = "auto") -> None:
         """(Re)start every node process and wait until healthy."""
-        self.procs = [
-            NodeProcess(
-                entry,
-                subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "meridian.node.main",
-                        "--network",
-                        str(self.layout.root),
-                        "--node",
-                        entry.id,
-                        "--sandbox",
-                        sandbox,
-                        "--log-level",
-                        "WARNING",
-                    ],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=open(self.layout.data_dir(entry.id) / "stderr.log", "ab"),  # noqa: SIM115
-                    start_new_session=True,
-                ),
-            )
-            for entry in self.config.nodes
-        ]
+        self.procs = [self._spawn(entry, sandbox) for entry in self.config.nodes]
         wait_healthy(self.procs, timeout_s=60)
+
+    def _spawn(self, entry: NodeEntry, sandbox: str = "auto") -> NodeProcess:
+        return NodeProcess(
+            entry,
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "meridian.node.main",
+                    "--network",
+                    str(self.layout.root),
+                    "--node",
+                    entry.id,
+                    "--sandbox",
+                    sandbox,
+                    "--log-level",
+                    "WARNING",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(self.layout.data_dir(entry.id) / "stderr.log", "ab"),
+                start_new_session=True,
+            ),
+        )
+
+    def proc(self, node_id: str) -> NodeProcess:
+        return next(p for p in self.procs if p.entry.id == node_id)
+
+    def kill_node(self, node_id: str) -> None:
+        """SIGKILL one node (no clean shutdown)."""
+        p = self.proc(node_id)
+        if p.proc.poll() is None:
+            os.killpg(p.proc.pid, signal.SIGKILL)
+        p.proc.wait(10)
+
+    def start_node(self, node_id: str) -> None:
+        """Restart one node and wait until it answers."""
+        started = self._spawn(self.config.node(node_id))
+        self.procs = [started if p.entry.id == node_id else p for p in self.procs]
+        wait_healthy([started], timeout_s=60)
 
     def kill(self) -> None:
         """SIGKILL every node (no clean shutdown)."""

@@ -1,6 +1,8 @@
-"""``meridian bench``: committed tx/s and submit-to-commit latency on one local node.
+"""``meridian bench``: committed tx/s and submit-to-commit latency on a local network.
 
-Three runs against a fresh one-node network with the asset-transfer contract:
+A fresh network of N nodes (one process each, N orgs, BFT consensus; N = 1 runs the
+same code with one consenter), all on this machine, with the asset-transfer
+contract; clients are spread over the nodes' gateways. Three runs:
 
 1. **throughput** — pre-signed ``create`` proposals sent through the gateway's batch
    path by several concurrent clients; committed tx/s = transactions / wall time
@@ -45,6 +47,7 @@ console = Console()
 
 @dataclass
 class BenchResult:
+    nodes: int
     transactions: int
     seconds: float
     tps: float
@@ -147,31 +150,36 @@ def _lone(gw: Gateway, count: int) -> list[float]:
     return out
 
 
-def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> BenchResult:
+def run_bench(
+    *, transactions: int = 20_000, nodes: int = 4, output: Path | None = None
+) -> BenchResult:
     root = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
     layout = NetworkLayout(root / "network")
     config = init_network(
         layout.root,
-        InitOptions(base_port=free_port_block(2), block=BlockConfig(max_txs=2000, timeout_ms=20)),
+        InitOptions(
+            orgs=max(2, nodes),
+            nodes=nodes,
+            base_port=free_port_block(2 * nodes),
+            block=BlockConfig(max_txs=2000, timeout_ms=20),
+        ),
     )
-    url = config.nodes[0].url
     procs = start_nodes(layout, config, detach=True)
     try:
         wait_healthy(procs)
+
+        def gateway(url: str, org: str, who: str, timeout_s: float = 60) -> Gateway:
+            identity = Identity.from_dir(layout.user_dir(org, who))
+            return connect(url, identity, network=config.network, timeout_s=timeout_s)
+
+        node_of = {n.org: n.url for n in config.nodes}  # each org uses its own node
         admins = [
-            connect(url, Identity.from_dir(layout.user_dir(o, "admin")), network=config.network)
-            for o in ("org1", "org2")
+            gateway(node_of.get(o.id, config.nodes[0].url), o.id, "admin") for o in config.orgs
         ]
-        deploy(admins, "demo", EXAMPLE)
-        gws = [
-            connect(
-                url,
-                Identity.from_dir(layout.user_dir("org1", "user1")),
-                network=config.network,
-                timeout_s=300,
-            )
-            for _ in range(CLIENTS)
-        ]
+        installers = [gw for gw, o in zip(admins, config.orgs, strict=True) if o.id in node_of]
+        deploy(admins, "demo", EXAMPLE, install_on=installers)
+        clients = [config.nodes[k % nodes] for k in range(CLIENTS)]
+        gws = [gateway(n.url, n.org, "user1", timeout_s=300) for n in clients]
         _post_batch(gws[0], _presign(gws[0], "warm", 1000))
         elapsed = _throughput(gws, transactions)
         tps = transactions / elapsed
@@ -183,6 +191,7 @@ def run_bench(*, transactions: int = 20_000, output: Path | None = None) -> Benc
         stop_processes(procs)
         shutil.rmtree(root, ignore_errors=True)
     result = BenchResult(
+        nodes,
         transactions,
         elapsed,
         tps,
@@ -221,10 +230,10 @@ def _machine() -> str:
 def _append_report(path: Path, r: BenchResult) -> None:
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     text = (
-        f"\n### One node, asset-transfer `create` — {when}\n\n"
-        f"- machine: {_machine()}\n- command: `make bench` (`meridian bench "
-        f"--transactions {r.transactions}`), client on the same machine, sandbox "
-        f"`{r.sandbox}`\n\n"
+        f"\n### {r.nodes} node(s), asset-transfer `create` — {when}\n\n"
+        f"- machine: {_machine()}\n- command: `make bench` (`meridian bench --nodes {r.nodes} "
+        f"--transactions {r.transactions}`), all nodes and the clients on this machine, "
+        f"sandbox `{r.sandbox}`\n\n"
         "| measure | value |\n|---|---|\n"
         f"| committed throughput (batch path, {CLIENTS} clients, {BATCH} per request) "
         f"| {r.tps:,.0f} tx/s |\n"

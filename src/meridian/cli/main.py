@@ -266,14 +266,18 @@ def demo(
 def bench(
     ctx: typer.Context,
     transactions: int = typer.Option(20_000, help="Transactions for the throughput run."),
+    nodes: int = typer.Option(
+        DEFAULT_NODES, min=1, max=16, help="Nodes (one process and one org each)."
+    ),
     output_file: Path | None = typer.Option(None, "--output", help="Append results here."),
 ) -> None:
-    """Measure committed tx/s and submit-to-commit latency on a local one-node network."""
+    """Measure committed tx/s and submit-to-commit latency on a local network (all nodes
+    and the load generator on this machine)."""
     from ..bench.run import run_bench
 
     s = settings(ctx)
     with handle_errors(s.json):
-        run_bench(transactions=transactions, output=output_file)
+        run_bench(transactions=transactions, nodes=nodes, output=output_file)
 
 
 def run() -> None:
