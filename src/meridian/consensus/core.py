@@ -470,9 +470,7 @@ class Replica:
         self._out.serve.append((sender, height))
 
     def _on_status(self, sender: str, msg: Status) -> None:
-        if msg.height < self.tip.height:
-            self._serve(sender, msg.height)
-        elif msg.height > self.tip.height:
+        if msg.height > self.tip.height:
             self._note_peer_height(sender, msg.height)
             self._request_sync_if_behind()
 
@@ -480,13 +478,24 @@ class Replica:
         if height > self.peer_heights.get(sender, 0):
             self.peer_heights[sender] = height
 
+    def _peers_ahead(self) -> list[str]:
+        """Peers known to have committed blocks we need to fetch.
+
+        One block behind is the normal state of a replica still collecting the last
+        commit votes while faster ones move on: it is fetched only when this replica
+        is idle at that height or has been decided without the body; two or more
+        behind always are.
+        """
+        lag = 0 if self.idle or self._awaiting is not None else 1
+        return sorted(
+            p for p, h in self.peer_heights.items() if h > self.tip.height + lag and p != self.me
+        )
+
     def _request_sync_if_behind(self) -> None:
-        """Ask the most advanced peer for blocks, at most every ``sync_retry_ms``."""
+        """Ask a peer that is ahead for blocks, at most every ``sync_retry_ms``."""
         if self.applying:
             return
-        ahead = sorted(
-            p for p, h in self.peer_heights.items() if h > self.tip.height and p != self.me
-        )
+        ahead = self._peers_ahead()
         if not ahead or self._now - self._last_sync_ms < self.timing.sync_retry_ms:
             return
         self._last_sync_ms = self._now
@@ -849,9 +858,7 @@ class Replica:
         if self.halted or self.applying:
             return None
         deadlines = []
-        if self._awaiting is not None or any(
-            h > self.tip.height for p, h in self.peer_heights.items() if p != self.me
-        ):
+        if self._peers_ahead():
             deadlines.append(self._last_sync_ms + self.timing.sync_retry_ms)
         if not self.idle:
             timeout = compute_round_timeout_ms(self.timing, self.round)
@@ -862,10 +869,7 @@ class Replica:
         return min(deadlines) if deadlines else None
 
     def _check_timers(self) -> None:
-        if self._awaiting is not None or any(
-            h > self.tip.height for p, h in self.peer_heights.items() if p != self.me
-        ):
-            self._request_sync_if_behind()
+        self._request_sync_if_behind()
         if self.idle:
             return
         timeout = compute_round_timeout_ms(self.timing, self.round)

@@ -34,6 +34,7 @@ from ..types import (
     _field,
     _name,
     _nonneg,
+    compute_tx_hash,
 )
 
 DOMAIN_VOTE = "consensus-vote"
@@ -339,6 +340,91 @@ class ProposalMsg:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CompactProposal:
+    """A :class:`ProposalMsg` on the wire with the block's transactions by hash.
+
+    Consenters already hold the transactions (forwarded to every mempool), so the
+    leader sends the header and the transaction hashes; the receiver rebuilds the
+    block from its mempool (the header's ``data_hash`` proves it got the right ones)
+    and asks the sender for any it lacks (:class:`TxRequest`). The signature is the
+    proposal's, over the block hash: nothing is lost by compacting.
+    """
+
+    app: str
+    round: int
+    header: BlockHeader
+    tx_hashes: tuple[Digest, ...]
+    justify: QuorumCert | None
+    tc: TimeoutCert | None
+    proposer: str
+    signature: bytes
+
+    @property
+    def height(self) -> int:
+        return self.header.number
+
+    @classmethod
+    def of(cls, msg: ProposalMsg) -> CompactProposal:
+        hashes = tuple(compute_tx_hash(tx) for tx in msg.block.transactions)
+        return cls(
+            msg.app,
+            msg.round,
+            msg.block.header,
+            hashes,
+            msg.justify,
+            msg.tc,
+            msg.proposer,
+            msg.signature,
+        )
+
+    def expand(self, transactions: Sequence[Transaction]) -> ProposalMsg:
+        block = Block(self.header, tuple(transactions))
+        return ProposalMsg(
+            self.app, self.round, block, self.justify, self.tc, self.proposer, self.signature
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "header": self.header.to_dict(),
+            "tx_hashes": [h.hex() for h in self.tx_hashes],
+            "justify": None if self.justify is None else self.justify.to_dict(),
+            "tc": None if self.tc is None else self.tc.to_dict(),
+            "proposer": self.proposer,
+            "signature": codec.b64(self.signature),
+        }
+
+    @classmethod
+    def from_dict(cls, app: str, d: Any) -> CompactProposal:
+        what = "compact proposal"
+        if not isinstance(d, dict) or "justify" not in d or "tc" not in d:
+            raise InvalidInput("proposal is missing 'justify' or 'tc'", code="malformed")
+        header = BlockHeader.from_dict(_field(d, "header", dict, what))
+        hashes = tuple(_hash(h, "tx hash") for h in _list(d, "tx_hashes", MAX_BLOCK_TXS, what))
+        if len(hashes) != header.tx_count:
+            raise InvalidInput("tx_hashes do not match header.tx_count", code="malformed")
+        tc = d["tc"]
+        return cls(
+            app,
+            _round(_field(d, "round", int, what), "proposal.round"),
+            header,
+            hashes,
+            _qc_or_none(d["justify"]),
+            None if tc is None else TimeoutCert.from_dict(tc),
+            _name(_field(d, "proposer", str, what), "proposal.proposer"),
+            _sig(_field(d, "signature", str, what), "proposal.signature"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TxRequest:
+    """Ask a peer for transactions (by hash) missing to rebuild a compact proposal."""
+
+    app: str
+    tx_hashes: tuple[Digest, ...]
+
+
 # ------------------------------------------------------------------------ not signed
 
 
@@ -372,7 +458,17 @@ class TxForward:
     transactions: tuple[Transaction, ...]
 
 
-Message = Vote | TimeoutMsg | ProposalMsg | Status | SyncRequest | SyncResponse | TxForward
+Message = (
+    Vote
+    | TimeoutMsg
+    | ProposalMsg
+    | CompactProposal
+    | TxRequest
+    | Status
+    | SyncRequest
+    | SyncResponse
+    | TxForward
+)
 
 
 def encode_block(block: Block) -> bytes:
@@ -394,6 +490,10 @@ def _body(msg: Message) -> tuple[str, Any]:
         return "timeout", msg.to_dict()
     if isinstance(msg, ProposalMsg):
         return "proposal", msg.to_wire()
+    if isinstance(msg, CompactProposal):
+        return "compact_proposal", msg.to_wire()
+    if isinstance(msg, TxRequest):
+        return "tx_request", {"tx_hashes": [h.hex() for h in msg.tx_hashes]}
     if isinstance(msg, Status):
         return "status", {"height": msg.height}
     if isinstance(msg, SyncRequest):
@@ -421,6 +521,11 @@ def decode_message(data: bytes) -> Message:
         return TimeoutMsg.from_dict(app, body)
     if kind == "proposal":
         return ProposalMsg.from_dict(app, body)
+    if kind == "compact_proposal":
+        return CompactProposal.from_dict(app, body)
+    if kind == "tx_request":
+        hashes = _list(body, "tx_hashes", MAX_BLOCK_TXS, what)
+        return TxRequest(app, tuple(_hash(h, "tx hash") for h in hashes))
     if kind == "status":
         return Status(app, _nonneg(_field(body, "height", int, what), "status.height"))
     if kind == "sync_request":

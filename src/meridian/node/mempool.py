@@ -15,8 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from ..crypto.hashing import Digest
 from ..errors import Busy
-from ..types import Transaction
+from ..types import Transaction, compute_tx_hash
 
 REFORWARD_MS = 2_000
 
@@ -24,6 +25,7 @@ REFORWARD_MS = 2_000
 @dataclass(slots=True)
 class _Entry:
     tx: Transaction
+    hash: Digest  # the transaction's Merkle leaf (compact proposals name it)
     size: int
     own: bool
     arrived_ms: int
@@ -35,6 +37,7 @@ class Mempool:
         self.max_txs = max_txs
         self.max_bytes = max_bytes
         self._entries: dict[str, _Entry] = {}  # insertion order is arrival order
+        self._by_hash: dict[Digest, str] = {}
         self._bytes = 0
         self.refused = 0  # forwarded transactions refused because the pool was full
 
@@ -75,7 +78,9 @@ class Mempool:
             if full and not own:
                 self.refused += 1
                 continue
-            self._entries[tx.tx_id] = _Entry(tx, size, own, now_ms, now_ms)
+            entry = _Entry(tx, compute_tx_hash(tx), size, own, now_ms, now_ms)
+            self._entries[tx.tx_id] = entry
+            self._by_hash[entry.hash] = tx.tx_id
             self._bytes += size
             added.append(tx)
         return added
@@ -87,9 +92,21 @@ class Mempool:
             entry = self._entries.pop(tx_id, None)
             if entry is not None:
                 self._bytes -= entry.size
+                self._by_hash.pop(entry.hash, None)
                 if entry.own:
                     arrivals.append(entry.arrived_ms)
         return arrivals
+
+    def find(self, hashes: Sequence[Digest]) -> tuple[list[Transaction], list[Digest]]:
+        """The transactions with these hashes, in order, and the hashes not here."""
+        found, missing = [], []
+        for h in hashes:
+            tx_id = self._by_hash.get(h)
+            if tx_id is None:
+                missing.append(h)
+            else:
+                found.append(self._entries[tx_id].tx)
+        return found, missing
 
     def take(self, max_txs: int, max_bytes: int) -> list[Transaction]:
         """The oldest transactions that fit in one block (they stay until committed)."""

@@ -8,6 +8,7 @@ configuration it is a member of.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -56,7 +57,7 @@ from .metrics import NodeMetrics
 from .ordering import NoPeers, Orderer, OrderingConfig, Peers, SafetyStore
 from .policy import parse_policy
 from .revocations import load_revocations, save_revocations
-from .validate import AppRules, get_governing_definition
+from .validate import AppRules, compute_signature_checks, get_governing_definition
 
 log = logging.getLogger("meridian.node")
 
@@ -189,6 +190,7 @@ class Node:
             ledger=ledger,
             peers=peers,
             metrics=self.metrics,
+            preverify=functools.partial(self._preverify_transactions, app.name),
         )
         pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
         return Channel(rules, ledger, pending, self.membership, orderer)
@@ -508,6 +510,21 @@ class Node:
                 for i in range(0, len(jobs), step)
             )
         )
+
+    def _preverify_transactions(self, app: str, txs: Sequence[Transaction]) -> None:
+        """Check forwarded transactions' signatures on the crypto threads, in the
+        background: the verdicts wait in the verification cache for validation."""
+        network, when = self.config.network, _now()
+        jobs = [
+            job
+            for tx in txs
+            for job in compute_signature_checks(tx, self.membership, network, when)
+        ]
+        if not jobs:
+            return
+        step = -(-len(jobs) // self.options.crypto_threads)
+        for i in range(0, len(jobs), step):
+            self._crypto.submit(_verify_all, jobs[i : i + step])
 
     def _finish_or_error(self, app: str, running: _Simulating) -> Endorsed | MeridianError:
         try:

@@ -28,12 +28,15 @@ from ..consensus.core import ChainTip, Consenters, Output, Replica, SafetyState,
 from ..consensus.messages import (
     MAX_FORWARD_TXS,
     MAX_SYNC_BLOCKS,
+    CompactProposal,
     Message,
+    ProposalMsg,
     QuorumCert,
     Status,
     SyncRequest,
     SyncResponse,
     TxForward,
+    TxRequest,
     encode_block,
     encode_message,
 )
@@ -50,6 +53,7 @@ MAX_FORWARD_BYTES = 8 * 2**20
 MAX_SYNC_BYTES = 16 * 2**20
 STATUS_EVERY_S = 2.0
 SERVE_EVERY_S = 0.1
+MAX_INCOMPLETE = 8  # compact proposals waiting for transactions
 
 __all__ = ["ChainTip", "Deliver", "Orderer", "OrderingConfig", "Peers", "SafetyStore"]
 
@@ -165,6 +169,7 @@ class Orderer:
         ledger: LedgerStore,
         peers: Peers | None = None,
         metrics: NodeMetrics | None = None,
+        preverify: Callable[[Sequence[Transaction]], None] | None = None,
     ) -> None:
         self.network = network
         self.app = app
@@ -176,6 +181,7 @@ class Orderer:
         self.ledger = ledger
         self.peers: Peers = peers or NoPeers()
         self.metrics = metrics or NodeMetrics()
+        self._preverify = preverify or (lambda txs: None)
         self.mempool = Mempool(max_txs=config.mempool_txs, max_bytes=config.mempool_bytes)
         self.replica: Replica | None = None
         self.halted: str | None = None
@@ -187,6 +193,7 @@ class Orderer:
         self._arrived = asyncio.Event()
         self._last_status = 0.0
         self._served_at: dict[str, float] = {}
+        self._incomplete: list[tuple[str, CompactProposal]] = []
 
     # ---------------------------------------------------------------- admission
 
@@ -201,20 +208,43 @@ class Orderer:
         self._arrived.set()
         self._after_mempool_change()
 
-    def _forward(self, txs: Sequence[Transaction]) -> None:
+    def _forward(self, txs: Sequence[Transaction], to: str | None = None) -> None:
+        """Send transactions to every other consenter (or to one), in bounded chunks."""
         if not self._others or not txs:
             return
-        chunk: list[Transaction] = []
+        chunks: list[list[Transaction]] = [[]]
         size = 0
         for tx in txs:
             n = len(tx.encode())
-            if chunk and (len(chunk) >= MAX_FORWARD_TXS or size + n > MAX_FORWARD_BYTES):
-                self._send_all(TxForward(self.app, tuple(chunk)))
-                chunk, size = [], 0
-            chunk.append(tx)
+            if chunks[-1] and (len(chunks[-1]) >= MAX_FORWARD_TXS or size + n > MAX_FORWARD_BYTES):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(tx)
             size += n
-        if chunk:
-            self._send_all(TxForward(self.app, tuple(chunk)))
+        for chunk in chunks:
+            msg = TxForward(self.app, tuple(chunk))
+            if to is None:
+                self._send_all(msg)
+            else:
+                self._send(to, msg)
+
+    def _on_compact(self, sender: str, msg: CompactProposal) -> None:
+        """Rebuild a compact proposal from the mempool, or ask its sender for what is
+        missing (it is retried as transactions arrive)."""
+        assert self.replica is not None
+        found, missing = self.mempool.find(msg.tx_hashes)
+        if not missing:
+            self._process(self.replica.on_message(sender, msg.expand(found), now_ms()))
+            return
+        current = [(s, m) for s, m in self._incomplete if m.height >= self.replica.height]
+        self._incomplete = [*current[-MAX_INCOMPLETE + 1 :], (sender, msg)]
+        self._send(sender, TxRequest(self.app, tuple(missing)))
+
+    def _retry_incomplete(self) -> None:
+        waiting, self._incomplete = self._incomplete, []
+        for sender, msg in waiting:
+            if self.replica is not None and msg.height >= self.replica.height:
+                self._on_compact(sender, msg)
 
     def _after_mempool_change(self) -> None:
         self.metrics.mempool.labels(self.app).set(len(self.mempool))
@@ -234,9 +264,17 @@ class Orderer:
         if isinstance(msg, TxForward):
             committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
             fresh = [tx for tx in msg.transactions if tx.tx_id not in committed]
-            if self.mempool.add(fresh, now_ms(), own=False):
+            added = self.mempool.add(fresh, now_ms(), own=False)
+            if added:
+                self._preverify(added)  # validation of their block then hits the cache
                 self._arrived.set()
                 self._after_mempool_change()
+                self._retry_incomplete()
+        elif isinstance(msg, CompactProposal):
+            self._on_compact(sender, msg)
+        elif isinstance(msg, TxRequest):
+            found, _ = self.mempool.find(msg.tx_hashes)
+            self._forward(found, to=sender)
         elif isinstance(msg, SyncRequest):
             self._serve(sender, msg.from_height)
         elif isinstance(msg, SyncResponse):
@@ -248,6 +286,8 @@ class Orderer:
         self.peers.send(peer, encode_message(msg))
 
     def _send_all(self, msg: Message) -> None:
+        if isinstance(msg, ProposalMsg):
+            msg = CompactProposal.of(msg)  # peers hold the transactions already
         data = encode_message(msg)
         for peer in self._others:
             self.peers.send(peer, data)
@@ -347,6 +387,12 @@ class Orderer:
 
     async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
         """Order forever: tick the replica, apply decided blocks in sequence."""
+        voted = self.safety.load_block()
+        if voted is not None and voted.header.number == tip().height:
+            # not committed yet: peers may ask for its transactions (compact proposals)
+            done = self.ledger.known_tx_ids([tx.tx_id for tx in voted.transactions])
+            fresh = [tx for tx in voted.transactions if tx.tx_id not in done]
+            self.mempool.add(fresh, now_ms(), own=False)
         self.replica = Replica(
             network=self.network,
             app=self.app,
@@ -355,7 +401,7 @@ class Orderer:
             consenters=self.consenters,
             tip=tip(),
             safety=self.safety.load(),
-            voted_block=self.safety.load_block(),
+            voted_block=voted,
             timing=self.config.timing,
             now_ms=now_ms(),
         )

@@ -269,6 +269,29 @@ def _endorsing_orgs(
     return orgs
 
 
+def compute_signature_checks(
+    tx: Transaction, membership: Membership, network: str, when: datetime
+) -> list[tuple[str, bytes, bytes, bytes]]:
+    """The signature checks validation will make for ``tx``: (suite, key, digest, sig).
+
+    Running them early with :func:`verify_cached` (on other threads, as transactions
+    arrive) leaves validation with cache hits; identities that do not validate are
+    skipped here and judged by validation itself.
+    """
+    checks = []
+    creator = _identity(membership, tx.proposal.creator, when)
+    if creator is not None:
+        digest = bytes(tx.proposal.signing_digest())
+        checks.append((creator.suite, creator.public_key, digest, tx.signed_proposal.signature))
+    payload = compute_endorsement_payload(tx.tx_id, tx.result)
+    digest = bytes(compute_signing_digest(_DOMAIN_ENDORSEMENT, network, payload))
+    for endorsement in tx.endorsements:
+        node = _identity(membership, endorsement.endorser, when)
+        if node is not None:
+            checks.append((node.suite, node.public_key, digest, endorsement.signature))
+    return checks
+
+
 def get_governing_definition(
     ns: str, rules: AppRules, get_definition: Callable[[str], ContractDefinition | None]
 ) -> tuple[Policy, str] | None:
