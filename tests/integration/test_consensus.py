@@ -232,3 +232,69 @@ def test_leader_and_another_node_killed_then_restarted_lose_nothing(tmp_path: Pa
         assert not missing, f"{entry.id} lacks {len(missing)} acknowledged transactions"
         assert all(counts[tx] == 1 for tx in acked), f"{entry.id} committed a tx twice"
     verify_ledgers(net)
+
+
+# ------------------------------------------------------------------ reconfiguration
+
+
+def _set_consenters(net: RunningNetwork, nodes: list[str], sequence: int) -> int:
+    """Approve by every member admin, commit; the block number of the commit."""
+    admins = [net.gateway(f"{n.org}/admin", url=n.url) for n in net.config.nodes]
+    try:
+        for gw in admins:
+            for other in admins:
+                gw.seen.merge(other.seen)
+            gw.app(APP).contract("_lifecycle").submit("approve_consenters", nodes, sequence)
+        for other in admins:
+            admins[0].seen.merge(other.seen)
+        contract = admins[0].app(APP).contract("_lifecycle")
+        receipt = contract.submit_receipt("commit_consenters", nodes, sequence)
+        assert receipt.valid, receipt
+        assert receipt.block is not None
+        return receipt.block
+    finally:
+        for gw in admins:
+            gw.close()
+
+
+def _signers(net: RunningNetwork, block: int, via: str = "node3") -> set[str]:
+    entry = net.config.node(via)
+    with net.gateway(f"{entry.org}/user1", url=entry.url) as gw:
+        certificate = gw.app(APP).block(block)["certificate"]
+    return {voter for voter, _ in certificate["signatures"]}
+
+
+def test_consenters_change_by_configuration_transaction(tmp_path: Path) -> None:
+    net = make_network(tmp_path, orgs=4, nodes=4)
+    net.start()
+    ids = [n.id for n in net.config.nodes]
+    try:
+        net.deploy()
+        changed_at = _set_consenters(net, ["node1", "node2", "node3"], 1)
+        with net.gateway("org1/user1") as gw:
+            contract = gw.app(APP).contract(CONTRACT)
+            later = [contract.submit_receipt("create", f"three-{i}", "x", i) for i in range(3)]
+        assert all(r.valid for r in later)
+        for receipt in later:
+            assert receipt.block is not None and receipt.block > changed_at
+            assert _signers(net, receipt.block) <= {"node1", "node2", "node3"}
+        _wait_same_height(net, ids)  # node4 follows as a non-voting node
+        assert _status(net, "node4")["consensus"]["consenters"] == ["node1", "node2", "node3"]
+
+        net.kill_node("node4")  # not a consenter: the network does not notice
+        with net.gateway("org2/user1", url=net.config.node("node2").url) as gw:
+            assert gw.app(APP).contract(CONTRACT).submit_receipt("create", "no4", "x", 1).valid
+        net.start_node("node4")
+        _wait_same_height(net, ids)
+
+        _set_consenters(net, ids, 2)  # node4 back as a consenter
+        net.kill_node("node1")  # 3 of 4 consenters (node4 among them) keep committing
+        with net.gateway("org3/user1", url=net.config.node("node3").url) as gw:
+            receipt = gw.app(APP).contract(CONTRACT).submit_receipt("create", "back", "x", 1)
+        assert receipt.valid and receipt.block is not None
+        assert _signers(net, receipt.block) == {"node2", "node3", "node4"}  # node1 is down
+        net.start_node("node1")
+        _wait_same_height(net, ids)
+    finally:
+        net.kill()
+    verify_ledgers(net)

@@ -14,6 +14,7 @@ from meridian.contracts.lifecycle import (
     Lifecycle,
     approval_key,
     definition_key,
+    get_consenters_config,
     get_definition,
 )
 from meridian.contracts.simulation import Simulation, SimulationContext
@@ -534,3 +535,67 @@ def test_namespace_limit_matches_the_record_bound(committed: DictState) -> None:
         sim.context("one-too-many")
     assert exc.value.code == "contract_limit"
     TxResult.from_dict(sim.result(None, "x@1").to_dict())
+
+
+# ------------------------------------------------------------------------- consenters
+
+NODES = {"node1": "org1", "node2": "org2", "node3": "org3", "node4": "outsider"}
+
+
+@pytest.fixture
+def configured() -> Lifecycle:
+    return Lifecycle(MEMBERS, parse_policy("MAJORITY"), NODES)
+
+
+def test_consenters_change_needs_the_lifecycle_policy(
+    configured: Lifecycle, state: DictState
+) -> None:
+    nodes = ["node2", "node1"]
+    assert _call(configured, state, "org1", "consenters")[0] == {"nodes": None, "sequence": 0}
+    _call(configured, state, "org1", "approve_consenters", nodes, 1)
+    with pytest.raises(ContractError, match="needs 2 matching approvals"):
+        _call(configured, state, "org1", "commit_consenters", nodes, 1)
+    _call(configured, state, "org2", "approve_consenters", nodes, 1)
+    committed, _ = _call(configured, state, "org3", "commit_consenters", nodes, 1)
+    assert committed == {"nodes": ["node1", "node2"], "sequence": 1}
+    assert get_consenters_config(state.get) == ["node1", "node2"]
+    assert _call(configured, state, "org1", "consenters")[0]["sequence"] == 1
+
+
+@pytest.mark.parametrize(
+    ("nodes", "sequence", "why"),
+    [
+        (["node4"], 1, "not a node of a member org"),
+        (["ghost"], 1, "not a node of a member org"),
+        ([], 1, "list of 1.."),
+        (["node1", "node1"], 1, "twice"),
+        ("node1", 1, "list of 1.."),
+        (["node1"], 2, "next sequence is 1"),
+    ],
+)
+def test_invalid_consenters_proposal(
+    configured: Lifecycle, state: DictState, nodes: Any, sequence: int, why: str
+) -> None:
+    with pytest.raises(ContractError, match=why):
+        _call(configured, state, "org1", "approve_consenters", nodes, sequence)
+    assert get_consenters_config(state.get) is None
+
+
+def test_invalid_consenters_change_by_a_client(configured: Lifecycle, state: DictState) -> None:
+    with pytest.raises(ContractError, match="only an admin"):
+        _call(
+            configured,
+            state,
+            "org1",
+            "approve_consenters",
+            ["node1"],
+            1,
+            caller=CallerIdentity("org1", "alice", "client"),
+        )
+
+
+def test_consenter_approvals_must_match(configured: Lifecycle, state: DictState) -> None:
+    _call(configured, state, "org1", "approve_consenters", ["node1", "node2"], 1)
+    _call(configured, state, "org2", "approve_consenters", ["node1", "node3"], 1)
+    with pytest.raises(ContractError, match="approved by \\['org1'\\]"):
+        _call(configured, state, "org1", "commit_consenters", ["node1", "node2"], 1)

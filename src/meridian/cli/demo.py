@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -160,7 +161,7 @@ def _verify(layout: NetworkLayout) -> None:
     for entry in config.nodes:
         membership = Membership({o.id: o.ca_pem for o in config.orgs})
         load_revocations(layout.data_dir(entry.id), membership)
-        consenters = get_consenters(config, membership, app)
+        consenters = functools.partial(get_consenters, config, membership, app)
         path = layout.data_dir(entry.id) / "ledgers" / f"{app.name}.sqlite"
         report = verify_ledger(path, membership, rules, consenters)
         if not report.ok:

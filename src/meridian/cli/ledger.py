@@ -50,7 +50,7 @@ def verify(
                         path,
                         membership,
                         rules,
-                        get_consenters(config, membership, app_cfg),
+                        functools.partial(get_consenters, config, membership, app_cfg),
                         progress=functools.partial(_advance, bar, task),
                     )
                 results.append(

@@ -307,10 +307,19 @@ class Replica:
         self._drain()
         return self._flush()
 
-    def on_applied(self, tip: ChainTip, now_ms: int) -> Output:
-        """The decided block is committed locally; ``tip`` is what the next builds on."""
+    def on_applied(
+        self, tip: ChainTip, now_ms: int, consenters: Consenters | None = None
+    ) -> Output:
+        """The decided block is committed locally; ``tip`` is what the next builds on.
+
+        ``consenters``: the set that orders the next block, when the committed block
+        changed it (a configuration transaction); it takes effect at exactly this
+        height on every replica, since all commit the same blocks.
+        """
         self._now = now_ms
         self.tip = tip
+        if consenters is not None:
+            self.consenters = consenters
         self._reset_height(now_ms)
         self._decide_synced()
         future, self._future = self._future, []
@@ -360,6 +369,11 @@ class Replica:
             and not self._votes
             and not self._timeouts
         )
+
+    @property
+    def is_consenter(self) -> bool:
+        """False for a node that only follows the channel (it votes and leads nowhere)."""
+        return self.me in self.consenters.keys
 
     def leader(self, round_: int) -> str:
         return compute_leader(
@@ -484,9 +498,9 @@ class Replica:
         One block behind is the normal state of a replica still collecting the last
         commit votes while faster ones move on: it is fetched only when this replica
         is idle at that height or has been decided without the body; two or more
-        behind always are.
+        behind always are. A node that is not a consenter learns blocks only this way.
         """
-        lag = 0 if self.idle or self._awaiting is not None else 1
+        lag = 0 if self.idle or self._awaiting is not None or not self.is_consenter else 1
         return sorted(
             p for p, h in self.peer_heights.items() if h > self.tip.height + lag and p != self.me
         )
@@ -649,6 +663,8 @@ class Replica:
         )
 
     def _vote(self, phase: Phase, round_: int, block_hash: Digest) -> None:
+        if not self.is_consenter:
+            return
         h = self.tip.height
         digest = compute_vote_digest(self.network, self.app, phase, h, round_, block_hash)
         sig = self.signer.sign(bytes(digest))
@@ -802,6 +818,8 @@ class Replica:
         return TimeoutCert(self.app, self.tip.height, r, entries, high)
 
     def _send_timeout(self, r: int) -> None:
+        if not self.is_consenter:
+            return
         if self.safety.timed_out < r:
             self._save(timed_out=r)
         lock = self.safety.lock
@@ -860,7 +878,7 @@ class Replica:
         deadlines = []
         if self._peers_ahead():
             deadlines.append(self._last_sync_ms + self.timing.sync_retry_ms)
-        if not self.idle:
+        if not self.idle and self.is_consenter:
             timeout = compute_round_timeout_ms(self.timing, self.round)
             if self.safety.timed_out >= self.round:  # re-send our timeout until the round moves
                 deadlines.append(self._last_timeout_sent_ms + timeout)
@@ -870,7 +888,7 @@ class Replica:
 
     def _check_timers(self) -> None:
         self._request_sync_if_behind()
-        if self.idle:
+        if self.idle or not self.is_consenter:
             return
         timeout = compute_round_timeout_ms(self.timing, self.round)
         if self.safety.timed_out >= self.round:

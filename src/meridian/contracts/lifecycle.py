@@ -9,7 +9,14 @@ Flow (as in Fabric's lifecycle, one app = one channel)::
               matching approvals, any member admin commits -> definition/<name>
     upgrade   the same with sequence + 1 (new package, new policy, or both)
 
-Both steps are ordinary transactions on the app's ledger, so every node sees the
+The app's consenters (the nodes that order its blocks) change the same way:
+``approve_consenters(nodes, sequence)`` by each member admin, then
+``commit_consenters(nodes, sequence)`` once the lifecycle policy is met ->
+``consenters``. The new set orders every block *after* the one that commits the
+change (a defined height, the same on every node). Without a committed set, the
+consenters are all nodes of the member orgs (network.json).
+
+All these steps are ordinary transactions on the app's ledger, so every node sees the
 same definitions at the same height. The commit reads the approvals it counts with
 ``get_state``: their versions are checked at validation like any read.
 """
@@ -17,7 +24,7 @@ same definitions at the same height. The commit reads the approvals it counts wi
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +34,7 @@ from .api import Contract, ContractError, query, transaction
 from .simulation import SimulationContext
 
 LIFECYCLE = "_lifecycle"
+MAX_CONSENTERS = 64
 PACKAGE_ID_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}:[0-9a-f]{64}$")
 CONTRACT_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -68,6 +76,19 @@ def approval_key(name: str, sequence: int, org: str) -> str:
     return f"approval/{name}/{sequence:08d}/{org}"
 
 
+CONSENTERS_KEY = "consenters"
+
+
+def consenters_approval_key(sequence: int, org: str) -> str:
+    return f"consenters-approval/{sequence:08d}/{org}"
+
+
+def get_consenters_config(get: Callable[[str, str], tuple[Any, Any] | None]) -> list[str] | None:
+    """The committed consenter node ids, or None when the app still uses the default."""
+    found = get(LIFECYCLE, CONSENTERS_KEY)
+    return None if found is None else list(found[0]["nodes"])
+
+
 def get_definition(
     get: Callable[[str, str], tuple[Any, Any] | None], name: str
 ) -> ContractDefinition | None:
@@ -94,9 +115,15 @@ def _check_args(name: str, version: str, sequence: int, package_id: str, policy:
 class Lifecycle(Contract):
     """In-process system contract; ``members`` are the app's member orgs."""
 
-    def __init__(self, members: Collection[str], lifecycle_policy: Policy) -> None:
+    def __init__(
+        self,
+        members: Collection[str],
+        lifecycle_policy: Policy,
+        nodes: Mapping[str, str] | None = None,
+    ) -> None:
         self.members = tuple(sorted(members))
         self.lifecycle_policy = lifecycle_policy
+        self.nodes = dict(nodes or {})  # node id -> org, for every node of the network
 
     def _admin_org(self, ctx: SimulationContext) -> str:
         caller = ctx.caller
@@ -167,6 +194,64 @@ class Lifecycle(Contract):
         ctx.put_state(definition_key(name), definition)
         ctx.emit("committed", definition)
         return definition
+
+    def _propose_consenters(
+        self, ctx: SimulationContext, nodes: list[Any], sequence: int
+    ) -> tuple[str, dict[str, Any]]:
+        """(caller's org, the configuration) once nodes, caller and sequence check out."""
+        org = self._admin_org(ctx)
+        if not isinstance(nodes, list) or not nodes or len(nodes) > MAX_CONSENTERS:
+            raise ContractError(f"nodes must be a list of 1..{MAX_CONSENTERS} node ids")
+        if len(set(map(str, nodes))) != len(nodes):
+            raise ContractError("nodes lists a node twice")
+        for node in nodes:
+            if not isinstance(node, str) or self.nodes.get(node) not in self.members:
+                raise ContractError(
+                    f"{node!r} is not a node of a member org "
+                    f"({', '.join(n for n, o in sorted(self.nodes.items()) if o in self.members)})"
+                )
+        current = ctx.get_state(CONSENTERS_KEY)
+        expected = 1 if current is None else int(current["sequence"]) + 1
+        if sequence != expected:
+            raise ContractError(f"consenters: the next sequence is {expected}, not {sequence}")
+        return org, {"nodes": sorted(nodes), "sequence": sequence}
+
+    @transaction
+    def approve_consenters(
+        self, ctx: SimulationContext, nodes: list[Any], sequence: int
+    ) -> dict[str, Any]:
+        """Approve, as an admin of a member org, the app's next set of consenters."""
+        org, proposed = self._propose_consenters(ctx, nodes, sequence)
+        ctx.put_state(consenters_approval_key(sequence, org), proposed)
+        ctx.emit("consenters_approved", {"org": org, **proposed})
+        return {"org": org, **proposed}
+
+    @transaction
+    def commit_consenters(
+        self, ctx: SimulationContext, nodes: list[Any], sequence: int
+    ) -> dict[str, Any]:
+        """Commit the next set of consenters once the lifecycle policy's approvals are
+        in; it orders every block after the one holding this transaction."""
+        _, proposed = self._propose_consenters(ctx, nodes, sequence)
+        approved = [
+            org
+            for org in self.members
+            if ctx.get_state(consenters_approval_key(sequence, org)) == proposed
+        ]
+        if not self.lifecycle_policy.is_satisfied(approved, self.members):
+            raise ContractError(
+                f"consenters sequence {sequence} is approved by {approved or 'no org'}; the "
+                f"lifecycle policy {self.lifecycle_policy} of {list(self.members)} needs "
+                f"{self.lifecycle_policy.required(self.members)} matching approvals"
+            )
+        ctx.put_state(CONSENTERS_KEY, proposed)
+        ctx.emit("consenters_committed", proposed)
+        return proposed
+
+    @query
+    def consenters(self, ctx: SimulationContext) -> dict[str, Any]:
+        """The committed consenters (``{"nodes": null, "sequence": 0}``: the default)."""
+        return ctx.get_state(CONSENTERS_KEY) or {"nodes": None, "sequence": 0}
 
     @query
     def definitions(self, ctx: SimulationContext) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ContractArgumentError, ContractFailure, InvalidInput, NotFound
@@ -35,6 +35,7 @@ class AppContracts:
     members: tuple[str, ...]
     lifecycle_policy: Policy
     definition: DefinitionReader  # committed definition of a contract, by name
+    nodes: Mapping[str, str] = field(default_factory=dict)  # node id -> org (network.json)
 
 
 class ContractRegistry:
@@ -165,7 +166,7 @@ class ContractRegistry:
         self, sim: Simulation, function: str, args: list[Any], *, submit: bool
     ) -> Any:
         app = self._apps[sim.app]
-        contract = Lifecycle(app.members, app.lifecycle_policy)
+        contract = Lifecycle(app.members, app.lifecycle_policy, app.nodes)
         method = getattr(contract, function, None) if not function.startswith("_") else None
         kind = get_kind(method)
         if method is None or kind is None:
@@ -198,7 +199,7 @@ def _check_system_args(method: Callable[..., Any], args: list[Any]) -> None:
             f"({', '.join(p.name for p in params)}), got {len(args)}"
         )
     for param, arg in zip(params, args, strict=False):
-        expected = {"str": str, "int": int}.get(str(param.annotation))
+        expected = {"str": str, "int": int, "list[Any]": list}.get(str(param.annotation))
         if expected and (not isinstance(arg, expected) or isinstance(arg, bool)):
             raise ContractArgumentError(
                 f"argument {param.name} must be {param.annotation}, got {type(arg).__name__}"

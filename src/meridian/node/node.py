@@ -150,6 +150,7 @@ class Node:
                     app.members,
                     parse_policy(app.lifecycle_policy),
                     channel.get_definition,
+                    {n.id: n.org for n in self.config.nodes},
                 )
             )
             await channel.start()
@@ -175,7 +176,8 @@ class Node:
             app=app.name,
             me=self.id,
             signer=self.signer,
-            consenters=get_consenters(self.config, self.membership, app),
+            consenters=functools.partial(get_consenters, self.config, self.membership, app),
+            members=[n.id for n in self.config.nodes if n.org in app.members],
             config=OrderingConfig(
                 max_txs=block.max_txs,
                 timeout_ms=block.timeout_ms,
@@ -582,11 +584,17 @@ class Node:
         }
 
 
-def get_consenters(config: NetworkConfig, membership: Membership, app: AppConfig) -> Consenters:
-    """The consenters of ``app``: the nodes of its member orgs, with checked certificates."""
+def get_consenters(
+    config: NetworkConfig,
+    membership: Membership,
+    app: AppConfig,
+    nodes: Sequence[str] | None = None,
+) -> Consenters:
+    """The consenters of ``app`` with their checked node certificates: ``nodes`` (the
+    set its configuration names), or by default every node of its member orgs."""
     keys = {}
     for entry in config.nodes:
-        if entry.org not in app.members:
+        if entry.org not in app.members or (nodes is not None and entry.id not in nodes):
             continue
         identity = membership.validate(load_cert_der(entry.cert_pem))
         if identity.role is not Role.NODE or (identity.org, identity.name) != (

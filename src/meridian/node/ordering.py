@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -40,6 +40,7 @@ from ..consensus.messages import (
     encode_block,
     encode_message,
 )
+from ..contracts.lifecycle import get_consenters_config
 from ..ledger.merkle import compute_root
 from ..ledger.store import LedgerStore
 from ..types import Block, BlockHeader, Transaction, compute_tx_hash
@@ -163,7 +164,8 @@ class Orderer:
         app: str,
         me: str,
         signer: Signer,
-        consenters: Consenters,
+        consenters: Callable[[Sequence[str] | None], Consenters],
+        members: Collection[str],
         config: OrderingConfig,
         safety: SafetyStore,
         ledger: LedgerStore,
@@ -175,17 +177,19 @@ class Orderer:
         self.app = app
         self.me = me
         self.signer = signer
-        self.consenters = consenters
+        self._resolve_consenters = consenters
+        self.members = frozenset(members)  # nodes of the member orgs: may follow the channel
+        self.ledger = ledger
+        self.consenters = self._current_consenters()
         self.config = config
         self.safety = safety
-        self.ledger = ledger
         self.peers: Peers = peers or NoPeers()
         self.metrics = metrics or NodeMetrics()
         self._preverify = preverify or (lambda txs: None)
         self.mempool = Mempool(max_txs=config.mempool_txs, max_bytes=config.mempool_bytes)
         self.replica: Replica | None = None
         self.halted: str | None = None
-        self._others = [c for c in consenters.ids if c != me]
+        self._others = [c for c in self.consenters.ids if c != me]
         self._commits: deque[tuple[Block, QuorumCert]] = deque()
         self._wake = asyncio.Event()
         self._timer_ms: int | None = None
@@ -194,6 +198,10 @@ class Orderer:
         self._last_status = 0.0
         self._served_at: dict[str, float] = {}
         self._incomplete: list[tuple[str, CompactProposal]] = []
+
+    def _current_consenters(self) -> Consenters:
+        """The consenters the ledger's configuration names (default: all member nodes)."""
+        return self._resolve_consenters(get_consenters_config(self.ledger.get))
 
     # ---------------------------------------------------------------- admission
 
@@ -258,8 +266,8 @@ class Orderer:
         replica = self.replica
         if replica is None or self.halted:
             return  # not started yet (peers re-send what matters), or stopped for good
-        if sender not in self.consenters.keys:
-            self._count_rejected("not_a_consenter")
+        if sender not in self.members:
+            self._count_rejected("not_a_member_node")
             return
         if isinstance(msg, TxForward):
             committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
@@ -445,19 +453,36 @@ class Orderer:
         # Pending first: the replica is still applying, so this cannot trigger a stale
         # proposal; then the next height starts with the right view of the mempool.
         self._process(self.replica.on_pending(len(self.mempool) > 0, now))
-        self._process(self.replica.on_applied(tip(), now))
+        changed = self._current_consenters()
+        if changed.ids == self.consenters.ids:
+            self._process(self.replica.on_applied(tip(), now))
+        else:
+            log.warning(
+                "%s: consenters from block %d on: %s (were %s)",
+                self.app,
+                block.header.number + 1,
+                ", ".join(changed.ids),
+                ", ".join(self.consenters.ids),
+            )
+            self.consenters = changed
+            self._others = [c for c in changed.ids if c != self.me]
+            self._process(self.replica.on_applied(tip(), now, changed))
+        for follower in self.members - set(self.consenters.ids) - {self.me}:
+            self._send(follower, Status(self.app, self.replica.height))  # it syncs
 
     def _housekeeping(self) -> None:
         """Re-forward own transactions still waiting; tell peers our height now and then."""
         self._forward(self.mempool.due_for_forward(now_ms()))
-        if self._others and time.monotonic() - self._last_status >= STATUS_EVERY_S:
+        if time.monotonic() - self._last_status >= STATUS_EVERY_S:
             self._last_status = time.monotonic()
             assert self.replica is not None
-            self._send_all(Status(self.app, self.replica.height))
+            status = encode_message(Status(self.app, self.replica.height))
+            for peer in self.members - {self.me}:
+                self.peers.send(peer, status)
 
     def announce(self, peer: str) -> None:
         """A link to ``peer`` came up: tell it our height (it may need our blocks)."""
-        if self.replica is not None and peer in self._others:
+        if self.replica is not None and peer in self.members:
             self._send(peer, Status(self.app, self.replica.height))
 
     def status(self) -> dict[str, Any]:
@@ -465,7 +490,7 @@ class Orderer:
         connected = set(self.peers.connected())
         info: dict[str, Any] = {
             "mempool": len(self.mempool),
-            "peers": {p: p in connected for p in self._others},
+            "peers": {p: p in connected for p in sorted(self.members - {self.me})},
             "halted": self.halted,
         }
         if replica is not None:

@@ -4,7 +4,8 @@ For every block: its number follows the previous one, ``previous_hash`` is the
 previous header's hash, ``data_hash`` is the Merkle root of its transactions, the
 stored hash is the header's hash, and ``last_result_root`` is the previous block's
 result root, and its commit certificate carries a quorum of the consenters'
-signatures over the header's hash. Then the block is validated again against a
+signatures over the header's hash (the consenters of that height: a committed
+consenter change applies from the next block). Then the block is validated again against a
 replay of the ledger in a scratch database, and the verdicts and result root must
 equal the stored ones. Finally the replayed state must equal the stored state, key by key.
 """
@@ -12,7 +13,7 @@ equal the stored ones. Finally the replayed state must equal the stored state, k
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import orjson
 
 from ..consensus.core import Consenters, check_commit_certificate
 from ..consensus.messages import QuorumCert
+from ..contracts.lifecycle import CONSENTERS_KEY, LIFECYCLE, get_consenters_config
 from ..crypto.certs import Membership
 from ..crypto.hashing import Digest
 from ..errors import InvalidInput
@@ -47,7 +49,7 @@ def verify_ledger(
     path: Path,
     membership: Membership,
     rules: AppRules,
-    consenters: Consenters,
+    consenters: Callable[[Sequence[str] | None], Consenters],
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
@@ -73,12 +75,13 @@ def _verify_blocks(
     replay: SqliteLedger,
     membership: Membership,
     rules: AppRules,
-    consenters: Consenters,
+    resolve: Callable[[Sequence[str] | None], Consenters],
     report: VerifyReport,
     total: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     prev_hash, prev_root = ZERO_DIGEST, ZERO_DIGEST
+    consenters = resolve(None)  # genesis: every node of the member orgs
     for number, stored_hash, header_raw, body_raw, codes_raw, root, cert in store.iter_raw_blocks():
         where = f"block {number}"
         header = BlockHeader.from_dict(orjson.loads(header_raw))
@@ -111,6 +114,8 @@ def _verify_blocks(
         if report.problems:
             return
         replay.commit_block(batch)
+        if any(w.ns == LIFECYCLE and w.key == CONSENTERS_KEY for w in batch.writes):
+            consenters = resolve(get_consenters_config(replay.get))  # from the next block on
         report.blocks += 1
         report.transactions += len(txs)
         report.valid += sum(1 for c in stored_codes if c is TxCode.VALID)
