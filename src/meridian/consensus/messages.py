@@ -27,7 +27,6 @@ from ..errors import InvalidInput
 from ..types import (
     MAX_BLOCK_TXS,
     MAX_SIGNATURE_BYTES,
-    MAX_TX_BYTES,
     Block,
     BlockHeader,
     Transaction,
@@ -292,6 +291,36 @@ class TimeoutMsg:
         )
 
 
+def _proposal_wire(
+    round_: int, justify: QuorumCert | None, tc: TimeoutCert | None, proposer: str, sig: bytes
+) -> dict[str, Any]:
+    """The wire fields every form of a proposal shares."""
+    return {
+        "round": round_,
+        "justify": None if justify is None else justify.to_dict(),
+        "tc": None if tc is None else tc.to_dict(),
+        "proposer": proposer,
+        "signature": codec.b64(sig),
+    }
+
+
+def _proposal_parts(
+    d: Any,
+) -> tuple[int, QuorumCert | None, TimeoutCert | None, str, bytes]:
+    """(round, justify, tc, proposer, signature) from a proposal's wire fields."""
+    what = "proposal"
+    if not isinstance(d, dict) or "justify" not in d or "tc" not in d:
+        raise InvalidInput("proposal is missing 'justify' or 'tc'", code="malformed")
+    tc = d["tc"]
+    return (
+        _round(_field(d, "round", int, what), "proposal.round"),
+        _qc_or_none(d["justify"]),
+        None if tc is None else TimeoutCert.from_dict(tc),
+        _name(_field(d, "proposer", str, what), "proposal.proposer"),
+        _sig(_field(d, "signature", str, what), "proposal.signature"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ProposalMsg:
     """The leader of (height, round) proposes ``block``.
@@ -315,29 +344,15 @@ class ProposalMsg:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "round": self.round,
             "block": orjson.Fragment(encode_block(self.block)),
-            "justify": None if self.justify is None else self.justify.to_dict(),
-            "tc": None if self.tc is None else self.tc.to_dict(),
-            "proposer": self.proposer,
-            "signature": codec.b64(self.signature),
+            **_proposal_wire(self.round, self.justify, self.tc, self.proposer, self.signature),
         }
 
     @classmethod
     def from_dict(cls, app: str, d: Any) -> ProposalMsg:
-        what = "proposal"
-        if not isinstance(d, dict) or "justify" not in d or "tc" not in d:
-            raise InvalidInput("proposal is missing 'justify' or 'tc'", code="malformed")
-        tc = d["tc"]
-        return cls(
-            app,
-            _round(_field(d, "round", int, what), "proposal.round"),
-            Block.from_dict(_field(d, "block", dict, what)),
-            _qc_or_none(d["justify"]),
-            None if tc is None else TimeoutCert.from_dict(tc),
-            _name(_field(d, "proposer", str, what), "proposal.proposer"),
-            _sig(_field(d, "signature", str, what), "proposal.signature"),
-        )
+        block = Block.from_dict(_field(d, "block", dict, "proposal"))
+        round_, justify, tc, proposer, signature = _proposal_parts(d)
+        return cls(app, round_, block, justify, tc, proposer, signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -386,35 +401,20 @@ class CompactProposal:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            "round": self.round,
             "header": self.header.to_dict(),
             "tx_hashes": [h.hex() for h in self.tx_hashes],
-            "justify": None if self.justify is None else self.justify.to_dict(),
-            "tc": None if self.tc is None else self.tc.to_dict(),
-            "proposer": self.proposer,
-            "signature": codec.b64(self.signature),
+            **_proposal_wire(self.round, self.justify, self.tc, self.proposer, self.signature),
         }
 
     @classmethod
     def from_dict(cls, app: str, d: Any) -> CompactProposal:
         what = "compact proposal"
-        if not isinstance(d, dict) or "justify" not in d or "tc" not in d:
-            raise InvalidInput("proposal is missing 'justify' or 'tc'", code="malformed")
         header = BlockHeader.from_dict(_field(d, "header", dict, what))
         hashes = tuple(_hash(h, "tx hash") for h in _list(d, "tx_hashes", MAX_BLOCK_TXS, what))
         if len(hashes) != header.tx_count:
             raise InvalidInput("tx_hashes do not match header.tx_count", code="malformed")
-        tc = d["tc"]
-        return cls(
-            app,
-            _round(_field(d, "round", int, what), "proposal.round"),
-            header,
-            hashes,
-            _qc_or_none(d["justify"]),
-            None if tc is None else TimeoutCert.from_dict(tc),
-            _name(_field(d, "proposer", str, what), "proposal.proposer"),
-            _sig(_field(d, "signature", str, what), "proposal.signature"),
-        )
+        round_, justify, tc, proposer, signature = _proposal_parts(d)
+        return cls(app, round_, header, hashes, justify, tc, proposer, signature)
 
 
 @dataclass(frozen=True, slots=True)
@@ -546,16 +546,10 @@ def _sync_entry(d: Any) -> tuple[Block, QuorumCert]:
     )
 
 
-def compute_block_bytes(blocks: Sequence[Block]) -> int:
-    """An upper bound of the encoded size of ``blocks`` (to bound sync responses)."""
-    return sum(len(encode_block(b)) for b in blocks)
-
-
 __all__ = [
-    "MAX_BLOCK_TXS",
-    "MAX_TX_BYTES",
+    "MAX_MESSAGE_BYTES",
     "NO_ROUND",
-    "BlockHeader",
+    "CompactProposal",
     "Message",
     "Phase",
     "ProposalMsg",
@@ -566,10 +560,12 @@ __all__ = [
     "TimeoutCert",
     "TimeoutMsg",
     "TxForward",
+    "TxRequest",
     "Vote",
     "compute_proposal_digest",
     "compute_timeout_digest",
     "compute_vote_digest",
     "decode_message",
+    "encode_block",
     "encode_message",
 ]

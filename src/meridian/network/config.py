@@ -268,7 +268,8 @@ class NetworkLayout:
 
 
 def write_file(path: Path, data: bytes, *, secret: bool = False) -> None:
-    """Write atomically (temp file, fsync, rename); secrets are created 0600."""
+    """Write durably and atomically (temp file, fsync, rename, fsync of the folder, so
+    the new name survives a crash too); secrets are created 0600."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
@@ -278,3 +279,8 @@ def write_file(path: Path, data: bytes, *, secret: bool = False) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
@@ -43,6 +42,7 @@ from ..consensus.messages import (
 from ..contracts.lifecycle import get_consenters_config
 from ..ledger.merkle import compute_root
 from ..ledger.store import LedgerStore
+from ..network.config import write_file
 from ..types import Block, BlockHeader, Transaction, compute_tx_hash
 from .mempool import Mempool
 from .metrics import NodeMetrics
@@ -109,27 +109,10 @@ class SafetyStore:
         return Block.from_dict(codec.decode(data, max_bytes=2 * MAX_BLOCK_BYTES, what="block"))
 
     def save(self, state: SafetyState) -> None:
-        _write_durably(self.path, state.encode())
+        write_file(self.path, state.encode(), secret=True)
 
     def save_block(self, block: Block) -> None:
-        _write_durably(self.block_path, encode_block(block))
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself must survive a crash
-    finally:
-        os.close(dir_fd)
+        write_file(self.block_path, encode_block(block), secret=True)
 
 
 def compute_block(
