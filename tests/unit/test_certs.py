@@ -213,6 +213,20 @@ def test_invalid_revoked_cert(org1: CertificateAuthority, msp: Membership) -> No
     assert msp.validate(_issue_der(org1, "grace"), now=NOW).name == "grace"
 
 
+def test_identify_ignores_revocation_but_not_the_ca(
+    org1: CertificateAuthority, org2: CertificateAuthority, msp: Membership
+) -> None:
+    """Consenter keys must not depend on when a node read a revocation list."""
+    cert_der = _issue_der(org1, "node9")
+    serial = msp.validate(cert_der, now=NOW).serial
+    msp.update_crl("org1", org1.revoke([serial], now=NOW))
+    assert _cert_error(msp, cert_der).code == "certificate_revoked"
+    assert msp.identify(cert_der).name == "node9"
+    rogue = CertificateAuthority.create("org1", now=T0)
+    with pytest.raises(CertificateError):
+        msp.identify(_issue_der(rogue, "node9"))
+
+
 def test_invalid_crl_signed_by_wrong_ca(
     org1: CertificateAuthority, org2: CertificateAuthority
 ) -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from meridian.errors import Busy
 from meridian.node.mempool import Mempool
-from meridian.types import Transaction
+from meridian.types import Transaction, compute_tx_hash
 from tests.sim.simulator import make_tx
 
 TXS = [make_tx(i, 1) for i in range(10)]
@@ -122,3 +122,12 @@ def test_committed_transactions_are_not_forwarded_again() -> None:
     pool.add(TXS[:2], 0, own=True)
     pool.remove([TXS[0].tx_id])
     assert ids(pool.due_for_forward(10_000, every_ms=1_000)) == [TXS[1].tx_id]
+
+
+def test_transactions_needed_by_a_proposal_enter_a_full_pool() -> None:
+    pool = Mempool(max_txs=1, max_bytes=1 << 30)
+    pool.add(TXS[:1], 0, own=False)
+    wanted = compute_tx_hash(TXS[1])
+    assert ids(pool.add(TXS[1:3], 1, own=False, needed={wanted})) == ids(TXS[1:2])
+    assert pool.refused == 1
+    assert pool.find([wanted]) == ([TXS[1]], [])

@@ -87,7 +87,9 @@ def network_init(
         7050, help="Gateway port of node1; node N serves its gateway on base+2(N-1), peers on +1."
     ),
     block_max_txs: int = typer.Option(1000, help="Cut a block at this many transactions."),
-    block_timeout_ms: int = typer.Option(20, help="...or this long after the first arrived."),
+    block_timeout_ms: int = typer.Option(
+        20, help="...or this long after the leader starts building it."
+    ),
 ) -> None:
     """Generate a network: org CAs, node/admin/client identities and genesis config."""
     s = settings(ctx)

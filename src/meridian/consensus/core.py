@@ -44,7 +44,7 @@ from ..crypto.hashing import Digest
 from ..crypto.suites import verify_cached
 from ..errors import InvalidInput
 from ..ledger.merkle import compute_root
-from ..types import Block, BlockHeader, compute_tx_hash
+from ..types import MAX_BLOCK_TXS, Block, BlockHeader, compute_tx_hash
 from .messages import (
     NO_ROUND,
     Message,
@@ -110,6 +110,7 @@ class Timing:
     max_clock_skew_ms: int = 5_000  # how far a proposer's block time may be from ours
     leader_term: int = 64  # heights one leader keeps the lead when nothing fails
     sync_retry_ms: int = 500
+    max_block_txs: int = MAX_BLOCK_TXS  # voters refuse bigger blocks (network.json block)
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,14 +440,14 @@ class Replica:
     # ------------------------------------------------------------------ routing
 
     def _handle(self, sender: str, msg: Message) -> None:
-        if sender not in self.consenters.keys:
-            self._reject("not_a_consenter")
-            return
         if msg.app != self.app:
             self._reject("wrong_channel")
             return
-        if isinstance(msg, Status):
+        if isinstance(msg, Status):  # a hint, from any node that follows the channel
             self._on_status(sender, msg)
+            return
+        if sender not in self.consenters.keys:
+            self._reject("not_a_consenter")
             return
         if not isinstance(msg, Vote | TimeoutMsg | ProposalMsg):
             self._reject("unexpected_kind")
@@ -553,6 +554,8 @@ class Replica:
             return "block_wrong_channel"
         if header.proposer not in self.consenters.keys:
             return "block_bad_proposer"
+        if len(block.transactions) > self.timing.max_block_txs:
+            return "block_too_large"
         if header.data_hash != compute_root([compute_tx_hash(tx) for tx in block.transactions]):
             return "block_bad_data_hash"
         if len({tx.tx_id for tx in block.transactions}) != len(block.transactions):
@@ -744,7 +747,9 @@ class Replica:
         if found is None:
             return
         block, qc = found
-        reason = self._check_block_link(block, fresh=False)
+        # Checked again: the consenters may have changed since it arrived (a certificate
+        # must carry the votes of the set of *its* height).
+        reason = self._check_commit_qc(block, qc) or self._check_block_link(block, fresh=False)
         if reason == "block_time_in_future":
             reason = None  # a certified block: a quorum accepted its time
         if reason == "block_does_not_extend_tip":

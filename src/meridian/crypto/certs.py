@@ -634,6 +634,17 @@ class Membership:
             )
         return ca
 
+    def identify(self, cert_der: bytes) -> Identity:
+        """The identity in ``cert_der`` as issued by its org's CA, *without* the date
+        and revocation checks of :meth:`validate`.
+
+        For what must be the same on every node whenever it is read — the consenters'
+        keys named by configuration: validity dates and revocation lists are judged
+        at different moments on different nodes, so a consensus key set must not
+        depend on them (a consenter leaves by a configuration transaction).
+        """
+        return self._get_checked_identity(cert_der)
+
     def _get_checked_identity(self, cert_der: bytes) -> Identity:
         if not isinstance(cert_der, bytes) or len(cert_der) > MAX_CERT_BYTES:
             raise _invalid(

@@ -156,6 +156,15 @@ class Channel:
             self._pending_ids.update(t.tx_id for t in redo)
             self.orderer.submit(redo)
         self._task = asyncio.create_task(self.orderer.run(lambda: self._tip, self._commit))
+        self._task.add_done_callback(self._on_orderer_done)
+
+    def _on_orderer_done(self, task: asyncio.Task[None]) -> None:
+        """Ordering never ends by itself: if it did, say so everywhere (status, log)."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        self._failed = self._failed or f"ordering stopped: {exc!r}"
+        log.error("%s: %s", self.app, self._failed, exc_info=exc)
 
     async def stop(self) -> None:
         if self._task:

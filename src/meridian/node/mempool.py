@@ -12,7 +12,7 @@ them while a link was down).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..crypto.hashing import Digest
@@ -61,11 +61,19 @@ class Mempool:
                 hint="retry after a short pause; the network is ordering at capacity",
             )
 
-    def add(self, txs: Iterable[Transaction], now_ms: int, *, own: bool) -> list[Transaction]:
+    def add(
+        self,
+        txs: Iterable[Transaction],
+        now_ms: int,
+        *,
+        own: bool,
+        needed: Collection[Digest] = (),
+    ) -> list[Transaction]:
         """Add what is new; returns the transactions added.
 
         Own transactions were already admitted with :meth:`check_room` (and are
-        durable), so they always go in; forwarded ones are refused when full.
+        durable), so they always go in; forwarded ones are refused when full, unless
+        ``needed`` (by hash) to rebuild a proposal this node must judge.
         """
         added = []
         for tx in txs:
@@ -75,10 +83,11 @@ class Mempool:
                 continue
             size = len(tx.encode())
             full = len(self._entries) >= self.max_txs or self._bytes + size > self.max_bytes
-            if full and not own:
+            tx_hash = compute_tx_hash(tx)
+            if full and not own and tx_hash not in needed:
                 self.refused += 1
                 continue
-            entry = _Entry(tx, compute_tx_hash(tx), size, own, now_ms, now_ms)
+            entry = _Entry(tx, tx_hash, size, own, now_ms, now_ms)
             self._entries[tx.tx_id] = entry
             self._by_hash[entry.hash] = tx.tx_id
             self._bytes += size

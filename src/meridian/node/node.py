@@ -186,6 +186,7 @@ class Node:
                     max_round_timeout_ms=timing.max_round_timeout_ms,
                     max_clock_skew_ms=timing.max_clock_skew_ms,
                     leader_term=timing.leader_term,
+                    max_block_txs=block.max_txs,
                 ),
             ),
             safety=SafetyStore(ledgers, app.name),
@@ -596,7 +597,7 @@ def get_consenters(
     for entry in config.nodes:
         if entry.org not in app.members or (nodes is not None and entry.id not in nodes):
             continue
-        identity = membership.validate(load_cert_der(entry.cert_pem))
+        identity = membership.identify(load_cert_der(entry.cert_pem))
         if identity.role is not Role.NODE or (identity.org, identity.name) != (
             entry.org,
             entry.id,

@@ -3,8 +3,8 @@
 :class:`Orderer` is the shell around :class:`meridian.consensus.core.Replica` (the
 sans-IO protocol). It owns the channel's :class:`~meridian.node.mempool.Mempool`,
 forwards the transactions this node accepted to the other consenters, builds a block
-when the replica asks for one (``max_txs`` waiting, or ``timeout_ms`` after the
-oldest arrived), persists the safety state *before* sending what the replica says
+when the replica asks for one (as soon as ``max_txs`` wait, or ``timeout_ms`` after
+the build started), persists the safety state *before* sending what the replica says
 (so a restarted node never votes twice), applies decided blocks one at a time
 through the channel's commit, answers peers' sync requests from the ledger, and
 keeps the replica's timer. A single node is the same code with one consenter.
@@ -254,8 +254,16 @@ class Orderer:
             return
         if isinstance(msg, TxForward):
             committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
-            fresh = [tx for tx in msg.transactions if tx.tx_id not in committed]
-            added = self.mempool.add(fresh, now_ms(), own=False)
+            fresh = [
+                tx
+                for tx in msg.transactions
+                if tx.tx_id not in committed
+                and (tx.proposal.network, tx.proposal.app) == (self.network, self.app)
+            ]
+            if len(fresh) + len(committed) < len(msg.transactions):
+                self._count_rejected("forwarded_tx_wrong_channel")
+            needed = {h for _, m in self._incomplete for h in m.tx_hashes}
+            added = self.mempool.add(fresh, now_ms(), own=False, needed=needed)
             if added:
                 self._preverify(added)  # validation of their block then hits the cache
                 self._arrived.set()
