@@ -179,7 +179,7 @@ class Orderer:
         self._building: asyncio.Task[None] | None = None
         self._arrived = asyncio.Event()
         self._last_status = 0.0
-        self._served_at: dict[str, float] = {}
+        self._served_at: dict[tuple[str, str], float] = {}
         self._incomplete: list[tuple[str, CompactProposal]] = []
 
     def _current_consenters(self) -> Consenters:
@@ -219,9 +219,9 @@ class Orderer:
             else:
                 self._send(to, msg)
 
-    def _on_compact(self, sender: str, msg: CompactProposal) -> None:
-        """Rebuild a compact proposal from the mempool, or ask its sender for what is
-        missing (it is retried as transactions arrive)."""
+    def _on_compact(self, sender: str, msg: CompactProposal, *, retry: bool = False) -> None:
+        """Rebuild a compact proposal from the mempool, or ask its sender once for what
+        is missing (it is retried here as transactions arrive)."""
         assert self.replica is not None
         found, missing = self.mempool.find(msg.tx_hashes)
         if not missing:
@@ -229,13 +229,14 @@ class Orderer:
             return
         current = [(s, m) for s, m in self._incomplete if m.height >= self.replica.height]
         self._incomplete = [*current[-MAX_INCOMPLETE + 1 :], (sender, msg)]
-        self._send(sender, TxRequest(self.app, tuple(missing)))
+        if not retry:
+            self._send(sender, TxRequest(self.app, tuple(missing)))
 
     def _retry_incomplete(self) -> None:
         waiting, self._incomplete = self._incomplete, []
         for sender, msg in waiting:
             if self.replica is not None and msg.height >= self.replica.height:
-                self._on_compact(sender, msg)
+                self._on_compact(sender, msg, retry=True)
 
     def _after_mempool_change(self) -> None:
         self.metrics.mempool.labels(self.app).set(len(self.mempool))
@@ -272,6 +273,8 @@ class Orderer:
         elif isinstance(msg, CompactProposal):
             self._on_compact(sender, msg)
         elif isinstance(msg, TxRequest):
+            if self._too_soon(sender, "tx_request"):
+                return
             found, _ = self.mempool.find(msg.tx_hashes)
             self._forward(found, to=sender)
         elif isinstance(msg, SyncRequest):
@@ -292,14 +295,9 @@ class Orderer:
             self.peers.send(peer, data)
 
     def _serve(self, peer: str, from_height: int) -> None:
-        """Send a peer the committed blocks it lacks, with their certificates (at most
-        every SERVE_EVERY_S per peer: a peer cannot make this node read its ledger
-        in a loop)."""
-        now = time.monotonic()
-        if now - self._served_at.get(peer, -SERVE_EVERY_S) < SERVE_EVERY_S:
-            self._count_rejected("sync_request_too_soon")
+        """Send a peer the committed blocks it lacks, with their certificates."""
+        if self._too_soon(peer, "sync_request"):
             return
-        self._served_at[peer] = now
         blocks: list[tuple[Block, QuorumCert]] = []
         size = 0
         for number in range(from_height, from_height + MAX_SYNC_BLOCKS):
@@ -313,6 +311,16 @@ class Orderer:
             blocks.append((block, QuorumCert.decode(cert)))
         if blocks:
             self._send(peer, SyncResponse(self.app, tuple(blocks)))
+
+    def _too_soon(self, peer: str, kind: str) -> bool:
+        """True (counted) if ``peer`` asked for ``kind`` less than SERVE_EVERY_S ago:
+        a peer cannot make this node read and send data in a loop."""
+        now = time.monotonic()
+        if now - self._served_at.get((peer, kind), -SERVE_EVERY_S) < SERVE_EVERY_S:
+            self._count_rejected(f"{kind}_too_soon")
+            return True
+        self._served_at[(peer, kind)] = now
+        return False
 
     def _count_rejected(self, reason: str) -> None:
         self.metrics.rejected.labels(self.app, reason).inc()
