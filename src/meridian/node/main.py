@@ -9,6 +9,7 @@ and pending transactions are durable).
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 from pathlib import Path
@@ -18,6 +19,8 @@ import uvicorn
 from ..gateway.app import create_app
 from ..network.config import NetworkLayout
 from .node import Node, NodeOptions
+
+GC_GEN0_THRESHOLD = 50_000  # allocations between young collections (default 700)
 
 
 def setup_logging(log_file: Path, level: str = "INFO") -> None:
@@ -37,6 +40,10 @@ def run_node(
     layout = NetworkLayout(network_dir)
     node = Node(layout, node_id, options)
     setup_logging(node.data_dir / "node.log", log_level)
+    # Long-lived objects (modules, config) leave the collector's view, and young
+    # collections run less often: fewer, shorter pauses under load.
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     pid_file = node.data_dir / "node.pid"
     pid_file.write_text(str(os.getpid()))
     try:
