@@ -84,6 +84,9 @@ BYZANTINE_KINDS = (
     "replay",
     "garbage",
 )
+# Drawn separately by Scenario.random (see there): sends its own proposals whole, with
+# a transaction only it holds (test_whole_byzantine_proposal_then_compact_reproposal...).
+EXTRA_BYZANTINE_KINDS = ("full_proposal",)
 _CREATOR = b"\x30" * 40  # the core never reads transactions' contents
 
 
@@ -100,7 +103,14 @@ def make_config_tx(k: int, seed: int, ids: tuple[str, ...]) -> Transaction:
     are the consenters (the simulator keeps a side table tx id -> set, standing for
     the committed ``_lifecycle`` state production reads)."""
     proposal = Proposal(
-        NETWORK, APP, "_lifecycle", "set_consenters", (f"c{seed}-{k}", *ids), b"cfg", 1, _CREATOR
+        NETWORK,
+        APP,
+        "_lifecycle",
+        "set_consenters",
+        (f"c{seed}-{k}", *ids),
+        b"config-%d" % k,
+        1,
+        _CREATOR,
     )
     return Transaction(SignedProposal(proposal, b"s"), TxResult(None, (), (), "lc@1"), ())
 
@@ -181,6 +191,11 @@ class Scenario:
                 scenario.reconfigure.append(
                     (rng.randint(out + 1, scenario.gst_ms + 2_000), tuple(ids))
                 )
+        # Drawn apart, so that the draws above (and the pinned seeds) stay as they were.
+        extra = random.Random(seed * 104_729 + 3)
+        tamperers = [b for b, kind in scenario.byzantine.items() if kind != "silent"]
+        if tamperers and extra.random() < 0.25:
+            scenario.byzantine[tamperers[0]] = extra.choice(EXTRA_BYZANTINE_KINDS)
         return scenario
 
     def describe(self) -> str:
@@ -189,6 +204,9 @@ class Scenario:
             f"dup={self.duplicate} delay={self.max_delay_ms} crashes={self.crashes} "
             f"partitions={[(a, b, sorted(s)) for a, b, s in self.partitions]} "
             f"compact={self.compact} reconfigure={self.reconfigure}"
+            + (f" submit_to={self.submit_to}" if self.submit_to else "")
+            + (f" drops={self.drops}" if self.drops else "")
+            + (f" status_every_ms={self.status_every_ms}" if self.status_every_ms != 1_000 else "")
         )
 
 
@@ -274,18 +292,14 @@ class SimNode:
         self.up = True
         self.replica = self._new_replica()
         self.sim.restarts.append((self.id, self.sim.now, self.replica.consenters.ids))
-        voted = self.disk_block
-        if (
-            self.sim.scenario.compact
-            and voted is not None
-            and voted.header.number == len(self.ledger)
-        ):
+        voted, added = self.disk_block, []
+        if self.sim.scenario.compact and voted and voted.header.number == len(self.ledger):
             # not committed yet: peers may ask for its transactions (as production)
             fresh = [tx for tx in voted.transactions if tx.tx_id not in self.committed]
-            self.mempool.add(fresh, self.sim.now, own=False)
+            added = self.mempool.add(fresh, self.sim.now, own=False)
         redo = [tx for tx in self.pending_disk.values() if tx.tx_id not in self.committed]
         self.mempool.add(redo, self.sim.now, own=True)
-        self.process(self.replica.on_pending(len(self.mempool) > 0, self.sim.now))
+        self.process(self.replica.on_pending(bool(redo or added), self.sim.now))
         self.broadcast_status()
 
     def broadcast_status(self) -> None:
@@ -324,8 +338,14 @@ class SimNode:
         elif isinstance(msg, SyncRequest):
             self.serve(sender, msg.from_height)
         elif isinstance(msg, SyncResponse):
+            self.sim.count("synced", self.id)
             self.process(self.replica.on_synced(sender, msg, now))
         else:
+            if isinstance(msg, ProposalMsg):  # production's Orderer._keep_transactions
+                fresh = [tx for tx in msg.block.transactions if tx.tx_id not in self.committed]
+                needed = {compute_tx_hash(tx) for tx in fresh}
+                if self.mempool.add(fresh, now, own=False, needed=needed):
+                    self.process(self.replica.on_pending(True, now))
             self.process(self.replica.on_message(sender, msg, now))
 
     def lookup(self, hashes: tuple[Digest, ...]) -> list[Transaction]:
@@ -341,10 +361,11 @@ class SimNode:
                 self.sim.count("compact_completed", self.id)
             self.process(self.replica.on_message(sender, msg.expand(found), self.sim.now))
             return
-        self.sim.count("tx_request", self.id)
         current = [(s, m) for s, m in self.incomplete if m.height >= self.replica.height]
         self.incomplete = [*current[-MAX_INCOMPLETE + 1 :], (sender, msg)]
-        self.sim.send(self, sender, TxRequest(APP, tuple(missing)))
+        if not retry:  # asked once; retried here as transactions arrive
+            self.sim.count("tx_request", self.id)
+            self.sim.send(self, sender, TxRequest(APP, tuple(missing)))
 
     def retry_incomplete(self) -> None:
         waiting, self.incomplete = self.incomplete, []
@@ -492,6 +513,16 @@ class ByzantineNode(SimNode):
         return found + [self.made[h] for h in missing if h in self.made]
 
     def tamper(self, msg: Message) -> list[tuple[str, Any]]:
+        if self.kind == "full_proposal" and isinstance(msg, ProposalMsg) and msg.justify is None:
+            # Its block, plus a transaction only it holds, sent whole (not compact): a
+            # consenter accepts a full ProposalMsg, judged without the mempool.
+            extra = make_tx(20_000 + self.sim.rng.randint(0, 10**6), 0)
+            txs = [*msg.block.transactions, extra]
+            block = compute_sim_block(self.tip(), txs, msg.block.header.timestamp_ms, self.id)
+            digest = compute_proposal_digest(NETWORK, APP, msg.height, msg.round, block.header.hash)
+            sig = self.signer.sign(bytes(digest))
+            full = ProposalMsg(APP, msg.round, block, None, msg.tc, self.id, sig)
+            return [(p, full) for p in self.peers()]
         out = self._tamper(msg)
         if not self.sim.scenario.compact:
             return out
@@ -512,7 +543,7 @@ class ByzantineNode(SimNode):
             )
             half = set(rng.sample(peers, len(peers) // 2))  # these get both, in either order
             out = [(p, twin if p in half else msg) for p in peers]
-            out += [(p, msg) for p in half]
+            out += [(p, msg) for p in peers if p in half]  # not set order: PYTHONHASHSEED
         elif self.kind == "double_vote" and isinstance(msg, Vote):
             fake = Digest(rng.randbytes(32))
             digest = compute_vote_digest(NETWORK, APP, msg.phase, msg.height, msg.round, fake)

@@ -446,12 +446,12 @@ class Replica:
         if isinstance(msg, Status):  # a hint, from any node that follows the channel
             self._on_status(sender, msg)
             return
-        if sender not in self.consenters.keys:
-            self._reject("not_a_consenter")
-            return
         if not isinstance(msg, Vote | TimeoutMsg | ProposalMsg):
             self._reject("unexpected_kind")
             return
+        # Heights first, consenters after: the set may differ at other heights. A laggard
+        # that was a consenter at its height gets blocks; a message for the next height
+        # waits and is judged against that height's set when it is replayed.
         height = msg.height
         if height < self.tip.height:
             if not isinstance(msg, Vote):  # late votes are normal; these mean a laggard
@@ -465,6 +465,9 @@ class Replica:
                 self._future.append((sender, msg))  # replayed once we reach that height
             if not self.applying:
                 self._request_sync_if_behind()
+            return
+        if sender not in self.consenters.keys:
+            self._reject("not_a_consenter")
             return
         if self.idle:
             self.round_started_ms = self._now  # the round's clock starts with its first sign

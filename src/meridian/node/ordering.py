@@ -282,7 +282,19 @@ class Orderer:
         elif isinstance(msg, SyncResponse):
             self._process(replica.on_synced(sender, msg, now_ms()))
         else:
+            if isinstance(msg, ProposalMsg):  # a whole block (honest leaders send compact
+                self._keep_transactions(msg.block)  # ones): its txs must be servable too
             self._process(replica.on_message(sender, msg, now_ms()))
+
+    def _keep_transactions(self, block: Block) -> None:
+        """Hold a proposed block's transactions in the pool (even a full one): this node
+        may have to re-propose the block, or answer peers' requests for them."""
+        txs = block.transactions
+        done = self.ledger.known_tx_ids([tx.tx_id for tx in txs])
+        fresh = [tx for tx in txs if tx.tx_id not in done]
+        hashes = {compute_tx_hash(tx) for tx in fresh}
+        if self.mempool.add(fresh, now_ms(), own=False, needed=hashes):
+            self._after_mempool_change()
 
     def _send(self, peer: str, msg: Message) -> None:
         self.peers.send(peer, encode_message(msg))
