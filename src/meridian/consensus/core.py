@@ -64,6 +64,7 @@ from .quorum import Quorum
 
 MAX_ROUNDS_AHEAD = 16  # votes and timeouts further ahead than this are ignored
 MAX_FUTURE_MESSAGES = 1024  # next-height messages kept while a block is being applied
+MAX_FUTURE_PER_SENDER = 64
 MAX_SYNCED_BLOCKS = 128
 
 
@@ -461,7 +462,7 @@ class Replica:
         if height > self.tip.height:  # the sender committed what we have not
             self._note_peer_height(sender, height)
         if self.applying or height > self.tip.height:
-            if height == self.tip.height + 1 and len(self._future) < MAX_FUTURE_MESSAGES:
+            if height == self.tip.height + 1 and self._has_future_room(sender):
                 self._future.append((sender, msg))  # replayed once we reach that height
             if not self.applying:
                 self._request_sync_if_behind()
@@ -477,6 +478,13 @@ class Replica:
             self._on_timeout(sender, msg)
         else:
             self._on_proposal(msg)
+
+    def _has_future_room(self, sender: str) -> bool:
+        """Room to keep one more next-height message from ``sender`` (each sender has
+        its share, so that no node can crowd out the others' messages)."""
+        if len(self._future) >= MAX_FUTURE_MESSAGES:
+            return False
+        return sum(1 for s, _ in self._future if s == sender) < MAX_FUTURE_PER_SENDER
 
     def _serve(self, sender: str, height: int) -> None:
         """Offer a lagging peer the blocks it misses (at most every ``sync_retry_ms``)."""
