@@ -341,12 +341,15 @@ class SimNode:
             self.sim.count("synced", self.id)
             self.process(self.replica.on_synced(sender, msg, now))
         else:
-            if isinstance(msg, ProposalMsg):  # production's Orderer._keep_transactions
+            self.process(self.replica.on_message(sender, msg, now))
+            accepted = isinstance(msg, ProposalMsg) and self.replica.holds_block(
+                msg.block.header.hash
+            )
+            if accepted:  # production's Orderer._keep_transactions
                 fresh = [tx for tx in msg.block.transactions if tx.tx_id not in self.committed]
                 needed = {compute_tx_hash(tx) for tx in fresh}
                 if self.mempool.add(fresh, now, own=False, needed=needed):
                     self.process(self.replica.on_pending(True, now))
-            self.process(self.replica.on_message(sender, msg, now))
 
     def lookup(self, hashes: tuple[Digest, ...]) -> list[Transaction]:
         found, _ = self.mempool.find(hashes)

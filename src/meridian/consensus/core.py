@@ -372,6 +372,10 @@ class Replica:
             and not self._timeouts
         )
 
+    def holds_block(self, block_hash: Digest) -> bool:
+        """Whether a proposal of this block at the current height was accepted here."""
+        return block_hash in self._blocks
+
     @property
     def is_consenter(self) -> bool:
         """False for a node that only follows the channel (it votes and leads nowhere)."""

@@ -282,9 +282,11 @@ class Orderer:
         elif isinstance(msg, SyncResponse):
             self._process(replica.on_synced(sender, msg, now_ms()))
         else:
-            if isinstance(msg, ProposalMsg):  # a whole block (honest leaders send compact
-                self._keep_transactions(msg.block)  # ones): its txs must be servable too
             self._process(replica.on_message(sender, msg, now_ms()))
+            if isinstance(msg, ProposalMsg) and replica.holds_block(msg.block.header.hash):
+                # a whole block the replica accepted (honest leaders send compact ones):
+                # its transactions must be servable, and re-proposable, from the pool
+                self._keep_transactions(msg.block)
 
     def _keep_transactions(self, block: Block) -> None:
         """Hold a proposed block's transactions in the pool (even a full one): this node
