@@ -64,7 +64,7 @@ from .quorum import Quorum
 
 MAX_ROUNDS_AHEAD = 16  # votes and timeouts further ahead than this are ignored
 MAX_FUTURE_MESSAGES = 1024  # next-height messages kept while a block is being applied
-MAX_FUTURE_PER_SENDER = 64
+MAX_FUTURE_PER_SENDER = 16
 MAX_SYNCED_BLOCKS = 128
 
 
@@ -112,6 +112,7 @@ class Timing:
     leader_term: int = 64  # heights one leader keeps the lead when nothing fails
     sync_retry_ms: int = 500
     max_block_txs: int = MAX_BLOCK_TXS  # voters refuse bigger blocks (network.json block)
+    max_block_bytes: int = 16 * 2**20  # ... and heavier ones (transaction bytes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +373,20 @@ class Replica:
             and not self._timeouts
         )
 
+    def is_plausible_proposal(
+        self, height: int, round_: int, proposer: str, block_hash: Digest, signature: bytes
+    ) -> bool:
+        """Whether a proposal's envelope could be accepted here (right height, round in
+        range, the round's leader, its signature): checked before this node spends
+        anything (pool room, requests) on rebuilding a compact proposal."""
+        # The next height's proposal often arrives while this node still applies the
+        # last block; its leader is not known yet, so the signature must do.
+        current = height == self.tip.height and round_ <= self.round + MAX_ROUNDS_AHEAD
+        if height != self.tip.height + 1 and not (current and proposer == self.leader(round_)):
+            return False
+        digest = compute_proposal_digest(self.network, self.app, height, round_, block_hash)
+        return self.consenters.verify(proposer, digest, signature)
+
     def holds_block(self, block_hash: Digest) -> bool:
         """Whether a proposal of this block at the current height was accepted here."""
         return block_hash in self._blocks
@@ -466,7 +481,7 @@ class Replica:
         if height > self.tip.height:  # the sender committed what we have not
             self._note_peer_height(sender, height)
         if self.applying or height > self.tip.height:
-            if height == self.tip.height + 1 and self._has_future_room(sender):
+            if height == self.tip.height + 1 and self._has_future_room(sender, msg):
                 self._future.append((sender, msg))  # replayed once we reach that height
             if not self.applying:
                 self._request_sync_if_behind()
@@ -483,10 +498,13 @@ class Replica:
         else:
             self._on_proposal(msg)
 
-    def _has_future_room(self, sender: str) -> bool:
-        """Room to keep one more next-height message from ``sender`` (each sender has
-        its share, so that no node can crowd out the others' messages)."""
+    def _has_future_room(self, sender: str, msg: Message) -> bool:
+        """Room to keep one more next-height message from ``sender``: each sender has
+        its share (no node crowds out the others), and whole proposals (the big
+        messages) are kept only from current consenters."""
         if len(self._future) >= MAX_FUTURE_MESSAGES:
+            return False
+        if isinstance(msg, ProposalMsg) and sender not in self.consenters.keys:
             return False
         return sum(1 for s, _ in self._future if s == sender) < MAX_FUTURE_PER_SENDER
 
@@ -569,7 +587,9 @@ class Replica:
             return "block_wrong_channel"
         if header.proposer not in self.consenters.keys:
             return "block_bad_proposer"
-        if len(block.transactions) > self.timing.max_block_txs:
+        if len(block.transactions) > self.timing.max_block_txs or (
+            sum(len(tx.encode()) for tx in block.transactions) > self.timing.max_block_bytes
+        ):
             return "block_too_large"
         if header.data_hash != compute_root([compute_tx_hash(tx) for tx in block.transactions]):
             return "block_bad_data_hash"

@@ -607,6 +607,14 @@ def get_consenters(
                 code="bad_node_certificate",
             )
         keys[entry.id] = (identity.suite, identity.public_key)
+    unknown = set(nodes or ()) - set(keys)
+    if unknown:  # never a smaller set than configured: every node must use the same one
+        raise CertificateError(
+            f"consenters {sorted(unknown)} of app {app.name} are not nodes of its member "
+            "orgs in network.json",
+            code="unknown_consenter",
+            hint="every node needs the same network.json",
+        )
     return Consenters(keys)
 
 

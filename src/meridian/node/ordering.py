@@ -227,6 +227,13 @@ class Orderer:
         if not missing:
             self._process(self.replica.on_message(sender, msg.expand(found), now_ms()))
             return
+        if retry:
+            pass  # it was plausible when it arrived
+        elif not self.replica.is_plausible_proposal(
+            msg.height, msg.round, msg.proposer, msg.header.hash, msg.signature
+        ):
+            self._count_rejected("implausible_compact_proposal")
+            return
         current = [(s, m) for s, m in self._incomplete if m.height >= self.replica.height]
         self._incomplete = [*current[-MAX_INCOMPLETE + 1 :], (sender, msg)]
         if not retry:
@@ -377,11 +384,16 @@ class Orderer:
             self._wake.set()
         if out.propose is not None and (self._building is None or self._building.done()):
             self._building = asyncio.get_running_loop().create_task(self._build(*out.propose))
+            self._building.add_done_callback(self._on_build_done)
         if out.timer_ms != self._timer_ms:
             self._timer_ms = out.timer_ms
             self._wake.set()
         if self.replica is not None:
             self.metrics.round.labels(self.app).set(self.replica.round)
+
+    def _on_build_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self._halt(f"building a block failed: {task.exception()!r}")
 
     def _halt(self, reason: str) -> None:
         self.halted = reason
@@ -407,7 +419,18 @@ class Orderer:
         self._process(replica.on_payload(block, now_ms()))
 
     async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
-        """Order forever: tick the replica, apply decided blocks in sequence."""
+        """Order forever: tick the replica, apply decided blocks in sequence. If
+        anything stops it, the channel halts and says why (status, metric, log)."""
+        try:
+            await self._run(tip, deliver)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not self.halted:
+                self._halt(f"ordering stopped: {exc!r}")
+            raise
+
+    async def _run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
         voted = self.safety.load_block()
         if voted is not None and voted.header.number == tip().height:
             # not committed yet: peers may ask for its transactions (compact proposals)
