@@ -875,3 +875,49 @@ def test_invalid_sync_pair_whose_certificate_names_another_block() -> None:
     response = SyncResponse(APP, ((chain[0][0], chain[1][1]),))
     out = new_replica().on_synced("n2", response, NOW)
     assert out.rejected == ["sync:qc_not_for_block"] and out.commits == []
+
+
+# ------------------------------------------------------------ bounds and plausibility
+
+
+def test_invalid_block_over_the_byte_bound_gets_no_vote() -> None:
+    replica = Replica(
+        network=NETWORK,
+        app=APP,
+        me="n0",
+        signer=SIGNERS["n0"],
+        consenters=CONSENTERS,
+        tip=GENESIS,
+        safety=None,
+        timing=replace(TIMING, max_block_bytes=100),
+        now_ms=NOW,
+    )
+    out = replica.on_message("n1", sign_proposal("n1", 0, make_block()), NOW)
+    assert "block_too_large" in out.rejected
+    assert not sent_votes(out)
+
+
+def test_plausible_proposal_envelopes() -> None:
+    replica = new_replica()
+    block = make_block()
+    good = sign_proposal("n1", 0, block)
+    assert replica.leader(0) == "n1"
+    assert replica.is_plausible_proposal(0, 0, "n1", block.header.hash, good.signature)
+    assert not replica.is_plausible_proposal(0, 0, "n2", block.header.hash, good.signature)
+    forged = bytes([good.signature[0] ^ 1]) + good.signature[1:]
+    assert not replica.is_plausible_proposal(0, 0, "n1", block.header.hash, forged)
+    assert not replica.is_plausible_proposal(5, 0, "n1", block.header.hash, good.signature)
+    # the next height's leader is not known yet: a consenter's valid signature suffices
+    nxt = make_block(compute_tip_after(block), proposer="n2")
+    signed = sign_proposal("n2", 0, nxt)
+    assert replica.is_plausible_proposal(1, 0, "n2", nxt.header.hash, signed.signature)
+
+
+def test_invalid_next_height_whole_proposal_from_a_non_consenter_is_not_kept() -> None:
+    replica = new_replica()
+    block = make_block()
+    nxt = make_block(compute_tip_after(block), proposer="n9")
+    digest = compute_proposal_digest(NETWORK, APP, 1, 0, nxt.header.hash)
+    outsider = ProposalMsg(APP, 0, nxt, None, None, "n9", OUTSIDER.sign(bytes(digest)))
+    replica.on_message("n9", outsider, NOW)
+    assert not replica._future  # nothing kept for later
