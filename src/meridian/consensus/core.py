@@ -15,13 +15,13 @@ time, each in rounds with a two-phase vote, in the HotStuff-2 / Jolteon family.
 * **Propose.** The leader of (h, r) proposes a block extending the last committed
   one, with its highest prepare certificate (``justify``; the block must then be the
   certified one) and, after a round change, the timeout certificate of r - 1.
-* **Prepare vote** (rule ``is_safe_to_prepare``): once per round, never after timing
+* **Prepare vote** (rule ``_is_safe_to_prepare``): once per round, never after timing
   out in it, and only if the replica is not locked, or locked on this block, or the
   justify is at least as high as its lock, or the TC of r - 1 shows that no quorum
   member held a higher certificate than the justify.
 * **Lock and commit vote.** A prepare certificate (n - f prepare votes) locks the
-  replica on the block (highest lock wins); in that round, unless it timed out
-  there, the replica sends a commit vote.
+  replica on the block (highest lock wins); if that round is the replica's current
+  one and it did not time out there, it sends a commit vote.
 * **Decide.** A commit certificate (n - f commit votes) decides the block; the
   driver applies it and reports the new tip, which starts the next height at round 0.
 * **Round change.** When a round's timer expires (exponential back-off) the replica
@@ -30,6 +30,9 @@ time, each in rounds with a two-phase vote, in the HotStuff-2 / Jolteon family.
   consenter after the current one — a crashed leader costs one timeout.
 * **Leader.** The proposer of the previous block keeps the lead (no leader change
   while things work), rotating every ``leader_term`` heights for fairness.
+* **Consenters.** Fixed per height; a configuration committed in block h names the
+  set of h + 1 (:meth:`Replica.on_applied`). A replica outside the set follows by
+  sync and votes nowhere.
 """
 
 from __future__ import annotations
