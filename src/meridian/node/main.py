@@ -12,6 +12,7 @@ import argparse
 import gc
 import logging
 import os
+import signal
 from pathlib import Path
 
 import uvicorn
@@ -46,6 +47,9 @@ def run_node(
     gc.set_threshold(GC_GEN0_THRESHOLD, 20, 20)
     pid_file = node.data_dir / "node.pid"
     pid_file.write_text(str(os.getpid()))
+    # uvicorn re-raises the SIGTERM it handled once the server has stopped; as an
+    # exception it lets the clean-up below run (the default action would not).
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         config = uvicorn.Config(
             create_app(node),
@@ -61,6 +65,10 @@ def run_node(
         uvicorn.Server(config).run()
     finally:
         pid_file.unlink(missing_ok=True)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(0)
 
 
 def main(argv: list[str] | None = None) -> None:
