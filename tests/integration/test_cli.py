@@ -156,6 +156,14 @@ def test_cli_journey(cli_network: Path, tmp_path: Path) -> None:
     blocks = [json.loads(line) for line in events.stdout.splitlines()]
     assert [b["block"] for b in blocks] == list(range(submitted["block"] + 1))
 
+    shown_set = as_json(meridian("consenters", "show", "--json", network=net))
+    assert shown_set == {"app": "demo", "nodes": ["node1"], "sequence": 0, "default": True}
+    changed = as_json(meridian("consenters", "set", "node1", "--json", network=net))
+    assert changed == {"nodes": ["node1"], "sequence": 1}
+    assert as_json(meridian("consenters", "show", "--json", network=net))["default"] is False
+    wrong = meridian("consenters", "set", "node7", "--json", network=net, check=False)
+    assert wrong.returncode == 1 and as_json(wrong)["error"]["code"] == "contract_rejected"
+
     refused = meridian("tx", "submit", "nope", "f", "--json", network=net, check=False)
     assert refused.returncode == 1
     assert as_json(refused)["error"]["code"] == "unknown_contract"

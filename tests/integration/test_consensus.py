@@ -25,6 +25,7 @@ import orjson
 import pytest
 
 from meridian.client import Gateway
+from meridian.client.lifecycle import set_consenters
 from meridian.errors import MeridianError
 from meridian.types import Proposal
 
@@ -238,20 +239,13 @@ def test_leader_and_another_node_killed_then_restarted_lose_nothing(tmp_path: Pa
 
 
 def _set_consenters(net: RunningNetwork, nodes: list[str], sequence: int) -> int:
-    """Approve by every member admin, commit; the block number of the commit."""
+    """Approve by every member admin (each through its own node), commit; the height
+    from which the new set orders."""
     admins = [net.gateway(f"{n.org}/admin", url=n.url) for n in net.config.nodes]
     try:
-        for gw in admins:
-            for other in admins:
-                gw.seen.merge(other.seen)
-            gw.app(APP).contract("_lifecycle").submit("approve_consenters", nodes, sequence)
-        for other in admins:
-            admins[0].seen.merge(other.seen)
-        contract = admins[0].app(APP).contract("_lifecycle")
-        receipt = contract.submit_receipt("commit_consenters", nodes, sequence)
-        assert receipt.valid, receipt
-        assert receipt.block is not None
-        return receipt.block
+        committed = set_consenters(admins, APP, nodes)
+        assert committed == {"nodes": sorted(nodes), "sequence": sequence}
+        return admins[0].seen.body(APP, {})["after_block"]
     finally:
         for gw in admins:
             gw.close()

@@ -17,7 +17,7 @@ import typer
 from ..errors import MeridianError, NotFound
 from ..network.config import BlockConfig
 from ..network.init import InitOptions, init_network
-from . import contract, ledger, tx
+from . import consenters, contract, ledger, tx
 from .common import Settings, console, handle_errors, output, settings
 from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_healthy
 
@@ -40,6 +40,7 @@ app = typer.Typer(
 network_app = typer.Typer(help="Create and inspect network directories.", no_args_is_help=True)
 app.add_typer(network_app, name="network")
 app.add_typer(contract.app, name="contract")
+app.add_typer(consenters.app, name="consenters")
 app.add_typer(tx.app, name="tx")
 app.add_typer(tx.block_app, name="block")
 app.add_typer(ledger.app, name="ledger")

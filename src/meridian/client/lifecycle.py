@@ -68,14 +68,32 @@ def deploy(
         gw.install(archive)
     name = name or installed["name"]
     sequence = next_sequence(admins[0], app_name, name)
+    args = (name, installed["version"], sequence, package_id, policy)
+    return _approve_then_commit(admins, app_name, ("approve", "commit"), args)
+
+
+def set_consenters(admins: list[Gateway], app_name: str, nodes: Sequence[str]) -> dict[str, Any]:
+    """Approve, as every given org admin, and commit the app's next consenter set.
+
+    It orders every block after the one that commits it; the nodes must be nodes of
+    the app's member orgs.
+    """
+    current = admins[0].app(app_name).contract(LIFECYCLE).evaluate("consenters")
+    args = (list(nodes), int(current["sequence"]) + 1)
+    return _approve_then_commit(admins, app_name, ("approve_consenters", "commit_consenters"), args)
+
+
+def _approve_then_commit(
+    admins: list[Gateway], app_name: str, functions: tuple[str, str], args: tuple[Any, ...]
+) -> dict[str, Any]:
+    """Each admin approves, then the first commits; every admin's node is asked to
+    include what the others already saw (``after_block``), so approvals are read."""
+    approve, commit = functions
     for gw in admins:
-        for other in admins:  # each admin's node must see the approvals before it
+        for other in admins:
             gw.seen.merge(other.seen)
-        lifecycle_call(
-            gw, app_name, "approve", name, installed["version"], sequence, package_id, policy
-        )
+        gw.app(app_name).contract(LIFECYCLE).submit(approve, *args)
     for other in admins:
         admins[0].seen.merge(other.seen)
-    return lifecycle_call(
-        admins[0], app_name, "commit", name, installed["version"], sequence, package_id, policy
-    )
+    result: dict[str, Any] = admins[0].app(app_name).contract(LIFECYCLE).submit(commit, *args)
+    return result

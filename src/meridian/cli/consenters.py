@@ -1,0 +1,80 @@
+"""``meridian consenters``: which nodes order an app, and changing them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import typer
+
+from ..client.lifecycle import set_consenters
+from ..contracts.lifecycle import LIFECYCLE
+from .common import console, handle_errors, output, settings
+
+app = typer.Typer(
+    help="The nodes that order an app's blocks (its consenters).", no_args_is_help=True
+)
+
+
+@app.command("show")
+def show_cmd(ctx: typer.Context) -> None:
+    """The app's consenters: the configured set, or every node of its member orgs."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        config = s.config()
+        app_name = s.app_name()
+        with s.gateway() as gw:
+            configured = gw.app(app_name).contract(LIFECYCLE).evaluate("consenters")
+        members = config.app(app_name).members
+        nodes = configured["nodes"] or [n.id for n in config.nodes if n.org in members]
+        result: dict[str, Any] = {
+            "app": app_name,
+            "nodes": nodes,
+            "sequence": configured["sequence"],
+            "default": configured["nodes"] is None,
+        }
+    where = "default: every node of the member orgs" if result["default"] else "configured"
+    output(
+        s,
+        result,
+        lambda: console.print(
+            f"{app_name}: {', '.join(nodes)} [dim]({where}, sequence {result['sequence']})[/]"
+        ),
+    )
+
+
+@app.command("set")
+def set_cmd(
+    ctx: typer.Context,
+    nodes: str = typer.Argument(..., help="Comma-separated node ids, e.g. node1,node2,node3."),
+    admins: str = typer.Option(
+        "",
+        help="Comma-separated admin identities that approve "
+        "(default: every member org's admin, each through its own org's node).",
+    ),
+) -> None:
+    """Approve by each member org's admin and commit a new consenter set.
+
+    It orders every block after the one that commits the change. Keep enough nodes
+    for a quorum (n - f of the new set must stay up), or the app cannot order again.
+    """
+    s = settings(ctx)
+    with handle_errors(s.json):
+        config = s.config()
+        app_name = s.app_name()
+        members = config.app(app_name).members
+        url_of = {n.org: n.url for n in reversed(config.nodes)}  # the org's first node
+        specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in members]
+        gateways = [s.gateway(spec, url=url_of.get(spec.split("/")[0])) for spec in specs]
+        try:
+            result = set_consenters(gateways, app_name, [n for n in nodes.split(",") if n])
+        finally:
+            for gw in gateways:
+                gw.close()
+    output(
+        s,
+        result,
+        lambda: console.print(
+            f"[green]consenters of {app_name}[/]: {', '.join(result['nodes'])} "
+            f"(sequence {result['sequence']}), from the next block on"
+        ),
+    )
