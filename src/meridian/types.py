@@ -478,6 +478,7 @@ class Transaction:
     result: TxResult
     endorsements: tuple[Endorsement, ...]
     _encoded: bytes = field(init=False, repr=False, compare=False, default=b"")
+    _hash: Digest = field(init=False, repr=False, compare=False, default=Digest(b""))
 
     @property
     def proposal(self) -> Proposal:
@@ -535,8 +536,11 @@ class Transaction:
 
 
 def compute_tx_hash(tx: Transaction) -> Digest:
-    """Leaf of the block's Merkle tree: digest of the whole encoded transaction."""
-    return compute_digest(tx.encode())
+    """Leaf of the block's Merkle tree: digest of the whole encoded transaction
+    (computed once per record: pools, proposals and blocks all name it)."""
+    if not tx._hash:
+        object.__setattr__(tx, "_hash", compute_digest(tx.encode()))
+    return tx._hash
 
 
 # ------------------------------------------------------------------------------ blocks

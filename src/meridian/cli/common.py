@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +64,16 @@ class Settings:
         config = self.config()
         url = url or self.url or os.environ.get("MERIDIAN_URL") or config.nodes[0].url
         return connect(url, identity, network=config.network)
+
+
+def admin_gateways(s: Settings, members: Sequence[str], admins: str) -> list[Gateway]:
+    """Gateways of the admins who approve a change: ``admins`` (comma-separated
+    identities) or every member org's admin, each through its own org's first node
+    (only an org's admin may install on its nodes; its node sees its approvals)."""
+    config = s.config()
+    url_of = {n.org: n.url for n in reversed(config.nodes)}
+    specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in members]
+    return [s.gateway(spec, url=url_of.get(spec.split("/")[0])) for spec in specs]
 
 
 def settings(ctx: typer.Context) -> Settings:

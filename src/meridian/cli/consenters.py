@@ -8,7 +8,7 @@ import typer
 
 from ..client.lifecycle import set_consenters
 from ..contracts.lifecycle import LIFECYCLE
-from .common import console, handle_errors, output, settings
+from .common import admin_gateways, console, handle_errors, output, settings
 
 app = typer.Typer(
     help="The nodes that order an app's blocks (its consenters).", no_args_is_help=True
@@ -59,12 +59,8 @@ def set_cmd(
     """
     s = settings(ctx)
     with handle_errors(s.json):
-        config = s.config()
         app_name = s.app_name()
-        members = config.app(app_name).members
-        url_of = {n.org: n.url for n in reversed(config.nodes)}  # the org's first node
-        specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in members]
-        gateways = [s.gateway(spec, url=url_of.get(spec.split("/")[0])) for spec in specs]
+        gateways = admin_gateways(s, s.config().app(app_name).members, admins)
         try:
             result = set_consenters(gateways, app_name, [n for n in nodes.split(",") if n])
         finally:

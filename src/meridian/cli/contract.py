@@ -9,7 +9,7 @@ import typer
 
 from ..client.lifecycle import deploy, lifecycle_call, load_package, next_sequence
 from ..contracts.package import build_archive
-from .common import console, handle_errors, output, settings
+from .common import admin_gateways, console, handle_errors, output, settings
 
 app = typer.Typer(help="Contract packages and their lifecycle on an app.", no_args_is_help=True)
 
@@ -102,8 +102,7 @@ def deploy_cmd(
         config = s.config()
         app_name = s.app_name()
         members = config.app(app_name).members
-        specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in members]
-        gateways = [s.gateway(spec) for spec in specs]
+        gateways = admin_gateways(s, members, admins)
         installers = [  # each org's admin installs on that org's nodes
             s.gateway(f"{node.org}/admin", url=node.url)
             for node in config.nodes

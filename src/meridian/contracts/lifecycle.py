@@ -89,6 +89,13 @@ def get_consenters_config(get: Callable[[str, str], tuple[Any, Any] | None]) -> 
     return None if found is None else list(found[0]["nodes"])
 
 
+def _check_sequence(current: Any, sequence: int, what: str) -> None:
+    """Each change of a definition or configuration takes the next sequence number."""
+    expected = 1 if current is None else int(current["sequence"]) + 1
+    if sequence != expected:
+        raise ContractError(f"{what}: the next sequence is {expected}, not {sequence}")
+
+
 def get_definition(
     get: Callable[[str, str], tuple[Any, Any] | None], name: str
 ) -> ContractDefinition | None:
@@ -146,11 +153,21 @@ class Lifecycle(Contract):
         """(caller's org, the definition) once arguments, caller and sequence check out."""
         parsed = _check_args(name, version, sequence, package_id, policy)
         org = self._admin_org(ctx)
-        current = ctx.get_state(definition_key(name))
-        expected = 1 if current is None else int(current["sequence"]) + 1
-        if sequence != expected:
-            raise ContractError(f"{name}: the next sequence is {expected}, not {sequence}")
+        _check_sequence(ctx.get_state(definition_key(name)), sequence, name)
         return org, ContractDefinition(name, version, sequence, package_id, parsed)
+
+    def _require_approvals(
+        self, ctx: SimulationContext, label: str, proposed: Any, key: Callable[[str], str]
+    ) -> None:
+        """ContractError unless the orgs whose approval (at ``key(org)``) equals
+        ``proposed`` satisfy the lifecycle policy."""
+        approved = [org for org in self.members if ctx.get_state(key(org)) == proposed]
+        if not self.lifecycle_policy.is_satisfied(approved, self.members):
+            raise ContractError(
+                f"{label} is approved by {approved or 'no org'}; the lifecycle policy "
+                f"{self.lifecycle_policy} of {list(self.members)} needs "
+                f"{self.lifecycle_policy.required(self.members)} matching approvals"
+            )
 
     @transaction
     def approve(
@@ -180,17 +197,12 @@ class Lifecycle(Contract):
     ) -> dict[str, Any]:
         _, proposed = self._propose(ctx, name, version, sequence, package_id, policy)
         definition = proposed.to_dict()
-        approved = [
-            org
-            for org in self.members
-            if ctx.get_state(approval_key(name, sequence, org)) == definition
-        ]
-        if not self.lifecycle_policy.is_satisfied(approved, self.members):
-            raise ContractError(
-                f"{name} sequence {sequence} is approved by {approved or 'no org'}; the "
-                f"lifecycle policy {self.lifecycle_policy} of {list(self.members)} needs "
-                f"{self.lifecycle_policy.required(self.members)} matching approvals"
-            )
+        self._require_approvals(
+            ctx,
+            f"{name} sequence {sequence}",
+            definition,
+            lambda org: approval_key(name, sequence, org),
+        )
         ctx.put_state(definition_key(name), definition)
         ctx.emit("committed", definition)
         return definition
@@ -210,10 +222,7 @@ class Lifecycle(Contract):
                     f"{node!r} is not a node of a member org "
                     f"({', '.join(n for n, o in sorted(self.nodes.items()) if o in self.members)})"
                 )
-        current = ctx.get_state(CONSENTERS_KEY)
-        expected = 1 if current is None else int(current["sequence"]) + 1
-        if sequence != expected:
-            raise ContractError(f"consenters: the next sequence is {expected}, not {sequence}")
+        _check_sequence(ctx.get_state(CONSENTERS_KEY), sequence, "consenters")
         return org, {"nodes": sorted(nodes), "sequence": sequence}
 
     @transaction
@@ -233,17 +242,12 @@ class Lifecycle(Contract):
         """Commit the next set of consenters once the lifecycle policy's approvals are
         in; it orders every block after the one holding this transaction."""
         _, proposed = self._propose_consenters(ctx, nodes, sequence)
-        approved = [
-            org
-            for org in self.members
-            if ctx.get_state(consenters_approval_key(sequence, org)) == proposed
-        ]
-        if not self.lifecycle_policy.is_satisfied(approved, self.members):
-            raise ContractError(
-                f"consenters sequence {sequence} is approved by {approved or 'no org'}; the "
-                f"lifecycle policy {self.lifecycle_policy} of {list(self.members)} needs "
-                f"{self.lifecycle_policy.required(self.members)} matching approvals"
-            )
+        self._require_approvals(
+            ctx,
+            f"consenters sequence {sequence}",
+            proposed,
+            lambda org: consenters_approval_key(sequence, org),
+        )
         ctx.put_state(CONSENTERS_KEY, proposed)
         ctx.emit("consenters_committed", proposed)
         return proposed

@@ -193,7 +193,7 @@ class Node:
             ledger=ledger,
             peers=peers,
             metrics=self.metrics,
-            preverify=functools.partial(self._preverify_transactions, app.name),
+            preverify=self._preverify_transactions,
         )
         pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
         return Channel(rules, ledger, pending, self.membership, orderer)
@@ -503,18 +503,18 @@ class Node:
                 continue  # check_proposal reports it
             digest = bytes(signed.proposal.signing_digest())
             jobs.append((creator.suite, creator.public_key, digest, signed.signature))
-        if len(jobs) < PREVERIFY_MIN_BATCH:
-            return
-        loop = asyncio.get_running_loop()
-        step = -(-len(jobs) // self.options.crypto_threads)
-        await asyncio.gather(
-            *(
-                loop.run_in_executor(self._crypto, _verify_all, jobs[i : i + step])
-                for i in range(0, len(jobs), step)
-            )
-        )
+        if len(jobs) >= PREVERIFY_MIN_BATCH:
+            await asyncio.gather(*(asyncio.wrap_future(f) for f in self._verify_on_threads(jobs)))
 
-    def _preverify_transactions(self, app: str, txs: Sequence[Transaction]) -> None:
+    def _verify_on_threads(self, jobs: Sequence[tuple[str, bytes, bytes, bytes]]) -> list[Any]:
+        """Split signature checks over the crypto threads; their futures (verdicts go to
+        the verification cache)."""
+        step = -(-len(jobs) // self.options.crypto_threads)
+        return [
+            self._crypto.submit(_verify_all, jobs[i : i + step]) for i in range(0, len(jobs), step)
+        ]
+
+    def _preverify_transactions(self, txs: Sequence[Transaction]) -> None:
         """Check forwarded transactions' signatures on the crypto threads, in the
         background: the verdicts wait in the verification cache for validation."""
         network, when = self.config.network, _now()
@@ -523,11 +523,8 @@ class Node:
             for tx in txs
             for job in compute_signature_checks(tx, self.membership, network, when)
         ]
-        if not jobs:
-            return
-        step = -(-len(jobs) // self.options.crypto_threads)
-        for i in range(0, len(jobs), step):
-            self._crypto.submit(_verify_all, jobs[i : i + step])
+        if jobs:
+            self._verify_on_threads(jobs)  # not awaited: validation finds what is done
 
     def _finish_or_error(self, app: str, running: _Simulating) -> Endorsed | MeridianError:
         try:

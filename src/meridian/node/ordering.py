@@ -163,7 +163,8 @@ class Orderer:
         self._resolve_consenters = consenters
         self.members = frozenset(members)  # nodes of the member orgs: may follow the channel
         self.ledger = ledger
-        self.consenters = self._current_consenters()
+        self._configured = get_consenters_config(self.ledger.get)
+        self.consenters = self._resolve_consenters(self._configured)
         self.config = config
         self.safety = safety
         self.peers: Peers = peers or NoPeers()
@@ -172,7 +173,6 @@ class Orderer:
         self.mempool = Mempool(max_txs=config.mempool_txs, max_bytes=config.mempool_bytes)
         self.replica: Replica | None = None
         self.halted: str | None = None
-        self._others = [c for c in self.consenters.ids if c != me]
         self._commits: deque[tuple[Block, QuorumCert]] = deque()
         self._wake = asyncio.Event()
         self._timer_ms: int | None = None
@@ -182,9 +182,19 @@ class Orderer:
         self._served_at: dict[tuple[str, str], float] = {}
         self._incomplete: list[tuple[str, CompactProposal]] = []
 
-    def _current_consenters(self) -> Consenters:
-        """The consenters the ledger's configuration names (default: all member nodes)."""
-        return self._resolve_consenters(get_consenters_config(self.ledger.get))
+    @property
+    def _others(self) -> list[str]:
+        """The other consenters: where transactions and consensus messages go."""
+        return [c for c in self.consenters.ids if c != self.me]
+
+    def _consenters_changed(self) -> Consenters | None:
+        """The new consenter set if the last committed block changed the configured one
+        (one state read per block; keys resolved only on a change)."""
+        configured = get_consenters_config(self.ledger.get)
+        if configured == self._configured:
+            return None
+        self._configured = configured
+        return self._resolve_consenters(configured)
 
     # ---------------------------------------------------------------- admission
 
@@ -489,8 +499,8 @@ class Orderer:
         # Pending first: the replica is still applying, so this cannot trigger a stale
         # proposal; then the next height starts with the right view of the mempool.
         self._process(self.replica.on_pending(len(self.mempool) > 0, now))
-        changed = self._current_consenters()
-        if changed.ids == self.consenters.ids:
+        changed = self._consenters_changed()
+        if changed is None:
             self._process(self.replica.on_applied(tip(), now))
         else:
             log.warning(
@@ -501,7 +511,6 @@ class Orderer:
                 ", ".join(self.consenters.ids),
             )
             self.consenters = changed
-            self._others = [c for c in changed.ids if c != self.me]
             self._process(self.replica.on_applied(tip(), now, changed))
         for follower in self.members - set(self.consenters.ids) - {self.me}:
             self._send(follower, Status(self.app, self.replica.height))  # it syncs

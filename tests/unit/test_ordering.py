@@ -1,0 +1,57 @@
+"""The consensus driver reports a halt everywhere an operator looks, and then stays silent."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from meridian.consensus.core import Output
+from meridian.consensus.messages import Status
+from meridian.ledger.store import SqliteLedger
+from meridian.node.metrics import NodeMetrics
+from meridian.node.ordering import Orderer, OrderingConfig, SafetyStore
+from tests.sim.simulator import APP, NETWORK, Scenario, Simulator
+
+
+class RecordingPeers:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes]] = []
+
+    def send(self, peer: str, payload: bytes) -> bool:
+        self.sent.append((peer, payload))
+        return True
+
+    def connected(self) -> list[str]:
+        return []
+
+
+def test_a_halted_channel_is_reported_and_says_nothing_more(tmp_path: Path) -> None:
+    consenters = Simulator(Scenario(seed=1, n=4)).consenters
+    peers, metrics = RecordingPeers(), NodeMetrics()
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    orderer = Orderer(
+        network=NETWORK,
+        app=APP,
+        me="n0",
+        signer=None,  # type: ignore[arg-type]  # never signs here
+        consenters=lambda ids: consenters,
+        members=consenters.ids,
+        config=OrderingConfig(),
+        safety=SafetyStore(tmp_path, APP),
+        ledger=ledger,
+        peers=peers,
+        metrics=metrics,
+    )
+
+    async def scenario() -> None:
+        orderer._process(Output(halted="divergence at height 3: certified result root differs"))
+        orderer._process(Output(send=[(None, Status(APP, 3))]))
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ledger.close()
+    assert orderer.halted is not None and "divergence" in orderer.halted
+    assert orderer.status()["halted"] == orderer.halted
+    assert b'meridian_channel_halted{app="simapp"} 1.0' in metrics.render()
+    assert peers.sent == []  # nothing leaves a halted channel
