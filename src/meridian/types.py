@@ -77,6 +77,7 @@ class TxCode(IntEnum):
     CONTRACT_VERSION_MISMATCH = 9
     INVALID_DELTA = 10
     BAD_PROPOSAL = 11
+    APP_NOT_ACTIVE = 12  # the app was suspended or closed at the block's config height
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -557,6 +558,10 @@ class BlockHeader:
     timestamp_ms: int  # the proposer's clock, checked by voters, strictly increasing
     tx_count: int
     proposer: str  # node id of the consenter that proposed the block
+    # The governance height whose network configuration validates this block (members,
+    # hosting nodes, CAs): the same on every node. 0 in the governance channel itself,
+    # which its own state governs.
+    config_height: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -564,6 +569,7 @@ class BlockHeader:
             "app": self.app,
             "number": self.number,
             "proposer": self.proposer,
+            "config_height": self.config_height,
             "previous_hash": self.previous_hash.hex(),
             "data_hash": self.data_hash.hex(),
             "last_result_root": self.last_result_root.hex(),
@@ -587,6 +593,7 @@ class BlockHeader:
             timestamp_ms=_nonneg(_field(d, "timestamp_ms", int, what), "header.timestamp_ms"),
             tx_count=tx_count,
             proposer=_name(_field(d, "proposer", str, what), "header.proposer"),
+            config_height=_nonneg(_field(d, "config_height", int, what), "header.config_height"),
         )
 
     def encode(self) -> bytes:

@@ -539,7 +539,7 @@ def test_namespace_limit_matches_the_record_bound(committed: DictState) -> None:
 
 # ------------------------------------------------------------------------- consenters
 
-NODES = {"node1": "org1", "node2": "org2", "node3": "org3", "node4": "outsider"}
+NODES = {"node1": "org1", "node2": "org2", "node3": "org3"}  # the hosting nodes
 
 
 @pytest.fixture
@@ -565,8 +565,8 @@ def test_consenters_change_needs_the_lifecycle_policy(
 @pytest.mark.parametrize(
     ("nodes", "sequence", "why"),
     [
-        (["node4"], 1, "not a node of a member org"),
-        (["ghost"], 1, "not a node of a member org"),
+        (["node4"], 1, "not a node hosting this app"),
+        (["ghost"], 1, "not a node hosting this app"),
         ([], 1, "list of 1.."),
         (["node1", "node1"], 1, "twice"),
         ("node1", 1, "list of 1.."),

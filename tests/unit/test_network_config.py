@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from meridian.crypto.certs import Membership, Role, load_cert_der
-from meridian.errors import CertificateError, Conflict, InvalidInput
+from meridian.errors import Conflict, InvalidInput, NotFound
 from meridian.network.config import BlockConfig, NetworkConfig, NetworkLayout
 from meridian.network.init import InitOptions, init_network
-from meridian.node.node import get_consenters
+from meridian.node.rules import get_consenters
 
 
 def test_init_writes_a_loadable_network_with_valid_identities(tmp_path: Path) -> None:
@@ -54,16 +54,16 @@ def test_invalid_app_with_unknown_member(tmp_path: Path) -> None:
 def test_consenters_default_to_member_nodes_and_follow_configuration(tmp_path: Path) -> None:
     config = init_network(tmp_path / "net", InitOptions(orgs=4, nodes=4))
     membership = Membership({o.id: o.ca_pem for o in config.orgs})
-    app = config.apps[0]
-    assert get_consenters(config, membership, app).ids == ("node1", "node2", "node3", "node4")
-    assert get_consenters(config, membership, app, ["node2", "node1"]).ids == ("node1", "node2")
+    hosting = config.hosting_nodes(config.apps[0])
+    assert get_consenters(config, membership, hosting).ids == ("node1", "node2", "node3", "node4")
+    assert get_consenters(config, membership, ["node2", "node1"]).ids == ("node1", "node2")
 
 
-def test_invalid_configured_consenter_unknown_here(tmp_path: Path) -> None:
-    """A node missing from this node's network.json must stop the channel, never shrink
-    the set (every node must order with the same consenters)."""
+def test_invalid_consenter_unknown_to_the_configuration(tmp_path: Path) -> None:
+    """A consenter the configuration does not know stops the channel, never shrinks the
+    set (every node must order with the same consenters)."""
     config = init_network(tmp_path / "net", InitOptions(orgs=4, nodes=4))
     membership = Membership({o.id: o.ca_pem for o in config.orgs})
-    with pytest.raises(CertificateError) as info:
-        get_consenters(config, membership, config.apps[0], ["node1", "node9"])
-    assert info.value.code == "unknown_consenter"
+    with pytest.raises(NotFound) as info:
+        get_consenters(config, membership, ["node1", "node9"])
+    assert info.value.code == "unknown_node"

@@ -34,7 +34,7 @@ def test_a_halted_channel_is_reported_and_says_nothing_more(tmp_path: Path) -> N
         app=APP,
         me="n0",
         signer=None,  # type: ignore[arg-type]  # never signs here
-        consenters=lambda ids: consenters,
+        consenters=lambda: consenters,
         members=consenters.ids,
         config=OrderingConfig(),
         safety=SafetyStore(tmp_path, APP),

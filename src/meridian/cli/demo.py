@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -12,15 +11,10 @@ from rich.rule import Rule
 from ..client import Gateway, Identity, connect
 from ..client.core import Receipt
 from ..client.lifecycle import deploy
-from ..crypto.certs import Membership
 from ..errors import MeridianError
 from ..network.config import NetworkConfig, NetworkLayout
 from ..network.init import InitOptions, init_network
-from ..node.node import get_consenters
-from ..node.policy import parse_policy
-from ..node.revocations import load_revocations
-from ..node.validate import AppRules
-from ..node.verify import verify_ledger
+from ..node.verify import verify_node
 from .common import console
 from .procs import free_port_block, start_nodes, stop_processes, wait_healthy
 
@@ -154,18 +148,12 @@ def _show_heights(layout: NetworkLayout, config: NetworkConfig) -> None:
 def _verify(layout: NetworkLayout) -> None:
     console.print(Rule("6. meridian ledger verify (every node)"))
     config = layout.load()
-    app = config.apps[0]
-    rules = AppRules(
-        config.network, app.name, frozenset(app.members), parse_policy(app.system_policy)
-    )
     for entry in config.nodes:
-        membership = Membership({o.id: o.ca_pem for o in config.orgs})
-        load_revocations(layout.data_dir(entry.id), membership)
-        consenters = functools.partial(get_consenters, config, membership, app)
-        path = layout.data_dir(entry.id) / "ledgers" / f"{app.name}.sqlite"
-        report = verify_ledger(path, membership, rules, consenters)
-        if not report.ok:
-            raise MeridianError("; ".join(report.problems), code="verify_failed")
+        reports = dict(verify_node(layout, entry.id))
+        problems = [f"{app}: {p}" for app, r in reports.items() for p in r.problems]
+        if problems:
+            raise MeridianError("; ".join(problems), code="verify_failed")
+        report = reports[config.apps[0].name]
         console.print(
             f"  [green]ok[/] {entry.id}: {report.blocks} blocks, {report.transactions} txs "
             f"({report.valid} valid), {report.state_keys} state keys; hash chain, "

@@ -8,13 +8,8 @@ from typing import Any
 import typer
 from rich.progress import Progress, TaskID
 
-from ..crypto.certs import Membership
 from ..errors import Corruption, NotFound
-from ..node.node import get_consenters
-from ..node.policy import parse_policy
-from ..node.revocations import load_revocations
-from ..node.validate import AppRules
-from ..node.verify import verify_ledger
+from ..node.verify import verify_node
 from .common import console, handle_errors, output, settings
 
 app = typer.Typer(help="Check ledgers.", no_args_is_help=True)
@@ -31,40 +26,28 @@ def verify(
     with handle_errors(s.json):
         config = s.config()
         nodes = [config.node(node)] if node else list(config.nodes)
-        for entry in nodes:
-            membership = Membership({o.id: o.ca_pem for o in config.orgs})
-            load_revocations(s.layout.data_dir(entry.id), membership)
-            for app_cfg in config.apps:
-                path = s.layout.data_dir(entry.id) / "ledgers" / f"{app_cfg.name}.sqlite"
-                if not path.is_file():
-                    continue
-                rules = AppRules(
-                    config.network,
-                    app_cfg.name,
-                    frozenset(app_cfg.members),
-                    parse_policy(app_cfg.system_policy),
+        with Progress(console=console, transient=True, disable=s.json) as bar:
+            for entry in nodes:
+                reports = verify_node(
+                    s.layout,
+                    entry.id,
+                    progress=lambda app, e=entry: functools.partial(  # type: ignore[misc]
+                        _advance, bar, bar.add_task(f"{e.id}/{app}", total=None)
+                    ),
                 )
-                with Progress(console=console, transient=True, disable=s.json) as bar:
-                    task = bar.add_task(f"{entry.id}/{app_cfg.name}", total=None)
-                    report = verify_ledger(
-                        path,
-                        membership,
-                        rules,
-                        functools.partial(get_consenters, config, membership, app_cfg),
-                        progress=functools.partial(_advance, bar, task),
+                for app_name, report in reports:
+                    results.append(
+                        {
+                            "node": entry.id,
+                            "app": app_name,
+                            "ok": report.ok,
+                            "blocks": report.blocks,
+                            "transactions": report.transactions,
+                            "valid": report.valid,
+                            "state_keys": report.state_keys,
+                            "problems": report.problems,
+                        }
                     )
-                results.append(
-                    {
-                        "node": entry.id,
-                        "app": app_cfg.name,
-                        "ok": report.ok,
-                        "blocks": report.blocks,
-                        "transactions": report.transactions,
-                        "valid": report.valid,
-                        "state_keys": report.state_keys,
-                        "problems": report.problems,
-                    }
-                )
         if not results:
             raise NotFound(
                 "no ledgers found",

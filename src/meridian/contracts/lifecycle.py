@@ -13,8 +13,9 @@ The app's consenters (the nodes that order its blocks) change the same way:
 ``approve_consenters(nodes, sequence)`` by each member admin, then
 ``commit_consenters(nodes, sequence)`` once the lifecycle policy is met ->
 ``consenters``. The new set orders every block *after* the one that commits the
-change (a defined height, the same on every node). Without a committed set, the
-consenters are all nodes of the member orgs (network.json).
+change (a defined height, the same on every node). The consenters are chosen among
+the nodes that host the app (the network configuration, see
+:mod:`meridian.network.governance`); without a committed set, all of them order.
 
 All these steps are ordinary transactions on the app's ledger, so every node sees the
 same definitions at the same height. The commit reads the approvals it counts with
@@ -130,7 +131,7 @@ class Lifecycle(Contract):
     ) -> None:
         self.members = tuple(sorted(members))
         self.lifecycle_policy = lifecycle_policy
-        self.nodes = dict(nodes or {})  # node id -> org, for every node of the network
+        self.nodes = dict(nodes or {})  # node id -> org of the nodes hosting the app
 
     def _admin_org(self, ctx: SimulationContext) -> str:
         caller = ctx.caller
@@ -217,10 +218,9 @@ class Lifecycle(Contract):
         if len(set(map(str, nodes))) != len(nodes):
             raise ContractError("nodes lists a node twice")
         for node in nodes:
-            if not isinstance(node, str) or self.nodes.get(node) not in self.members:
+            if not isinstance(node, str) or node not in self.nodes:
                 raise ContractError(
-                    f"{node!r} is not a node of a member org "
-                    f"({', '.join(n for n, o in sorted(self.nodes.items()) if o in self.members)})"
+                    f"{node!r} is not a node hosting this app ({', '.join(sorted(self.nodes))})"
                 )
         _check_sequence(ctx.get_state(CONSENTERS_KEY), sequence, "consenters")
         return org, {"nodes": sorted(nodes), "sequence": sequence}

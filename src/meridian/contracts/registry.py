@@ -1,6 +1,7 @@
 """Finding and running the contract a proposal names.
 
-System contracts (``_lifecycle``) run in process as trusted code. User contracts
+System contracts (``_lifecycle`` on every app, ``_governance`` on the governance
+channel) run in process as trusted code. User contracts
 are looked up in the app's committed definitions (``_lifecycle`` state), their
 package must be installed on this node, and they run in a sandboxed
 :class:`~meridian.contracts.pool.ContractPool` (one per app and package, so apps
@@ -36,6 +37,17 @@ class AppContracts:
     lifecycle_policy: Policy
     definition: DefinitionReader  # committed definition of a contract, by name
     nodes: Mapping[str, str] = field(default_factory=dict)  # node id -> org (network.json)
+    # the app's system contracts by namespace (default: _lifecycle over the fields above)
+    system: Mapping[str, Callable[[], Any]] | None = None
+
+    def system_contract(self, name: str) -> Any:
+        """A fresh instance of system contract ``name``, or None if the app has none."""
+        if self.system is not None:
+            factory = self.system.get(name)
+            return None if factory is None else factory()
+        if name == LIFECYCLE:
+            return Lifecycle(self.members, self.lifecycle_policy, self.nodes)
+        return None
 
 
 class ContractRegistry:
@@ -98,13 +110,10 @@ class ContractRegistry:
         the simulation (see :meth:`Simulation.record_version`), nested calls included.
         """
         loop = asyncio.get_running_loop()
-        if contract == LIFECYCLE:
-            sim.record_version(f"{LIFECYCLE}@0")
-            done: asyncio.Future[Any] = loop.create_future()
-            done.set_result(self._call_lifecycle(sim, function, args, submit=submit))
-            return done
         if contract.startswith("_"):
-            raise NotFound(f"no system contract {contract!r}", code="unknown_contract")
+            done: asyncio.Future[Any] = loop.create_future()
+            done.set_result(self._call_system(sim, contract, function, args, submit=submit))
+            return done
         definition = self.definition(sim.app, contract)
         pool = self.pool_for(sim.app, definition)
         if pool.info is None:  # first call: learn the functions, then start it again
@@ -162,24 +171,26 @@ class ContractRegistry:
             )
         return await self.call(sim, contract, function, args, submit=False)
 
-    def _call_lifecycle(
-        self, sim: Simulation, function: str, args: list[Any], *, submit: bool
+    def _call_system(
+        self, sim: Simulation, name: str, function: str, args: list[Any], *, submit: bool
     ) -> Any:
-        app = self._apps[sim.app]
-        contract = Lifecycle(app.members, app.lifecycle_policy, app.nodes)
+        contract = self._apps[sim.app].system_contract(name)
+        if contract is None:
+            raise NotFound(f"no system contract {name!r} in {sim.app}", code="unknown_contract")
+        sim.record_version(f"{name}@0")
         method = getattr(contract, function, None) if not function.startswith("_") else None
         kind = get_kind(method)
         if method is None or kind is None:
             raise NotFound(
-                f"{LIFECYCLE} has no function {function!r}",
+                f"{name} has no function {function!r}",
                 code="unknown_function",
                 hint=f"functions: {', '.join(sorted(contract.functions()))}",
             )
         if submit and kind != "transaction":
-            raise InvalidInput(f"{LIFECYCLE}.{function} is a query", code="not_a_transaction")
+            raise InvalidInput(f"{name}.{function} is a query", code="not_a_transaction")
         _check_system_args(method, args)
         try:
-            return method(sim.context(LIFECYCLE), *args)
+            return method(sim.context(name), *args)
         except ContractError as exc:
             raise ContractFailure(str(exc), code="contract_rejected") from exc
 
@@ -199,7 +210,9 @@ def _check_system_args(method: Callable[..., Any], args: list[Any]) -> None:
             f"({', '.join(p.name for p in params)}), got {len(args)}"
         )
     for param, arg in zip(params, args, strict=False):
-        expected = {"str": str, "int": int, "list[Any]": list}.get(str(param.annotation))
+        expected = {"str": str, "int": int, "list[Any]": list, "dict[str, Any]": dict}.get(
+            str(param.annotation)
+        )
         if expected and (not isinstance(arg, expected) or isinstance(arg, bool)):
             raise ContractArgumentError(
                 f"argument {param.name} must be {param.annotation}, got {type(arg).__name__}"

@@ -558,6 +558,17 @@ class Membership:
     def orgs(self) -> frozenset[str]:
         return frozenset(self._cas)
 
+    def add_org(self, org: str, ca_pem: bytes) -> None:
+        """Trust ``org``'s CA from now on (an org that joined the network). CAs are
+        only ever added: blocks validated before an org left still replay."""
+        ca = _load_member_ca(org, ca_pem)
+        known = self._cas.get(org)
+        if known is not None and known != ca:
+            raise CertificateError(
+                f"organisation {org!r} already has another CA", code="ca_mismatch"
+            )
+        self._cas[org] = ca
+
     def validate(self, cert_der: bytes, *, now: datetime | None = None) -> Identity:
         """The identity in ``cert_der``; CertificateError if it must not be trusted."""
         identity = self._get_checked_identity(cert_der)

@@ -1,5 +1,12 @@
 """Network configuration (``network.json``) and the layout of a network directory.
 
+``network.json`` is the *genesis* configuration: zones, organisations (typed), nodes,
+apps, plans and governance policies as the network starts. Every later change is a
+configuration transaction on the governance channel (:mod:`meridian.network.governance`),
+whose state holds the current configuration in this same shape; a
+:class:`NetworkConfig` is therefore also the "view" of the network at one governance
+height.
+
 ``meridian network init DIR`` writes::
 
     DIR/network.json                      genesis: network id, orgs + CA certs, nodes, apps
@@ -24,15 +31,39 @@ import orjson
 from .. import codec
 from ..errors import InvalidInput, NotFound
 from ..types import MAX_BLOCK_TXS, NAME_RE
+from .plans import Plan
 
 NETWORK_FILE = "network.json"
 MAX_CONFIG_BYTES = 4 * 2**20
 
 
+GOVERNANCE_APP = "governance"  # the channel every operator node hosts
+ORG_TYPES = ("operator", "central_bank", "bank", "regulator", "enterprise", "developer")
+ZONE_KINDS = ("city", "region", "country")
+KEY_MODES = ("own", "custody")  # app users bring a CSR, or the gateway keeps their key
+APP_STATUSES = ("active", "suspended", "closed")
+MAX_DETAIL_CHARS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Zone:
+    """Where nodes run: a city, a region or a country."""
+
+    id: str
+    name: str
+    kind: str = "city"
+
+
 @dataclass(frozen=True, slots=True)
 class OrgConfig:
+    """An organisation: its CA, its type, and its real-name details (legal name,
+    registration number, contact) as recorded when it joined."""
+
     id: str
     ca_pem: bytes
+    type: str = "operator"
+    name: str = ""
+    details: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +76,7 @@ class NodeEntry:
     port: int
     p2p_port: int
     cert_pem: bytes = field(repr=False)
+    zone: str = ""
 
     @property
     def url(self) -> str:
@@ -53,10 +85,23 @@ class NodeEntry:
 
 @dataclass(frozen=True, slots=True)
 class AppConfig:
+    """An application: one channel and ledger.
+
+    ``members`` are the orgs whose identities use it (and approve its contracts);
+    ``nodes`` are the nodes that host it (hold its ledger, endorse and order) — empty
+    means every node of the member orgs, the consortium case. ``owner`` is the org
+    billed for ``plan``; ``key_mode`` says how its users hold their keys.
+    """
+
     name: str
     members: tuple[str, ...]
     lifecycle_policy: str = "MAJORITY"
     system_policy: str = "ANY"
+    nodes: tuple[str, ...] = ()
+    owner: str = ""
+    plan: str = ""
+    key_mode: str = "own"
+    status: str = "active"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +128,10 @@ class NetworkConfig:
     apps: tuple[AppConfig, ...]
     block: BlockConfig = field(default_factory=BlockConfig)
     consensus: ConsensusConfig = field(default_factory=ConsensusConfig)
+    zones: tuple[Zone, ...] = ()
+    plans: tuple[Plan, ...] = ()
+    # change kind -> requirements, each "RULE group" (see meridian.network.governance)
+    policies: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def org(self, org_id: str) -> OrgConfig:
         for org in self.orgs:
@@ -101,6 +150,8 @@ class NetworkConfig:
         )
 
     def app(self, name: str) -> AppConfig:
+        if name == GOVERNANCE_APP:
+            return self.governance
         for app in self.apps:
             if app.name == name:
                 return app
@@ -110,14 +161,70 @@ class NetworkConfig:
             hint=f"known apps: {', '.join(a.name for a in self.apps)}",
         )
 
+    def plan(self, plan_id: str) -> Plan:
+        for plan in self.plans:
+            if plan.id == plan_id:
+                return plan
+        raise NotFound(
+            f"no plan {plan_id!r} on this network",
+            code="unknown_plan",
+            hint=f"plans: {', '.join(p.id for p in self.plans) or 'none'}",
+        )
+
+    def zone(self, zone_id: str) -> Zone:
+        for zone in self.zones:
+            if zone.id == zone_id:
+                return zone
+        raise NotFound(f"no zone {zone_id!r} in network {self.network}", code="unknown_zone")
+
+    def orgs_of_type(self, *types: str) -> tuple[str, ...]:
+        return tuple(o.id for o in self.orgs if o.type in types)
+
+    @property
+    def operators(self) -> tuple[str, ...]:
+        return self.orgs_of_type("operator")
+
+    @property
+    def governance(self) -> AppConfig:
+        """The governance channel: every org may use it (policies say who decides),
+        every node of an operator org hosts it."""
+        return AppConfig(
+            GOVERNANCE_APP,
+            tuple(o.id for o in self.orgs),
+            nodes=tuple(n.id for n in self.nodes if n.org in self.operators),
+        )
+
+    def hosting_nodes(self, app: AppConfig) -> tuple[str, ...]:
+        """The nodes that hold ``app``'s ledger: its ``nodes``, or by default every
+        node of its member orgs."""
+        if app.nodes:
+            return app.nodes
+        return tuple(n.id for n in self.nodes if n.org in app.members)
+
+    def hosted_by(self, node_id: str) -> tuple[AppConfig, ...]:
+        """The apps (the governance channel first) whose ledger ``node_id`` holds."""
+        apps = [self.governance, *(a for a in self.apps if a.status != "closed")]
+        return tuple(a for a in apps if node_id in self.hosting_nodes(a))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "network": self.network,
-            "orgs": [{"id": o.id, "ca": o.ca_pem.decode()} for o in self.orgs],
+            "zones": [{"id": z.id, "name": z.name, "kind": z.kind} for z in self.zones],
+            "orgs": [
+                {
+                    "id": o.id,
+                    "type": o.type,
+                    "name": o.name,
+                    "details": dict(o.details),
+                    "ca": o.ca_pem.decode(),
+                }
+                for o in self.orgs
+            ],
             "nodes": [
                 {
                     "id": n.id,
                     "org": n.org,
+                    "zone": n.zone,
                     "host": n.host,
                     "port": n.port,
                     "p2p_port": n.p2p_port,
@@ -131,9 +238,16 @@ class NetworkConfig:
                     "members": list(a.members),
                     "lifecycle_policy": a.lifecycle_policy,
                     "system_policy": a.system_policy,
+                    "nodes": list(a.nodes),
+                    "owner": a.owner,
+                    "plan": a.plan,
+                    "key_mode": a.key_mode,
+                    "status": a.status,
                 }
                 for a in self.apps
             ],
+            "plans": [p.to_dict() for p in self.plans],
+            "policies": {kind: list(reqs) for kind, reqs in self.policies},
             "block": {"max_txs": self.block.max_txs, "timeout_ms": self.block.timeout_ms},
             "consensus": {
                 "round_timeout_ms": self.consensus.round_timeout_ms,
@@ -148,7 +262,16 @@ class NetworkConfig:
         try:
             cfg = cls(
                 network=d["network"],
-                orgs=tuple(OrgConfig(o["id"], o["ca"].encode()) for o in d["orgs"]),
+                orgs=tuple(
+                    OrgConfig(
+                        o["id"],
+                        o["ca"].encode(),
+                        o.get("type", "operator"),
+                        o.get("name", ""),
+                        tuple(sorted(_details(o.get("details", {})).items())),
+                    )
+                    for o in d["orgs"]
+                ),
                 nodes=tuple(
                     NodeEntry(
                         n["id"],
@@ -157,6 +280,7 @@ class NetworkConfig:
                         _port(n["port"]),
                         _port(n["p2p_port"]),
                         n["cert"].encode(),
+                        n.get("zone", ""),
                     )
                     for n in d["nodes"]
                 ),
@@ -166,11 +290,23 @@ class NetworkConfig:
                         tuple(a["members"]),
                         a.get("lifecycle_policy", "MAJORITY"),
                         a.get("system_policy", "ANY"),
+                        tuple(a.get("nodes", ())),
+                        a.get("owner", ""),
+                        a.get("plan", ""),
+                        a.get("key_mode", "own"),
+                        a.get("status", "active"),
                     )
                     for a in d["apps"]
                 ),
                 block=BlockConfig(**d.get("block", {})),
                 consensus=ConsensusConfig(**d.get("consensus", {})),
+                zones=tuple(
+                    Zone(z["id"], z["name"], z.get("kind", "city")) for z in d.get("zones", ())
+                ),
+                plans=tuple(Plan.from_dict(p) for p in d.get("plans", ())),
+                policies=tuple(
+                    sorted((str(k), tuple(map(str, v))) for k, v in d.get("policies", {}).items())
+                ),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise InvalidInput(
@@ -180,15 +316,8 @@ class NetworkConfig:
         return cfg
 
     def validate(self) -> None:
-        names = [
-            self.network,
-            *(o.id for o in self.orgs),
-            *(n.id for n in self.nodes),
-            *(a.name for a in self.apps),
-        ]
-        for name in names:
-            if not NAME_RE.match(name):
-                raise InvalidInput(f"{name!r} is not a valid name", code="bad_config")
+        """InvalidInput(code="bad_config") unless the configuration is consistent."""
+        self._validate_names()
         if not 1 <= self.block.max_txs <= MAX_BLOCK_TXS or not 1 <= self.block.timeout_ms <= 60_000:
             raise InvalidInput(
                 f"block.max_txs must be 1..{MAX_BLOCK_TXS} and block.timeout_ms 1..60000",
@@ -203,20 +332,98 @@ class NetworkConfig:
                 "consensus timings must be positive integers, round ≤ max round timeout",
                 code="bad_config",
             )
-        orgs = {o.id for o in self.orgs}
-        endpoints = [(n.host, p) for n in self.nodes for p in (n.port, n.p2p_port)]
-        if len(set(endpoints)) != len(endpoints) or len({n.id for n in self.nodes}) != len(
-            self.nodes
-        ):
-            raise InvalidInput("node ids and node ports must be unique", code="bad_config")
-        for node in self.nodes:
-            if node.org not in orgs:
-                raise InvalidInput(
-                    f"node {node.id} belongs to unknown org {node.org}", code="bad_config"
-                )
+        self._validate_orgs_and_nodes()
         for app in self.apps:
-            if not app.members or not set(app.members) <= orgs:
-                raise InvalidInput(f"app {app.name} has unknown or no members", code="bad_config")
+            self._validate_app(app)
+
+    def _validate_names(self) -> None:
+        names = [
+            self.network,
+            *(z.id for z in self.zones),
+            *(o.id for o in self.orgs),
+            *(n.id for n in self.nodes),
+            *(a.name for a in self.apps),
+        ]
+        for name in names:
+            if not isinstance(name, str) or not NAME_RE.match(name):
+                raise InvalidInput(f"{name!r} is not a valid name", code="bad_config")
+        for kind, ids in (
+            ("zone", [z.id for z in self.zones]),
+            ("org", [o.id for o in self.orgs]),
+            ("node", [n.id for n in self.nodes]),
+            ("app", [a.name for a in self.apps]),
+            ("plan", [p.id for p in self.plans]),
+        ):
+            if len(set(ids)) != len(ids):
+                raise InvalidInput(f"two {kind}s have the same id", code="bad_config")
+        if GOVERNANCE_APP in (a.name for a in self.apps):
+            raise InvalidInput(f"app name {GOVERNANCE_APP!r} is reserved", code="bad_config")
+
+    def _validate_orgs_and_nodes(self) -> None:
+        zones = {z.id for z in self.zones}
+        for zone in self.zones:
+            if zone.kind not in ZONE_KINDS or not 1 <= len(zone.name) <= MAX_DETAIL_CHARS:
+                raise InvalidInput(
+                    f"zone {zone.id} needs a name and a kind in {ZONE_KINDS}", code="bad_config"
+                )
+        orgs = {o.id: o for o in self.orgs}
+        for org in self.orgs:
+            if org.type not in ORG_TYPES:
+                raise InvalidInput(
+                    f"org {org.id} has type {org.type!r}; types are {', '.join(ORG_TYPES)}",
+                    code="bad_config",
+                )
+        endpoints = [(n.host, p) for n in self.nodes for p in (n.port, n.p2p_port)]
+        if len(set(endpoints)) != len(endpoints):
+            raise InvalidInput("node ports must be unique", code="bad_config")
+        for node in self.nodes:
+            owner = orgs.get(node.org)
+            if owner is None or owner.type != "operator":
+                raise InvalidInput(
+                    f"node {node.id} must belong to an operator org, not {node.org!r}",
+                    code="bad_config",
+                )
+            if (zones or node.zone) and node.zone not in zones:
+                raise InvalidInput(
+                    f"node {node.id} is in unknown zone {node.zone!r}", code="bad_config"
+                )
+
+    def _validate_app(self, app: AppConfig) -> None:
+        orgs = {o.id for o in self.orgs}
+        nodes = {n.id for n in self.nodes}
+        if (
+            not app.members
+            or not set(app.members) <= orgs
+            or len(set(app.members)) != len(app.members)
+        ):
+            raise InvalidInput(
+                f"app {app.name} has unknown, repeated or no members", code="bad_config"
+            )
+        if not set(app.nodes) <= nodes or len(set(app.nodes)) != len(app.nodes):
+            raise InvalidInput(
+                f"app {app.name} is hosted on unknown or repeated nodes", code="bad_config"
+            )
+        if app.owner and app.owner not in app.members:
+            raise InvalidInput(f"app {app.name}: its owner must be a member", code="bad_config")
+        if app.plan and app.plan not in {p.id for p in self.plans}:
+            raise InvalidInput(f"app {app.name} has unknown plan {app.plan!r}", code="bad_config")
+        if app.key_mode not in KEY_MODES or app.status not in APP_STATUSES:
+            raise InvalidInput(
+                f"app {app.name}: key_mode must be one of {KEY_MODES}, "
+                f"status one of {APP_STATUSES}",
+                code="bad_config",
+            )
+
+
+def _details(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > 16:
+        raise ValueError("details must be an object of at most 16 entries")
+    for key, text in value.items():
+        if not isinstance(key, str) or not isinstance(text, str) or len(text) > MAX_DETAIL_CHARS:
+            raise ValueError(
+                f"detail {key!r} must be text of at most {MAX_DETAIL_CHARS} characters"
+            )
+    return dict(value)
 
 
 def _port(value: Any) -> int:

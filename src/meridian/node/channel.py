@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -25,7 +25,7 @@ from ..crypto.certs import Membership
 from ..errors import Busy, Conflict, Unavailable
 from ..ledger.pending import PendingStore
 from ..ledger.store import CommitBatch, LedgerStore
-from ..types import ZERO_DIGEST, Block, Transaction, TxCode, Version
+from ..types import ZERO_DIGEST, Block, BlockHeader, Transaction, TxCode, Version
 from .ordering import Orderer
 from .validate import AppRules, BlockValidator
 
@@ -94,6 +94,10 @@ class WriterState:
         return self.ledger.known_tx_ids(tx_ids, writer=True)
 
 
+RulesFor = Callable[[BlockHeader], Awaitable[AppRules]]
+Committed = Callable[[CommitBatch], Awaitable[None]]
+
+
 class Channel:
     """One app's ledger on this node: accept, order, validate, commit, notify."""
 
@@ -104,10 +108,20 @@ class Channel:
         pending: PendingStore,
         membership: Membership,
         orderer: Orderer,
+        *,
+        rules_for: RulesFor | None = None,
+        on_committed: Committed | None = None,
     ) -> None:
-        """``orderer`` is this channel's consensus driver (it also holds the mempool)."""
+        """``orderer`` is this channel's consensus driver (it also holds the mempool).
+
+        ``rules`` are the app's rules now (what the gateway checks requests against);
+        ``rules_for(header)`` those that validate a block (its configuration height —
+        it waits until this node has committed that governance height);
+        ``on_committed(batch)`` runs after each commit, before the next block."""
         self.rules = rules
         self.app = rules.app
+        self._rules_for = rules_for
+        self._on_committed = on_committed
         self.ledger = ledger
         self.pending = pending
         self._accepting = ThreadPoolExecutor(1, thread_name_prefix=f"accept-{rules.app}")
@@ -252,7 +266,8 @@ class Channel:
     async def _validate(self, block: Block) -> CommitBatch:
         """Validate on the event loop in slices (validation is pure Python: a thread would
         only contend for the GIL), then the commit's disk work goes to the committer."""
-        validator = BlockValidator(block, WriterState(self.ledger), self.membership, self.rules)
+        rules = self.rules if self._rules_for is None else await self._rules_for(block.header)
+        validator = BlockValidator(block, WriterState(self.ledger), self.membership, rules)
         while validator.step(VALIDATE_SLICE):
             await asyncio.sleep(0)
         return validator.finish()
@@ -272,6 +287,8 @@ class Channel:
         )
         if any(w.ns == LIFECYCLE for w in batch.writes):
             self._definitions.clear()
+        if self._on_committed is not None:
+            await self._on_committed(batch)
         self.last_commit_ms = int(time.time() * 1000)
         self._drop_pending([tx.tx_id for tx in block.transactions])
         for index, (tx, code) in enumerate(zip(block.transactions, batch.codes, strict=True)):

@@ -40,12 +40,23 @@ from ..errors import (
     Unavailable,
 )
 from ..ledger.pending import PendingStore
-from ..ledger.store import SqliteLedger
-from ..network.config import AppConfig, NetworkConfig, NetworkLayout, write_file
+from ..ledger.store import CommitBatch, SqliteLedger
+from ..network.config import (
+    GOVERNANCE_APP,
+    AppConfig,
+    NetworkConfig,
+    NetworkLayout,
+    OrgConfig,
+    write_file,
+)
+from ..network.contract import Governance
+from ..network.governance import CONFIG_KEY, GOVERNANCE
+from ..network.history import ConfigHistory, load_bootstrap
 from ..p2p.transport import PeerAddress, Transport
 from ..types import (
     DOMAIN_ENDORSEMENT,
     MAX_TX_BYTES,
+    BlockHeader,
     Endorsement,
     SignedProposal,
     Transaction,
@@ -57,6 +68,12 @@ from .metrics import NodeMetrics
 from .ordering import NoPeers, Orderer, OrderingConfig, Peers, SafetyStore
 from .policy import parse_policy
 from .revocations import load_revocations, save_revocations
+from .rules import (
+    compute_block_rules,
+    compute_next_consenters,
+    compute_rules,
+    compute_view_height,
+)
 from .validate import AppRules, compute_signature_checks, get_governing_definition
 
 log = logging.getLogger("meridian.node")
@@ -99,9 +116,12 @@ class Node:
         self, layout: NetworkLayout, node_id: str, options: NodeOptions | None = None
     ) -> None:
         self.layout = layout
-        self.config: NetworkConfig = layout.load()
-        self.entry = self.config.node(node_id)
+        self.genesis: NetworkConfig = layout.load()
+        self.history = ConfigHistory(self.genesis)
+        self.data_dir: Path = layout.data_dir(node_id)
+        self._bootstrap = load_bootstrap(self.data_dir)
         self.id = node_id
+        self.entry = self.config.node(node_id)
         self.options = options or NodeOptions()
         node_dir = layout.node_dir(node_id)
         self._key_pem = (node_dir / "key.pem").read_bytes()
@@ -109,8 +129,9 @@ class Node:
         self.signer = load_signer(self._key_pem)
         self.cert_der = load_cert_der(self._cert_pem)
         self._public_key = self.signer.public_key_bytes()
-        self.data_dir: Path = layout.data_dir(node_id)
-        self.membership = Membership({org.id: org.ca_pem for org in self.config.orgs})
+        self.membership = Membership({org.id: org.ca_pem for org in self.genesis.orgs})
+        for org in self.config.orgs:
+            self._trust(org)
         self._load_revocations()
         self.packages = PackageStore(self.data_dir / "packages")
         self.registry = ContractRegistry(
@@ -124,6 +145,19 @@ class Node:
         self.metrics = NodeMetrics()
         self.transport: Transport | None = None
         self.dropped_frames: dict[str, int] = {}
+        self._hosting = asyncio.Lock()
+
+    @property
+    def config(self) -> NetworkConfig:
+        """The network configuration this node acts on now: the latest committed
+        governance view (or the bootstrap one its operator gave, until caught up)."""
+        if self._bootstrap is not None and self.history.height < self._bootstrap[0]:
+            return self._bootstrap[1]
+        return self.history.latest
+
+    def _trust(self, org: OrgConfig) -> None:
+        if org.id not in self.membership.orgs:
+            self.membership.add_org(org.id, org.ca_pem)
 
     def _load_revocations(self) -> None:
         """Revocations this node already knew, then any CRL files in the network dir."""
@@ -140,23 +174,9 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.sandbox_mode = resolve_sandbox_mode(self.options.limits.mode)
         log.info("contract sandbox: %s", self.sandbox_mode)
-        hosted = [app for app in self.config.apps if self.entry.org in app.members]
-        self.transport = self._create_transport(hosted)
-        for app in hosted:
-            channel = self._create_channel(app, self.transport or NoPeers())
-            self.registry.add_app(
-                AppContracts(
-                    app.name,
-                    app.members,
-                    parse_policy(app.lifecycle_policy),
-                    channel.get_definition,
-                    {n.id: n.org for n in self.config.nodes},
-                )
-            )
-            await channel.start()
-            self.channels[app.name] = channel
-        if self.transport is not None:
-            await self.transport.start()
+        self.transport = self._create_transport()
+        await self.apply_config()
+        await self.transport.start()
         log.info(
             "node %s (org %s) serving apps %s",
             self.id,
@@ -164,20 +184,113 @@ class Node:
             ", ".join(self.channels) or "none",
         )
 
-    def _create_channel(self, app: AppConfig, peers: Peers) -> Channel:
-        rules = AppRules(
-            self.config.network, app.name, frozenset(app.members), parse_policy(app.system_policy)
+    async def apply_config(self) -> None:
+        """Act on the current configuration: trust new orgs, link to the nodes that
+        share a channel, start hosting the channels it assigns to this node (they sync
+        from their peers) and stop those it no longer does."""
+        async with self._hosting:
+            view = self.config
+            for org in view.orgs:
+                self._trust(org)
+            if self.transport is not None:
+                self.transport.set_peers(self._peer_addresses(view), [o.ca_pem for o in view.orgs])
+            wanted = {app.name: app for app in view.hosted_by(self.id)}
+            for name in [n for n in self.channels if n not in wanted]:
+                log.warning("%s: no longer hosted on %s; stopping it", name, self.id)
+                await self.channels.pop(name).stop()
+            for name, app in wanted.items():
+                channel = self.channels.get(name)
+                if channel is None:
+                    await self._host(app)
+                    view = self.config  # hosting governance may have caught up
+                else:
+                    channel.rules = compute_rules(view, app)
+                    channel.orderer.members = frozenset(view.hosting_nodes(app))
+                    self.registry.add_app(self._get_contracts(view, app))
+
+    async def _host(self, app: AppConfig) -> None:
+        channel = self._create_channel(app, self.transport or NoPeers())
+        if app.name == GOVERNANCE_APP:
+            self.history.load(channel.ledger)
+        self.channels[app.name] = channel
+        self.registry.add_app(self._get_contracts(self.config, app))
+        await channel.start()
+        log.info("%s: hosting %s from height %d", self.id, app.name, channel.height)
+
+    def _get_contracts(self, view: NetworkConfig, app: AppConfig) -> AppContracts:
+        hosting = {n: view.node(n).org for n in view.hosting_nodes(app)}
+        system = None
+        if app.name == GOVERNANCE_APP:
+            genesis = self.genesis
+            system = {GOVERNANCE: lambda: Governance(genesis)}
+        return AppContracts(
+            app.name,
+            app.members,
+            parse_policy(app.lifecycle_policy),
+            self.channels[app.name].get_definition,
+            hosting,
+            system,
         )
+
+    async def _get_block_rules(self, app: str, header: BlockHeader) -> AppRules:
+        """The rules of a block; waits until this node has its governance height."""
+        height = compute_view_height(app, header)
+        if height > self.history.height:
+            governance = self.channels.get(GOVERNANCE_APP)
+            if governance is None:
+                raise Unavailable(f"{app} needs governance height {height}; none hosted here")
+            while not await governance.wait_for_block(height - 1, AFTER_BLOCK_WAIT_S):
+                log.info("%s: waiting for governance height %d", app, height)
+        return compute_block_rules(self.history, app, header)
+
+    def _get_consenters(self, app: str, ledger: SqliteLedger) -> Consenters:
+        """The consenters of the next block of ``app`` (see compute_next_consenters)."""
+        return compute_next_consenters(self.history, self.membership, app, ledger)
+
+    async def _on_governance_committed(self, batch: CommitBatch) -> None:
+        """A governance block committed: record the configuration it made, then act."""
+        doc = next(
+            (w.value for w in batch.writes if w.ns == GOVERNANCE and w.key == CONFIG_KEY), None
+        )
+        view = None if doc is None else NetworkConfig.from_dict(doc)
+        self.history.process_block(batch.block.header.number, view)
+        if view is not None:
+            log.warning(
+                "%s: network configuration changed at governance height %d",
+                self.id,
+                self.history.height,
+            )
+            self._apply_revocations(batch)
+            await self.apply_config()
+        for channel in self.channels.values():
+            channel.orderer.config_advanced()
+
+    def _apply_revocations(self, batch: CommitBatch) -> None:
+        """Executed ``revoke`` changes: their CRL applies here (checked by its CA)."""
+        for write in batch.writes:
+            if write.ns != GOVERNANCE or not write.key.startswith("proposal/"):
+                continue
+            proposal = write.value
+            change = proposal.get("change", {}) if isinstance(proposal, dict) else {}
+            if proposal.get("status") == "executed" and change.get("kind") == "revoke":
+                try:
+                    self.update_crl(change["org"], change["crl"].encode())
+                except MeridianError as exc:
+                    log.error("revocation of %s not applied: %s", change["org"], exc)
+
+    def _create_channel(self, app: AppConfig, peers: Peers) -> Channel:
+        view = self.config
         ledgers = self.data_dir / "ledgers"
         ledger = SqliteLedger(ledgers / f"{app.name}.sqlite")
-        block, timing = self.config.block, self.config.consensus
+        block, timing = view.block, view.consensus
+        is_governance = app.name == GOVERNANCE_APP
         orderer = Orderer(
-            network=self.config.network,
+            network=view.network,
             app=app.name,
             me=self.id,
             signer=self.signer,
-            consenters=functools.partial(get_consenters, self.config, self.membership, app),
-            members=[n.id for n in self.config.nodes if n.org in app.members],
+            consenters=functools.partial(self._get_consenters, app.name, ledger),
+            members=view.hosting_nodes(app),
             config=OrderingConfig(
                 max_txs=block.max_txs,
                 timeout_ms=block.timeout_ms,
@@ -194,27 +307,36 @@ class Node:
             peers=peers,
             metrics=self.metrics,
             preverify=self._preverify_transactions,
+            config_height=(lambda: 0) if is_governance else (lambda: self.history.height),
         )
         pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
-        return Channel(rules, ledger, pending, self.membership, orderer)
+        return Channel(
+            compute_rules(view, app),
+            ledger,
+            pending,
+            self.membership,
+            orderer,
+            rules_for=functools.partial(self._get_block_rules, app.name),
+            on_committed=self._on_governance_committed if is_governance else None,
+        )
 
-    def _create_transport(self, hosted: Sequence[AppConfig]) -> Transport | None:
-        """Links to every node that shares an app with this one (None if there is none)."""
-        orgs = {org for app in hosted for org in app.members}
-        peers = [
+    def _peer_addresses(self, view: NetworkConfig) -> list[PeerAddress]:
+        """Every other node that shares a channel with this one."""
+        shared = {node for app in view.hosted_by(self.id) for node in view.hosting_nodes(app)}
+        return [
             PeerAddress(n.id, n.host, n.p2p_port)
-            for n in self.config.nodes
-            if n.id != self.id and n.org in orgs
+            for n in view.nodes
+            if n.id != self.id and n.id in shared
         ]
-        if not peers:
-            return None
+
+    def _create_transport(self) -> Transport:
         transport = Transport(
             node_id=self.id,
             listen=PeerAddress(self.id, self.entry.host, self.entry.p2p_port),
             cert_pem=self._cert_pem,
             key_pem=self._key_pem,
             ca_pems=[org.ca_pem for org in self.config.orgs],
-            peers=peers,
+            peers=[],
             authenticate=self._authenticate_peer,
             on_frame=self._on_frame,
         )
@@ -314,6 +436,12 @@ class Node:
             )
         if caller.org not in channel.rules.members:
             raise Forbidden(f"org {caller.org} is not a member of app {app}", code="not_a_member")
+        if not channel.rules.active:
+            raise Forbidden(
+                f"app {app} is {self.config.app(app).status}",
+                code="app_not_active",
+                hint="its members can resume it through governance (set_app_status)",
+            )
         skew = abs(int(time.time() * 1000) - proposal.timestamp_ms)
         if skew > PROPOSAL_MAX_SKEW_MS:
             raise AuthError(
@@ -409,13 +537,13 @@ class Node:
 
     def _check_policies(self, channel: Channel, invoked: str, result: TxResult) -> None:
         """Refuse to order what this node's endorsement alone cannot make valid."""
-        members = channel.rules.members
+        endorsing = channel.rules.endorsing_orgs
         for ns in {rw.namespace for rw in result.rwsets} | {invoked}:
             governing = get_governing_definition(ns, channel.rules, channel.get_definition)
             if governing is None:
                 continue  # validation reports it (UNKNOWN_CONTRACT)
             policy = governing[0]
-            if not policy.is_satisfied({self.entry.org}, members):
+            if not policy.is_satisfied({self.entry.org}, endorsing):
                 raise Forbidden(
                     f"endorsement policy {policy} of {ns} needs more orgs than this node's "
                     f"({self.entry.org})",
@@ -580,39 +708,6 @@ class Node:
                 "dropped_frames": dict(self.dropped_frames),
             },
         }
-
-
-def get_consenters(
-    config: NetworkConfig,
-    membership: Membership,
-    app: AppConfig,
-    nodes: Sequence[str] | None = None,
-) -> Consenters:
-    """The consenters of ``app`` with their checked node certificates: ``nodes`` (the
-    set its configuration names), or by default every node of its member orgs."""
-    keys = {}
-    for entry in config.nodes:
-        if entry.org not in app.members or (nodes is not None and entry.id not in nodes):
-            continue
-        identity = membership.identify(load_cert_der(entry.cert_pem))
-        if identity.role is not Role.NODE or (identity.org, identity.name) != (
-            entry.org,
-            entry.id,
-        ):
-            raise CertificateError(
-                f"the certificate of node {entry.id} in network.json is not that node's",
-                code="bad_node_certificate",
-            )
-        keys[entry.id] = (identity.suite, identity.public_key)
-    unknown = set(nodes or ()) - set(keys)
-    if unknown:  # never a smaller set than configured: every node must use the same one
-        raise CertificateError(
-            f"consenters {sorted(unknown)} of app {app.name} are not nodes of its member "
-            "orgs in network.json",
-            code="unknown_consenter",
-            hint="every node needs the same network.json",
-        )
-    return Consenters(keys)
 
 
 def _now() -> datetime:

@@ -39,7 +39,6 @@ from ..consensus.messages import (
     encode_block,
     encode_message,
 )
-from ..contracts.lifecycle import get_consenters_config
 from ..ledger.merkle import compute_root
 from ..ledger.store import LedgerStore
 from ..network.config import write_file
@@ -116,7 +115,13 @@ class SafetyStore:
 
 
 def compute_block(
-    network: str, app: str, tip: ChainTip, txs: Sequence[Transaction], now_ms: int, proposer: str
+    network: str,
+    app: str,
+    tip: ChainTip,
+    txs: Sequence[Transaction],
+    now_ms: int,
+    proposer: str,
+    config_height: int = 0,
 ) -> Block:
     """The next block over ``tip`` holding ``txs`` (timestamps strictly increase)."""
     header = BlockHeader(
@@ -129,6 +134,7 @@ def compute_block(
         timestamp_ms=max(now_ms, tip.last_timestamp_ms + 1),
         tx_count=len(txs),
         proposer=proposer,
+        config_height=config_height,
     )
     return Block(header, tuple(txs))
 
@@ -147,7 +153,7 @@ class Orderer:
         app: str,
         me: str,
         signer: Signer,
-        consenters: Callable[[Sequence[str] | None], Consenters],
+        consenters: Callable[[], Consenters],
         members: Collection[str],
         config: OrderingConfig,
         safety: SafetyStore,
@@ -155,16 +161,24 @@ class Orderer:
         peers: Peers | None = None,
         metrics: NodeMetrics | None = None,
         preverify: Callable[[Sequence[Transaction]], None] | None = None,
+        config_height: Callable[[], int] | None = None,
     ) -> None:
+        """``consenters()`` gives the consenters of the next height (read again after
+        every block); ``config_height()`` the governance height this node has
+        committed: the one its proposals name, and the most a proposal may name for
+        this node to vote on it now (later ones wait, see :meth:`config_advanced`)."""
         self.network = network
         self.app = app
         self.me = me
         self.signer = signer
-        self._resolve_consenters = consenters
-        self.members = frozenset(members)  # nodes of the member orgs: may follow the channel
+        self._get_consenters = consenters
+        self.members = frozenset(members)  # the hosting nodes: they may follow the channel
         self.ledger = ledger
-        self._configured = get_consenters_config(self.ledger.get)
-        self.consenters = self._resolve_consenters(self._configured)
+        self.consenters = consenters()
+        self._config_height = config_height or (lambda: 0)
+        self._parked: list[tuple[str, Message]] = []  # proposals waiting for governance
+        last = ledger.get_header(ledger.height() - 1) if ledger.height() else None
+        self._last_config_height = 0 if last is None else last.config_height
         self.config = config
         self.safety = safety
         self.peers: Peers = peers or NoPeers()
@@ -188,13 +202,9 @@ class Orderer:
         return [c for c in self.consenters.ids if c != self.me]
 
     def _consenters_changed(self) -> Consenters | None:
-        """The new consenter set if the last committed block changed the configured one
-        (one state read per block; keys resolved only on a change)."""
-        configured = get_consenters_config(self.ledger.get)
-        if configured == self._configured:
-            return None
-        self._configured = configured
-        return self._resolve_consenters(configured)
+        """The new consenter set if the last committed block changed it."""
+        now = self._get_consenters()
+        return None if now == self.consenters else now
 
     # ---------------------------------------------------------------- admission
 
@@ -287,6 +297,8 @@ class Orderer:
                 self._arrived.set()
                 self._after_mempool_change()
                 self._retry_incomplete()
+        elif isinstance(msg, (CompactProposal, ProposalMsg)) and self._is_parked(sender, msg):
+            return
         elif isinstance(msg, CompactProposal):
             self._on_compact(sender, msg)
         elif isinstance(msg, TxRequest):
@@ -304,6 +316,24 @@ class Orderer:
                 # a whole block the replica accepted (honest leaders send compact ones):
                 # its transactions must be servable, and re-proposable, from the pool
                 self._keep_transactions(msg.block)
+
+    def _is_parked(self, sender: str, msg: CompactProposal | ProposalMsg) -> bool:
+        """Hold a proposal that names a governance height this node has not committed
+        yet: it can't check that block's configuration (bounded; see config_advanced)."""
+        header = msg.header if isinstance(msg, CompactProposal) else msg.block.header
+        if header.config_height < self._last_config_height:
+            self._count_rejected("config_height_regressed")  # never an older configuration
+            return True
+        if header.config_height <= self._config_height():
+            return False
+        self._parked = [*self._parked[-MAX_INCOMPLETE + 1 :], (sender, msg)]
+        return True
+
+    def config_advanced(self) -> None:
+        """This node committed more governance blocks: look at parked proposals again."""
+        parked, self._parked = self._parked, []
+        for sender, msg in parked:
+            self.on_message(sender, msg)
 
     def _keep_transactions(self, block: Block) -> None:
         """Hold a proposed block's transactions in the pool (even a full one): this node
@@ -425,7 +455,9 @@ class Orderer:
         if round_ == 0 and not len(self.mempool):
             return  # nothing to order after all (no empty blocks while all is well)
         txs = self.mempool.take(self.config.max_txs, self.config.max_block_bytes)
-        block = compute_block(self.network, self.app, replica.tip, txs, now_ms(), self.me)
+        block = compute_block(
+            self.network, self.app, replica.tip, txs, now_ms(), self.me, self._config_height()
+        )
         self._process(replica.on_payload(block, now_ms()))
 
     async def run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
@@ -485,6 +517,7 @@ class Orderer:
         assert self.replica is not None
         try:
             await deliver(block, qc.encode())
+            self._last_config_height = block.header.config_height
         except Exception as exc:
             self._halt(f"block {block.header.number} could not be committed: {exc!r}")
             raise

@@ -10,6 +10,7 @@ lets nodes compare.
 Checks, in order, for each transaction (first failure wins):
 
 1. proposal is for this network and app                      BAD_PROPOSAL
+   and the app is active (not suspended or closed)           APP_NOT_ACTIVE
 2. tx id not already committed or earlier in the block       DUPLICATE_TXID
 3. creator certificate valid at block time, member org       BAD_CREATOR_CERTIFICATE
 4. creator signature over the proposal                       BAD_CREATOR_SIGNATURE
@@ -28,7 +29,7 @@ Checks, in order, for each transaction (first failure wins):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -52,7 +53,6 @@ from ..types import (
 )
 from .policy import Policy
 
-SYSTEM_LABEL = f"{LIFECYCLE}@0"
 _LABEL_RE = re.compile(r"^[a-z_][a-z0-9_-]{0,63}@[0-9]{1,18}$")
 
 
@@ -72,12 +72,30 @@ class CommittedState(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class AppRules:
-    """What validation needs to know about the app (from its configuration)."""
+    """What validation needs to know about the app (from its configuration at the
+    block's ``config_height``)."""
 
     network: str
     app: str
-    members: frozenset[str]
+    members: frozenset[str]  # orgs whose identities may submit
     system_policy: Policy  # endorsement policy of system namespaces (e.g. _lifecycle)
+    # node id -> org of the nodes that may endorse (the hosting nodes); None: any node
+    # of a member org (the consortium case)
+    endorsers: Mapping[str, str] | None = None
+    system_contracts: frozenset[str] = frozenset({LIFECYCLE})
+    active: bool = True  # False once the app is suspended or closed
+
+    @property
+    def endorsing_orgs(self) -> frozenset[str]:
+        """The orgs endorsement policies are judged against."""
+        return self.members if self.endorsers is None else frozenset(self.endorsers.values())
+
+    def is_endorser(self, node: Identity) -> bool:
+        if node.role != "node":
+            return False
+        if self.endorsers is None:
+            return node.org in self.members
+        return self.endorsers.get(node.name) == node.org
 
 
 _MISSING = object()
@@ -223,6 +241,8 @@ def _validate_tx(
     proposal = tx.proposal
     if proposal.network != rules.network or proposal.app != rules.app:
         return TxCode.BAD_PROPOSAL
+    if not rules.active:
+        return TxCode.APP_NOT_ACTIVE
     if tx.tx_id in seen:
         return TxCode.DUPLICATE_TXID
     creator = _identity(membership, proposal.creator, when)
@@ -261,7 +281,7 @@ def _endorsing_orgs(
     orgs: set[str] = set()
     for endorsement in tx.endorsements:
         node = _identity(membership, endorsement.endorser, when)
-        if node is None or node.role != "node" or node.org not in rules.members:
+        if node is None or not rules.is_endorser(node):
             return None
         if not verify_cached(node.suite, node.public_key, digest, endorsement.signature):
             return None
@@ -297,7 +317,7 @@ def get_governing_definition(
 ) -> tuple[Policy, str] | None:
     """(endorsement policy, version label) that govern namespace ``ns``; None if unknown."""
     if ns.startswith("_"):
-        return (rules.system_policy, SYSTEM_LABEL) if ns == LIFECYCLE else None
+        return (rules.system_policy, f"{ns}@0") if ns in rules.system_contracts else None
     definition = get_definition(ns)
     return None if definition is None else (definition.policy, definition.label)
 
@@ -323,7 +343,7 @@ def _check_definitions(
         policy, label = governing
         if label not in ran:
             return TxCode.CONTRACT_VERSION_MISMATCH
-        if ns in namespaces and not policy.is_satisfied(endorsing, rules.members):
+        if ns in namespaces and not policy.is_satisfied(endorsing, rules.endorsing_orgs):
             return TxCode.ENDORSEMENT_POLICY_FAILURE
     return TxCode.VALID
 

@@ -5,15 +5,17 @@ previous header's hash, ``data_hash`` is the Merkle root of its transactions, th
 stored hash is the header's hash, and ``last_result_root`` is the previous block's
 result root, and its commit certificate carries a quorum of the consenters'
 signatures over the header's hash (the consenters of that height: a committed
-consenter change applies from the next block). Then the block is validated again against a
-replay of the ledger in a scratch database, and the verdicts and result root must
-equal the stored ones. Finally the replayed state must equal the stored state, key by key.
+consenter change applies from the next block). Then the block is validated again,
+under the rules of its configuration height, against a replay of the ledger in a
+scratch database, and the verdicts and result root must equal the stored ones.
+Finally the replayed state must equal the stored state, key by key.
 """
 
 from __future__ import annotations
 
+import functools
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,14 +23,17 @@ import orjson
 
 from ..consensus.core import Consenters, check_commit_certificate
 from ..consensus.messages import QuorumCert
-from ..contracts.lifecycle import CONSENTERS_KEY, LIFECYCLE, get_consenters_config
 from ..crypto.certs import Membership
 from ..crypto.hashing import Digest
 from ..errors import InvalidInput
 from ..ledger.merkle import compute_root
 from ..ledger.store import SqliteLedger
+from ..network.config import GOVERNANCE_APP, NetworkLayout
+from ..network.history import ConfigHistory
 from ..types import ZERO_DIGEST, Block, BlockHeader, Transaction, TxCode, compute_tx_hash
 from .channel import WriterState
+from .revocations import load_revocations
+from .rules import compute_block_rules, compute_next_consenters, get_membership
 from .validate import AppRules, validate_block
 
 
@@ -45,15 +50,20 @@ class VerifyReport:
         return not self.problems
 
 
+RulesFor = Callable[[BlockHeader], AppRules]
+ConsentersAfter = Callable[[SqliteLedger], Consenters]
+
+
 def verify_ledger(
     path: Path,
     membership: Membership,
-    rules: AppRules,
-    consenters: Callable[[Sequence[str] | None], Consenters],
+    rules: RulesFor,
+    consenters: ConsentersAfter,
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
-    """Verify the ledger file at ``path`` of the app that ``rules`` describe."""
+    """Verify the ledger file at ``path``: ``rules(header)`` are the rules of a block,
+    ``consenters(replay)`` the consenters of the block after the replay's last one."""
     report = VerifyReport()
     store = SqliteLedger(path)
     with tempfile.TemporaryDirectory(prefix="meridian-verify-") as tmp:
@@ -74,14 +84,13 @@ def _verify_blocks(
     store: SqliteLedger,
     replay: SqliteLedger,
     membership: Membership,
-    rules: AppRules,
-    resolve: Callable[[Sequence[str] | None], Consenters],
+    rules_for: RulesFor,
+    consenters_after: ConsentersAfter,
     report: VerifyReport,
     total: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
     prev_hash, prev_root = ZERO_DIGEST, ZERO_DIGEST
-    consenters = resolve(None)  # genesis: every node of the member orgs
     for number, stored_hash, header_raw, body_raw, codes_raw, root, cert in store.iter_raw_blocks():
         where = f"block {number}"
         header = BlockHeader.from_dict(orjson.loads(header_raw))
@@ -100,7 +109,8 @@ def _verify_blocks(
             ),
         ]
         report.problems.extend(f"{where}: {msg}" for ok, msg in checks if not ok)
-        cert_problem = _check_certificate(rules.network, consenters, header, cert)
+        rules = rules_for(header)
+        cert_problem = _check_certificate(rules.network, consenters_after(replay), header, cert)
         if cert_problem:
             report.problems.append(f"{where}: commit certificate: {cert_problem}")
         if report.problems:
@@ -114,8 +124,6 @@ def _verify_blocks(
         if report.problems:
             return
         replay.commit_block(batch)
-        if any(w.ns == LIFECYCLE and w.key == CONSENTERS_KEY for w in batch.writes):
-            consenters = resolve(get_consenters_config(replay.get))  # from the next block on
         report.blocks += 1
         report.transactions += len(txs)
         report.valid += sum(1 for c in stored_codes if c is TxCode.VALID)
@@ -144,3 +152,39 @@ def _compare_state(store: SqliteLedger, replay: SqliteLedger, report: VerifyRepo
         report.state_keys += 1
     if next(stored, None) is not None or next(replayed, None) is not None:
         report.problems.append("state has a different number of keys than the replay")
+
+
+def verify_node(
+    layout: NetworkLayout,
+    node_id: str,
+    *,
+    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> list[tuple[str, VerifyReport]]:
+    """Verify every ledger in ``node_id``'s data directory, the governance ledger
+    first (it says which configuration governs each block of the others)."""
+    ledgers = layout.data_dir(node_id) / "ledgers"
+    history = ConfigHistory(layout.load())
+    governance_path = ledgers / f"{GOVERNANCE_APP}.sqlite"
+    if governance_path.is_file():
+        governance = SqliteLedger(governance_path)
+        try:
+            history.load(governance)
+        finally:
+            governance.close()
+    membership = get_membership(history)
+    load_revocations(layout.data_dir(node_id), membership)
+    apps = sorted(
+        (p.stem for p in ledgers.glob("*.sqlite") if "." not in p.stem),
+        key=lambda name: (name != GOVERNANCE_APP, name),
+    )
+    results = []
+    for app in apps:
+        report = verify_ledger(
+            ledgers / f"{app}.sqlite",
+            membership,
+            functools.partial(compute_block_rules, history, app),
+            functools.partial(compute_next_consenters, history, membership, app),
+            progress=progress(app) if progress else None,
+        )
+        results.append((app, report))
+    return results

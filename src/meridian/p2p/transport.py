@@ -323,6 +323,24 @@ class Transport:
         for peer in list(self._links):
             self.send(peer, payload)
 
+    def set_peers(self, peers: Sequence[PeerAddress], ca_pems: Sequence[bytes] = ()) -> None:
+        """Change the peer set (a configuration change): links to dropped peers close,
+        new peers are dialled (by the lower id), and ``ca_pems`` are trusted too."""
+        for pem in ca_pems:
+            for ctx in (self._server_ctx, self._client_ctx):
+                ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        wanted = {peer.node_id: peer for peer in peers if peer.node_id != self._node_id}
+        for gone in set(self._peers) - set(wanted):
+            link = self._links.get(gone)
+            if link is not None:
+                self._close_link(link, "no longer a peer")
+        added = [p for p in wanted.values() if p.node_id not in self._peers]
+        self._peers = wanted
+        if self._running:
+            for peer in added:
+                if self._is_dialler_for(peer.node_id):
+                    self._spawn(self._dial_forever(peer), f"p2p-dial-{peer.node_id}")
+
     def connected(self) -> list[str]:
         """Peer ids with a live authenticated connection, sorted."""
         return sorted(peer for peer, link in self._links.items() if not link.closed.is_set())
@@ -364,7 +382,7 @@ class Transport:
 
     async def _dial_forever(self, peer: PeerAddress) -> None:
         delay_s = self._limits.reconnect_min_s
-        while self._running:
+        while self._running and self._peers.get(peer.node_id) == peer:
             link = await self._dial(peer)
             if link is None:
                 await asyncio.sleep(delay_s)

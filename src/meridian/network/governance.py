@@ -1,0 +1,439 @@
+"""Governance: every change to the network is a configuration transaction.
+
+The governance channel (every operator node hosts it) runs the ``_governance`` system
+contract. Its state holds the current :class:`~meridian.network.config.NetworkConfig`
+under one key (``config``; absent = the genesis ``network.json``), the proposals, and
+through the ledger's events an append-only audit log of every administrative action.
+
+A change goes through a proposal::
+
+    propose(change, ttl_s)   an admin of any org; its own org's approval is counted
+    approve(id)              an admin of an org the change's policy names
+    reject(id)               an approver org says no; once the policy cannot be met
+                             any more the proposal is rejected
+    withdraw(id)             the proposing org takes it back
+
+The approval that satisfies the policy applies the change in the same transaction:
+the change is checked again against the configuration of that moment, and a change
+that no longer fits (a duplicate name, a node still hosting apps ...) is refused with
+nothing written. A proposal expires ``ttl_s`` after it was made (judged by the
+transaction time); an expired one can no longer be approved.
+
+Policies map each change kind to requirements, each ``"RULE group"``: ``RULE`` is an
+endorsement-policy spelling (``ANY``, ``ALL``, ``MAJORITY``, ``K-of(org,...)``), the
+group is ``operators`` (operator orgs), ``members`` (the app's member orgs), ``owner``
+(the app's owner) or ``subject`` (the org the change is about: the invited org, the
+revoking org). All requirements of a kind must hold. Defaults: :data:`DEFAULT_POLICIES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+from ..crypto.certs import load_cert_der
+from ..errors import Conflict, Forbidden, InvalidInput, MeridianError, NotFound
+from ..node.policy import Policy, parse_policy
+from .config import (
+    APP_STATUSES,
+    GOVERNANCE_APP,
+    KEY_MODES,
+    AppConfig,
+    NetworkConfig,
+    NodeEntry,
+    OrgConfig,
+    Zone,
+    _details,
+)
+from .plans import Plan
+
+GOVERNANCE = "_governance"
+CONFIG_KEY = "config"
+MAX_TTL_S = 30 * 24 * 3600
+DEFAULT_TTL_S = 7 * 24 * 3600
+GROUPS = ("operators", "members", "owner", "subject")
+ONBOARDED_TYPES = ("enterprise", "developer")  # orgs any single operator may register
+
+_NETWORK = ("MAJORITY operators",)
+DEFAULT_POLICIES: Mapping[str, tuple[str, ...]] = {
+    "add_zone": _NETWORK,
+    "remove_zone": _NETWORK,
+    "add_org": _NETWORK,
+    "register_org": ("ANY operators",),
+    "remove_org": _NETWORK,
+    "add_node": _NETWORK,
+    "remove_node": _NETWORK,
+    "revoke": ("ANY subject",),
+    "set_plan": _NETWORK,
+    "set_policy": _NETWORK,
+    "create_app": ("ANY owner",),
+    "set_app_status": ("MAJORITY members",),
+    "add_member": ("MAJORITY members", "ANY subject"),
+    "remove_member": ("MAJORITY members",),
+    "set_app_nodes": ("MAJORITY members",),
+    "set_app_plan": ("ANY owner",),
+}
+CHANGE_KINDS = tuple(DEFAULT_POLICIES)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Requirement:
+    rule: Policy
+    group: str
+
+    def __str__(self) -> str:
+        return f"{self.rule} {self.group}"
+
+
+def parse_requirement(text: Any) -> Requirement:
+    """``"MAJORITY operators"`` → Requirement; InvalidInput(code="bad_policy")."""
+    parts = text.split() if isinstance(text, str) else []
+    if len(parts) != 2 or parts[1] not in GROUPS:
+        raise InvalidInput(
+            f"cannot read requirement {text!r}",
+            code="bad_policy",
+            hint=f"write 'RULE group', RULE as ANY/ALL/MAJORITY/K-of(...), group one of {GROUPS}",
+        )
+    return Requirement(parse_policy(parts[0]), parts[1])
+
+
+def get_policy(config: NetworkConfig, kind: str) -> tuple[Requirement, ...]:
+    """The requirements a change of ``kind`` must meet under ``config``."""
+    configured = dict(config.policies)
+    return tuple(parse_requirement(r) for r in configured.get(kind, DEFAULT_POLICIES[kind]))
+
+
+# ------------------------------------------------------------------------ changes
+
+
+def _field(change: Mapping[str, Any], name: str, kind: type = str) -> Any:
+    value = change.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise InvalidInput(f"change field {name!r} must be {kind.__name__}", code="bad_change")
+    return value
+
+
+def _names(change: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    value = change.get(name)
+    if not isinstance(value, list) or not value or len(value) > 64:
+        raise InvalidInput(f"change field {name!r} must be a list of 1..64 ids", code="bad_change")
+    if not all(isinstance(v, str) for v in value) or len(set(value)) != len(value):
+        raise InvalidInput(
+            f"change field {name!r} lists a non-id or an id twice", code="bad_change"
+        )
+    return tuple(value)
+
+
+def _exists(kind: str, ident: str) -> Conflict:
+    return Conflict(
+        f"{kind} {ident!r} already exists", code="duplicate_name", hint=f"choose another {kind} id"
+    )
+
+
+def compute_subject(change: Mapping[str, Any]) -> str | None:
+    """The org a change is about (its ``subject`` group), if any."""
+    kind = change.get("kind")
+    if kind in ("add_member", "remove_member", "revoke"):
+        org = change.get("org")
+        return org if isinstance(org, str) else None
+    return None
+
+
+def compute_app(config: NetworkConfig, change: Mapping[str, Any]) -> AppConfig | None:
+    """The app a change is about (existing, or the one it creates)."""
+    if change.get("kind") == "create_app":
+        return _new_app(config, change)
+    name = change.get("app")
+    if not isinstance(name, str):
+        return None
+    return config.app(name)
+
+
+def get_group(config: NetworkConfig, change: Mapping[str, Any], group: str) -> tuple[str, ...]:
+    """The orgs of ``group`` for ``change`` under ``config``."""
+    if group == "operators":
+        return config.operators
+    if group == "subject":
+        subject = compute_subject(change)
+        return (subject,) if subject else ()
+    app = compute_app(config, change)
+    if app is None:
+        return ()
+    return app.members if group == "members" else ((app.owner,) if app.owner else ())
+
+
+def get_approvers(config: NetworkConfig, change: Mapping[str, Any]) -> set[str]:
+    """Every org whose approval counts towards ``change``."""
+    orgs: set[str] = set()
+    for req in get_policy(config, change_kind(change)):
+        orgs |= req.rule.eligible(get_group(config, change, req.group))
+    return orgs
+
+
+def is_approved(
+    config: NetworkConfig, change: Mapping[str, Any], approvals: Collection[str]
+) -> bool:
+    return all(
+        req.rule.is_satisfied(approvals, get_group(config, change, req.group))
+        for req in get_policy(config, change_kind(change))
+    )
+
+
+def is_still_possible(
+    config: NetworkConfig, change: Mapping[str, Any], rejections: Collection[str]
+) -> bool:
+    """Whether the orgs that have not rejected could still approve ``change``."""
+    possible = get_approvers(config, change) - set(rejections)
+    return is_approved(config, change, possible)
+
+
+def change_kind(change: Mapping[str, Any]) -> str:
+    kind = change.get("kind") if isinstance(change, Mapping) else None
+    if kind not in DEFAULT_POLICIES:
+        raise InvalidInput(
+            f"unknown change kind {kind!r}",
+            code="bad_change",
+            hint=f"kinds: {', '.join(CHANGE_KINDS)}",
+        )
+    return str(kind)
+
+
+def apply_change(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    """The configuration after ``change``; raises (typed) if it does not fit."""
+    kind = change_kind(change)
+    try:
+        updated = _APPLY[kind](config, change)
+    except MeridianError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInput(f"malformed {kind} change: {exc!r}", code="bad_change") from exc
+    try:
+        updated.validate()
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, code="bad_change", hint=exc.hint) from exc
+    return updated
+
+
+def _add_zone(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    zone = Zone(_field(change, "id"), _field(change, "name"), change.get("zone_kind", "city"))
+    if zone.id in {z.id for z in config.zones}:
+        raise _exists("zone", zone.id)
+    return dataclasses.replace(config, zones=(*config.zones, zone))
+
+
+def _remove_zone(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    zone = config.zone(_field(change, "id"))
+    if any(n.zone == zone.id for n in config.nodes):
+        raise Conflict(
+            f"zone {zone.id} still has nodes", code="in_use", hint="remove its nodes first"
+        )
+    return dataclasses.replace(config, zones=tuple(z for z in config.zones if z.id != zone.id))
+
+
+def _add_org(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    ca_pem = _field(change, "ca").encode()
+    org = OrgConfig(
+        _field(change, "id"),
+        ca_pem,
+        _field(change, "type"),
+        change.get("name", ""),
+        tuple(sorted(_details(change.get("details", {})).items())),
+    )
+    if change["kind"] == "register_org" and org.type not in ONBOARDED_TYPES:
+        raise Forbidden(
+            f"register_org is for {' and '.join(ONBOARDED_TYPES)} orgs, not {org.type}",
+            code="bad_change",
+            hint="propose add_org: institutions need the operators' majority",
+        )
+    if org.id in {o.id for o in config.orgs}:
+        raise _exists("org", org.id)
+    from ..crypto.certs import Membership
+
+    try:
+        Membership({org.id: ca_pem})
+    except MeridianError as exc:
+        raise InvalidInput(
+            f"the CA of {org.id} is unusable: {exc.message}", code="bad_change"
+        ) from exc
+    return dataclasses.replace(config, orgs=(*config.orgs, org))
+
+
+def _remove_org(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    org = config.org(_field(change, "id"))
+    if any(n.org == org.id for n in config.nodes) or any(
+        org.id in a.members for a in config.apps if a.status != "closed"
+    ):
+        raise Conflict(
+            f"org {org.id} still has nodes or open apps",
+            code="in_use",
+            hint="remove its nodes and memberships first",
+        )
+    return dataclasses.replace(config, orgs=tuple(o for o in config.orgs if o.id != org.id))
+
+
+def _add_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    cert_pem = _field(change, "cert").encode()
+    node = NodeEntry(
+        _field(change, "id"),
+        _field(change, "org"),
+        _field(change, "host"),
+        _field(change, "port", int),
+        _field(change, "p2p_port", int),
+        cert_pem,
+        change.get("zone", ""),
+    )
+    if node.id in {n.id for n in config.nodes}:
+        raise _exists("node", node.id)
+    _check_node_cert(config, node)
+    return dataclasses.replace(config, nodes=(*config.nodes, node))
+
+
+def _check_node_cert(config: NetworkConfig, node: NodeEntry) -> None:
+    from ..crypto.certs import Membership, Role
+
+    try:
+        ca = config.org(node.org).ca_pem
+        identity = Membership({node.org: ca}).identify(load_cert_der(node.cert_pem))
+    except MeridianError as exc:
+        raise InvalidInput(
+            f"node {node.id}'s certificate: {exc.message}", code="bad_change"
+        ) from exc
+    if identity.role is not Role.NODE or (identity.org, identity.name) != (node.org, node.id):
+        raise InvalidInput(
+            f"the certificate is not node {node.id}'s of {node.org}", code="bad_change"
+        )
+
+
+def _remove_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    node = config.node(_field(change, "id"))
+    hosting = [a.name for a in config.apps if a.status != "closed" and node.id in a.nodes]
+    if hosting:
+        raise Conflict(
+            f"node {node.id} still hosts {', '.join(hosting)}",
+            code="in_use",
+            hint="move those apps to other nodes first (set_app_nodes)",
+        )
+    return dataclasses.replace(config, nodes=tuple(n for n in config.nodes if n.id != node.id))
+
+
+def _revoke(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    config.org(_field(change, "org"))
+    _field(change, "crl")  # applied by each node (checked against the org's CA there)
+    return config
+
+
+def _set_plan(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    plan = Plan.from_dict(change.get("plan"))
+    plans = (*(p for p in config.plans if p.id != plan.id), plan)
+    return dataclasses.replace(config, plans=plans)
+
+
+def _set_policy(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    kind = _field(change, "policy_kind")
+    if kind not in DEFAULT_POLICIES:
+        raise InvalidInput(f"no change kind {kind!r}", code="bad_change")
+    requirements = _names(change, "requirements")
+    for text in requirements:
+        parse_requirement(text)
+    policies = dict(config.policies)
+    policies[kind] = requirements
+    return dataclasses.replace(config, policies=tuple(sorted(policies.items())))
+
+
+def _new_app(config: NetworkConfig, change: Mapping[str, Any]) -> AppConfig:
+    owner = _field(change, "owner")
+    config.org(owner)
+    nodes = _names(change, "nodes")
+    key_mode = change.get("key_mode", "own")
+    if key_mode not in KEY_MODES:
+        raise InvalidInput(f"key_mode must be one of {KEY_MODES}", code="bad_change")
+    return AppConfig(
+        _field(change, "name"),
+        (owner,),
+        nodes=nodes,
+        owner=owner,
+        plan=_field(change, "plan"),
+        key_mode=key_mode,
+    )
+
+
+def _create_app(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    app = _new_app(config, change)
+    if app.name == GOVERNANCE_APP or app.name in {a.name for a in config.apps}:
+        raise _exists("app", app.name)
+    for node in app.nodes:
+        config.node(node)
+    config.plan(app.plan)
+    return dataclasses.replace(config, apps=(*config.apps, app))
+
+
+def _update_app(config: NetworkConfig, name: str, **fields: Any) -> NetworkConfig:
+    app = config.app(name)
+    if app.name == GOVERNANCE_APP:
+        raise Forbidden("the governance channel is not an app", code="bad_change")
+    if app.status == "closed":
+        raise Conflict(f"app {name} is closed", code="app_closed")
+    updated = dataclasses.replace(app, **fields)
+    return dataclasses.replace(
+        config, apps=tuple(updated if a.name == name else a for a in config.apps)
+    )
+
+
+def _set_app_status(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    status = _field(change, "status")
+    if status not in APP_STATUSES:
+        raise InvalidInput(f"status must be one of {APP_STATUSES}", code="bad_change")
+    return _update_app(config, _field(change, "app"), status=status)
+
+
+def _add_member(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    app, org = config.app(_field(change, "app")), config.org(_field(change, "org"))
+    if org.id in app.members:
+        raise Conflict(f"{org.id} is already a member of {app.name}", code="already_member")
+    return _update_app(config, app.name, members=(*app.members, org.id))
+
+
+def _remove_member(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    app, org = config.app(_field(change, "app")), _field(change, "org")
+    if org not in app.members:
+        raise NotFound(f"{org} is not a member of {app.name}", code="not_a_member")
+    if org == app.owner:
+        raise Conflict(
+            f"{org} owns {app.name}",
+            code="in_use",
+            hint="close the app instead, or transfer it first",
+        )
+    return _update_app(config, app.name, members=tuple(m for m in app.members if m != org))
+
+
+def _set_app_nodes(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    nodes = _names(change, "nodes")
+    for node in nodes:
+        config.node(node)
+    return _update_app(config, _field(change, "app"), nodes=nodes)
+
+
+def _set_app_plan(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    plan = config.plan(_field(change, "plan"))
+    return _update_app(config, _field(change, "app"), plan=plan.id)
+
+
+_APPLY: dict[str, Callable[[NetworkConfig, Mapping[str, Any]], NetworkConfig]] = {
+    "add_zone": _add_zone,
+    "remove_zone": _remove_zone,
+    "add_org": _add_org,
+    "register_org": _add_org,
+    "remove_org": _remove_org,
+    "add_node": _add_node,
+    "remove_node": _remove_node,
+    "revoke": _revoke,
+    "set_plan": _set_plan,
+    "set_policy": _set_policy,
+    "create_app": _create_app,
+    "set_app_status": _set_app_status,
+    "add_member": _add_member,
+    "remove_member": _remove_member,
+    "set_app_nodes": _set_app_nodes,
+    "set_app_plan": _set_app_plan,
+}

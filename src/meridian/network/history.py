@@ -1,0 +1,89 @@
+"""The network configuration at each governance height.
+
+Every block of an app channel names, in its header, the governance height whose
+configuration validates it (``config_height``); every node therefore needs the view
+*at that height*, not merely the latest one. Views change only when a governance
+block executes a change, so the history keeps one view per change, rebuilt at start
+from the ``config`` key's history in the governance ledger.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+
+from .. import codec
+from ..errors import InvalidInput
+from ..ledger.store import LedgerStore
+from .config import MAX_CONFIG_BYTES, NetworkConfig, write_file
+from .governance import CONFIG_KEY, GOVERNANCE
+
+MAX_VIEWS = 100_000
+
+
+class ConfigHistory:
+    """Views by governance height: ``at(h)`` is the configuration after the first ``h``
+    governance blocks."""
+
+    def __init__(self, genesis: NetworkConfig) -> None:
+        self.genesis = genesis
+        self._heights: list[int] = [0]
+        self._views: list[NetworkConfig] = [genesis]
+        self.height = 0  # governance blocks committed on this node
+
+    @property
+    def latest(self) -> NetworkConfig:
+        return self._views[-1]
+
+    def at(self, height: int) -> NetworkConfig:
+        """The configuration after ``height`` governance blocks (≤ :attr:`height`)."""
+        if height > self.height:
+            raise ValueError(f"governance height {height} is not committed here yet")
+        return self._views[bisect.bisect_right(self._heights, height) - 1]
+
+    def views(self) -> tuple[NetworkConfig, ...]:
+        return tuple(self._views)
+
+    def process_block(self, number: int, config: NetworkConfig | None) -> None:
+        """Governance block ``number`` was committed; ``config`` if it changed it."""
+        if number != self.height:
+            raise ValueError(f"governance block {number} out of order (height {self.height})")
+        self.height = number + 1
+        if config is not None:
+            if len(self._views) >= MAX_VIEWS:
+                raise ValueError("too many configuration changes to keep")
+            self._heights.append(self.height)
+            self._views.append(config)
+
+    def load(self, ledger: LedgerStore) -> None:
+        """Rebuild from a governance ledger (at start)."""
+        changes = {
+            entry.block: entry.value
+            for entry in ledger.get_history(GOVERNANCE, CONFIG_KEY, MAX_VIEWS)
+            if not entry.deleted
+        }
+        for number in range(ledger.height()):
+            doc = changes.get(number)
+            self.process_block(number, None if doc is None else NetworkConfig.from_dict(doc))
+
+
+BOOTSTRAP_FILE = "bootstrap.json"
+
+
+def load_bootstrap(data_dir: Path) -> tuple[int, NetworkConfig] | None:
+    """The configuration a joining node's operator gave it (``meridian node join``):
+    what the node acts on — its own entry, its peers, its channels — until its
+    governance ledger has caught up with the height it was taken at."""
+    path = data_dir / BOOTSTRAP_FILE
+    if not path.is_file():
+        return None
+    doc = codec.decode(path.read_bytes(), max_bytes=MAX_CONFIG_BYTES, what=BOOTSTRAP_FILE)
+    if not isinstance(doc, dict) or not isinstance(doc.get("height"), int):
+        raise InvalidInput(f"{path} is not a bootstrap file", code="bad_config")
+    return doc["height"], NetworkConfig.from_dict(doc.get("config"))
+
+
+def save_bootstrap(data_dir: Path, height: int, config: NetworkConfig) -> None:
+    write_file(
+        data_dir / BOOTSTRAP_FILE, codec.encode({"height": height, "config": config.to_dict()})
+    )
