@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import signal
 import time
+from collections import Counter
 from enum import StrEnum
 from pathlib import Path
 
 import typer
 
-from ..errors import MeridianError, NotFound
+from ..errors import InvalidInput, MeridianError, NotFound
 from ..network.config import BlockConfig
-from ..network.init import InitOptions, init_network
-from . import consenters, contract, ledger, tx
+from ..network.init import InitOptions, InitProfile, init_network
+from . import consenters, contract, governance, ledger, tx
 from .common import Settings, console, handle_errors, output, settings
 from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_healthy
 
@@ -41,6 +42,8 @@ network_app = typer.Typer(help="Create and inspect network directories.", no_arg
 app.add_typer(network_app, name="network")
 app.add_typer(contract.app, name="contract")
 app.add_typer(consenters.app, name="consenters")
+app.add_typer(governance.app, name="gov")
+app.add_typer(governance.node_app, name="node")
 app.add_typer(tx.app, name="tx")
 app.add_typer(tx.block_app, name="block")
 app.add_typer(ledger.app, name="ledger")
@@ -78,11 +81,26 @@ def main(
 def network_init(
     ctx: typer.Context,
     directory: Path = typer.Argument(..., help="New (empty) network directory."),
-    orgs: int = typer.Option(4, help="Number of organisations (each gets a CA, admin, user1)."),
-    nodes: int = typer.Option(
-        4, help="Number of nodes (assigned to orgs round robin); 3f+1 nodes tolerate f faulty."
+    profile: InitProfile = typer.Option(
+        InitProfile.DEFAULT,
+        "--profile",
+        help="default: N operator orgs (org1..), N nodes and one app. pilot: the service "
+        "network at one machine's scale: 4 zones (beijing, shanghai, shenzhen, hongkong), "
+        "one operator and node per zone, a central bank, 3 banks, a regulator, 12 "
+        "enterprises and 8 developers, plans, no apps (--orgs, --nodes, --app-name do "
+        "not apply).",
     ),
-    app_name: str = typer.Option("demo", "--app-name", help="Name of the first application."),
+    orgs: int | None = typer.Option(
+        None, help="Number of organisations (each gets a CA, admin, user1); default 4."
+    ),
+    nodes: int | None = typer.Option(
+        None,
+        help="Number of nodes (assigned to orgs round robin); 3f+1 nodes tolerate f faulty; "
+        "default 4.",
+    ),
+    app_name: str | None = typer.Option(
+        None, "--app-name", help="Name of the first application; default demo."
+    ),
     network_id: str = typer.Option("meridian", help="Network id (bound into signatures)."),
     base_port: int = typer.Option(
         7050, help="Gateway port of node1; node N serves its gateway on base+2(N-1), peers on +1."
@@ -95,25 +113,43 @@ def network_init(
     """Generate a network: org CAs, node/admin/client identities and genesis config."""
     s = settings(ctx)
     with handle_errors(s.json):
+        if profile == InitProfile.PILOT and (orgs, nodes, app_name) != (None, None, None):
+            raise InvalidInput(
+                "the pilot profile fixes its orgs, nodes and apps",
+                code="bad_config",
+                hint="drop --orgs, --nodes and --app-name, or use --profile default",
+            )
         config = init_network(
             directory,
             InitOptions(
                 network=network_id,
-                orgs=orgs,
-                nodes=nodes,
-                app=app_name,
+                orgs=4 if orgs is None else orgs,
+                nodes=4 if nodes is None else nodes,
+                app="demo" if app_name is None else app_name,
                 base_port=base_port,
                 block=BlockConfig(block_max_txs, block_timeout_ms),
+                profile=profile.value,
             ),
         )
+    by_type = Counter(o.type for o in config.orgs)
+    zones = ", ".join(f"{z.id} ({z.kind})" for z in config.zones)
+    summary = [
+        f"[green]created[/] network [bold]{config.network}[/] ({profile.value} profile) "
+        f"in {directory}",
+        *([f"zones: {zones}"] if zones else []),
+        f"orgs: {len(config.orgs)} ({', '.join(f'{n} {t}' for t, n in by_type.items())})",
+        f"nodes: {len(config.nodes)}",
+        *(
+            f"  {n.id} ({n.org}{', ' + n.zone if n.zone else ''}) at {n.url}, p2p {n.p2p_port}"
+            for n in config.nodes
+        ),
+        f"apps: {', '.join(a.name for a in config.apps) or 'none yet (created via governance)'}",
+        f"next: meridian -n {directory} up",
+    ]
     output(
         s,
-        config.to_dict() | {"directory": str(directory)},
-        lambda: console.print(
-            f"[green]created[/] network [bold]{config.network}[/] in {directory}: "
-            f"{len(config.orgs)} orgs, {len(config.nodes)} node(s), app "
-            f"[bold]{config.apps[0].name}[/]\nnext: meridian -n {directory} up"
-        ),
+        config.to_dict() | {"directory": str(directory), "profile": profile.value},
+        lambda: console.print("\n".join(summary), highlight=False),
     )
 
 

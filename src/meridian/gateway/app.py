@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -40,6 +41,7 @@ from ..node.node import Node, is_admin_of
 from ..types import SignedProposal, TxCode, compute_tx_hash
 from . import schemas
 from .auth import RequestAuthenticator
+from .service import Services, register_routes
 
 log = logging.getLogger("meridian.gateway")
 
@@ -65,7 +67,7 @@ class ORJSON(JSONResponse):
 def error_response(exc: MeridianError) -> ORJSON:
     headers = {}
     if isinstance(exc, Busy):
-        headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     return ORJSON({"error": exc.to_dict()}, status_code=exc.http_status, headers=headers)
 
 
@@ -123,14 +125,17 @@ def _wait_args(body: Any) -> tuple[bool, float]:
 def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     """The gateway app of ``node`` (started and stopped with the app if ``manage_node``)."""
     auth = RequestAuthenticator(node.config.network, node.membership)
+    services = Services(node)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         if manage_node:
             await node.start()
+        services.start()
         try:
             yield
         finally:
+            await services.stop()
             if manage_node:
                 await node.stop()
 
@@ -163,19 +168,20 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             MeridianError(f"internal error: {type(exc).__name__}", hint="see the node log")
         )
 
-    async def caller(request: Request, app_name: str | None = None) -> Identity:
-        """The authenticated caller; with ``app_name``, also a member org of that app."""
+    async def caller(
+        request: Request, app_name: str | None = None, *, read: bool = True
+    ) -> Identity:
+        """The authenticated caller; with ``app_name``, also a member org of that app
+        (or, for reads, the regulator), and the request is metered on the app's plan."""
         body = await _read_body(request)
         headers = {k.lower(): v for k, v in request.headers.items()}
         identity = auth.authenticate(
             request.method, request.url.path, request.url.query, headers, body
         )
-        if app_name is not None and identity.org not in node.channel(app_name).rules.members:
-            raise Forbidden(
-                f"org {identity.org} is not a member of app {app_name}",
-                code="not_a_member",
-                hint="ask the app's members to invite your org",
-            )
+        if app_name is not None:
+            node.check_access(app_name, identity.org, read=read)
+            if read:
+                services.admit(app_name)
         return identity
 
     @app.get("/v1/health", tags=["node"], summary="Liveness (unauthenticated)")
@@ -208,7 +214,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             "apps": [
                 {"name": n, "height": c.height, "members": sorted(c.rules.members)}
                 for n, c in node.channels.items()
-                if identity.org in c.rules.members
+                if node.may_read(n, identity.org)
             ]
         }
 
@@ -220,9 +226,10 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ReceiptOut}, 202: {"model": schemas.ReceiptOut}},
     )
     async def submit(app_name: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, read=False)
         body = await _json_body(request)
         proposal = _proposal_of(body)
+        services.admit(app_name, transactions=1)
         wait, timeout_s = _wait_args(body)
         await node.wait_for_block(app_name, _after_block(body))
         receipt = await node.submit(app_name, proposal, wait=wait, timeout_s=timeout_s)
@@ -236,13 +243,14 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.BatchOut}},
     )
     async def submit_batch(app_name: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, read=False)
         body = await _json_body(request)
         raw = _get(body, "proposals", list, None)
         if not 0 < len(raw) <= MAX_BATCH_PROPOSALS:
             raise InvalidInput(
                 f"a batch holds 1..{MAX_BATCH_PROPOSALS} proposals", code="malformed"
             )
+        services.admit(app_name, transactions=len(raw))
         wait, timeout_s = _wait_args(body)
         await node.wait_for_block(app_name, _after_block(body))
         items = [_parse_or_error(item) for item in raw]
@@ -373,10 +381,10 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     )
     async def install(request: Request) -> Any:
         identity = await caller(request)
-        if not is_admin_of(identity, node.entry.org):
+        if not node.may_install(identity):
             raise Forbidden(
-                f"only an admin of {node.entry.org}, the org running this node, may install "
-                "packages on it",
+                f"only an admin of {node.entry.org}, the org running this node, or of a "
+                "member org of an app it hosts may install packages on it",
                 code="not_admin",
                 hint=f"install as {node.entry.org}'s admin (e.g. --as {node.entry.org}/admin)",
             )
@@ -418,6 +426,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             raise InvalidInput(exc.message, code=exc.code, hint=exc.hint) from exc
         return {"ok": True}
 
+    register_routes(app, services, caller, _json_body)
     return app
 
 

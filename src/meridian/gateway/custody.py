@@ -153,8 +153,11 @@ class KeyVault:
 
     def create(self, app: str, user: str, *, suite: str = ED25519) -> Signer:
         """Generate ``user@app``'s key pair and store it sealed; Conflict if it exists."""
+        return self.import_signer(app, user, get_suite(suite).generate())
+
+    def import_signer(self, app: str, user: str, signer: Signer) -> Signer:
+        """Store an existing key (e.g. a CA key the gateway made) sealed, as ``create``."""
         key = _check_app(app), _check_user(user)
-        signer = get_suite(suite).generate()
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._aesgcm.encrypt(nonce, signer.private_pem(), self._aad(*key, signer.suite))
         row = (*key, signer.suite, signer.public_key_bytes(), nonce, sealed, _now_ms())

@@ -368,6 +368,8 @@ class NetworkConfig:
                 )
         orgs = {o.id: o for o in self.orgs}
         for org in self.orgs:
+            if not isinstance(org.name, str) or len(org.name) > MAX_DETAIL_CHARS:
+                raise InvalidInput(f"org {org.id}: its name is too long", code="bad_config")
             if org.type not in ORG_TYPES:
                 raise InvalidInput(
                     f"org {org.id} has type {org.type!r}; types are {', '.join(ORG_TYPES)}",
@@ -383,7 +385,9 @@ class NetworkConfig:
                     f"node {node.id} must belong to an operator org, not {node.org!r}",
                     code="bad_config",
                 )
-            if (zones or node.zone) and node.zone not in zones:
+            if not all(_is_port(port) for port in (node.port, node.p2p_port)):
+                raise InvalidInput(f"node {node.id} has a port outside 1..65535", code="bad_config")
+            if node.zone and node.zone not in zones:
                 raise InvalidInput(
                     f"node {node.id} is in unknown zone {node.zone!r}", code="bad_config"
                 )
@@ -424,6 +428,10 @@ def _details(value: Any) -> dict[str, str]:
                 f"detail {key!r} must be text of at most {MAX_DETAIL_CHARS} characters"
             )
     return dict(value)
+
+
+def _is_port(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
 def _port(value: Any) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import codec
 from ..contracts.api import Contract, query, transaction
 from ..contracts.simulation import SimulationContext
 from ..errors import Conflict, Forbidden, InvalidInput, NotFound
@@ -118,6 +119,8 @@ class Governance(Contract):
         config = self._config(ctx)
         org = self._admin(ctx, config)
         change_kind(change)
+        if len(codec.encode(change)) > MAX_CHANGE_BYTES:
+            raise InvalidInput(f"a change is at most {MAX_CHANGE_BYTES} bytes", code="bad_change")
         if not 60 <= ttl_s <= MAX_TTL_S:
             raise InvalidInput(f"ttl_s must be 60..{MAX_TTL_S}", code="bad_change")
         apply_change(config, change)  # a change that cannot apply now is refused now

@@ -32,7 +32,7 @@ import dataclasses
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from ..crypto.certs import load_cert_der
+from ..crypto.certs import Membership, Role, load_cert_der
 from ..errors import Conflict, Forbidden, InvalidInput, MeridianError, NotFound
 from ..node.policy import Policy, parse_policy
 from .config import (
@@ -208,8 +208,8 @@ def apply_change(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkCon
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInput(f"malformed {kind} change: {exc!r}", code="bad_change") from exc
-    try:
-        updated.validate()
+    try:  # what is stored must load again: the round trip validates every field
+        NetworkConfig.from_dict(updated.to_dict())
     except InvalidInput as exc:
         raise InvalidInput(exc.message, code="bad_change", hint=exc.hint) from exc
     return updated
@@ -290,7 +290,7 @@ def _add_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig
 
 
 def _check_node_cert(config: NetworkConfig, node: NodeEntry) -> None:
-    from ..crypto.certs import Membership, Role
+    from ..crypto.certs import Membership
 
     try:
         ca = config.org(node.org).ca_pem
@@ -318,8 +318,11 @@ def _remove_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkCon
 
 
 def _revoke(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
-    config.org(_field(change, "org"))
-    _field(change, "crl")  # applied by each node (checked against the org's CA there)
+    org = config.org(_field(change, "org"))
+    try:  # each node applies it on execution; only a CRL the org's CA signed may pass
+        Membership({org.id: org.ca_pem}).update_crl(org.id, _field(change, "crl").encode())
+    except MeridianError as exc:
+        raise InvalidInput(f"the CRL of {org.id}: {exc.message}", code="bad_change") from exc
     return config
 
 

@@ -41,6 +41,13 @@ class ConfigHistory:
             raise ValueError(f"governance height {height} is not committed here yet")
         return self._views[bisect.bisect_right(self._heights, height) - 1]
 
+    def first_height_with(self, app: str) -> int | None:
+        """The first governance height whose configuration has ``app`` (its genesis)."""
+        for height, view in zip(self._heights, self._views, strict=True):
+            if any(a.name == app for a in view.apps):
+                return height
+        return None
+
     def views(self) -> tuple[NetworkConfig, ...]:
         return tuple(self._views)
 

@@ -201,7 +201,12 @@ class Node:
             for name, app in wanted.items():
                 channel = self.channels.get(name)
                 if channel is None:
-                    await self._host(app)
+                    try:
+                        await self._host(app)
+                    except Exception:  # one app that can't start must not stop the others
+                        log.exception("%s: cannot host %s", self.id, name)
+                        self.channels.pop(name, None)
+                        continue
                     view = self.config  # hosting governance may have caught up
                 else:
                     channel.rules = compute_rules(view, app)
@@ -210,8 +215,6 @@ class Node:
 
     async def _host(self, app: AppConfig) -> None:
         channel = self._create_channel(app, self.transport or NoPeers())
-        if app.name == GOVERNANCE_APP:
-            self.history.load(channel.ledger)
         self.channels[app.name] = channel
         self.registry.add_app(self._get_contracts(self.config, app))
         await channel.start()
@@ -284,6 +287,8 @@ class Node:
         ledger = SqliteLedger(ledgers / f"{app.name}.sqlite")
         block, timing = view.block, view.consensus
         is_governance = app.name == GOVERNANCE_APP
+        if is_governance:  # the configuration history first: consenters depend on it
+            self.history.load(ledger)
         orderer = Orderer(
             network=view.network,
             app=app.name,
@@ -410,11 +415,40 @@ class Node:
 
     # ----------------------------------------------------------------- authorisation
 
+    def may_read(self, app: str, org: str) -> bool:
+        """Members read their app; the regulator reads every channel."""
+        if org in self.channel(app).rules.members:
+            return True
+        try:
+            return self.config.org(org).type == "regulator"
+        except NotFound:
+            return False
+
+    def check_access(self, app: str, org: str, *, read: bool) -> None:
+        """Forbidden unless ``org`` may use ``app`` (write) or read it."""
+        if org in self.channel(app).rules.members or (read and self.may_read(app, org)):
+            return
+        raise Forbidden(
+            f"org {org} is not a member of app {app}",
+            code="not_a_member",
+            hint="ask the app's members to invite your org",
+        )
+
+    def may_install(self, identity: Identity) -> bool:
+        """Admins of this node's org, or of a member org of an app hosted here."""
+        if str(identity.role) != "admin":
+            return False
+        return identity.org == self.entry.org or any(
+            identity.org in ch.rules.members
+            for name, ch in self.channels.items()
+            if name != GOVERNANCE_APP
+        )
+
     def authenticate(self, cert_der: bytes) -> Identity:
         """Validate a caller's certificate (org CA, dates, revocation)."""
         return self.membership.validate(cert_der)
 
-    def check_proposal(self, app: str, signed: SignedProposal) -> Identity:
+    def check_proposal(self, app: str, signed: SignedProposal, *, read: bool = False) -> Identity:
         """Creator, signature, app membership and freshness of a proposal."""
         proposal = signed.proposal
         if proposal.network != self.config.network:
@@ -434,9 +468,8 @@ class Node:
                 code="bad_signature",
                 hint="sign the proposal with the key of the certificate it names",
             )
-        if caller.org not in channel.rules.members:
-            raise Forbidden(f"org {caller.org} is not a member of app {app}", code="not_a_member")
-        if not channel.rules.active:
+        self.check_access(app, caller.org, read=read)
+        if not read and not channel.rules.active:
             raise Forbidden(
                 f"app {app} is {self.config.app(app).status}",
                 code="app_not_active",
@@ -661,7 +694,7 @@ class Node:
             return exc
 
     async def evaluate(self, app: str, signed: SignedProposal) -> Any:
-        caller = self.check_proposal(app, signed)
+        caller = self.check_proposal(app, signed, read=True)
         result = await self.simulate(app, signed, caller, submit=False)
         return result.response
 

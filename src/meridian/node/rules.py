@@ -68,7 +68,10 @@ def compute_next_consenters(
         view_height, configured = height, None
     else:
         header = ledger.get_header(height - 1) if height else None
-        view_height = 0 if header is None else header.config_height
+        if header is None:  # an empty ledger: the configuration that created the app
+            view_height = history.first_height_with(app) or 0
+        else:
+            view_height = header.config_height
         configured = get_consenters_config(ledger.get)
     view = history.at(min(view_height, history.height))
     hosting = view.hosting_nodes(view.app(app))

@@ -1,0 +1,596 @@
+"""The service-network side of a node's gateway: onboarding, app users, plans,
+usage and invoices, webhooks and the regulator's audit log.
+
+Governance itself (proposals, approvals) needs no endpoint of its own: changes are
+ordinary transactions of the ``_governance`` contract on the ``governance`` app, signed
+by the deciding orgs' admins. What lives here is what a node does *for* its users:
+
+* **Registration** (``POST /v1/developers``): the node's operator runs a portal. The
+  gateway makes the new org's CA, keeps the CA key sealed in its key vault (to issue
+  the org's app users later), proposes ``register_org`` with the operator's registrar
+  identity, and returns the org's admin certificate (for the admin's CSR, or with a
+  fresh key returned once).
+* **App users** (``POST /v1/apps/{app}/users``): issued by the owner org's CA on the
+  node that registered it (its *home node*). Own-key apps send a CSR; key-custody apps
+  get a key made and sealed here, and their back-end then has transactions signed for
+  a user (``POST /v1/apps/{app}/users/{name}/transactions``) after authenticating.
+* **Plans**: every app request is metered; submits are rate limited to the plan's TPS
+  (429 + Retry-After), monthly requests and storage are capped; invoices per month.
+* **Webhooks**: contract events and block notices POSTed to the developer, signed by
+  this node, retried with back-off; failures can be listed and redelivered.
+* **Audit**: the regulator (and operators) read every administrative action.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, PlainTextResponse
+
+from ..client.core import Identity as ClientIdentity
+from ..client.core import ProposalBuilder
+from ..contracts.lifecycle import LIFECYCLE
+from ..crypto.certs import CertificateAuthority, Identity, Role, load_cert_der, load_signer
+from ..errors import Conflict, Forbidden, InvalidInput, MeridianError, NotFound, Unavailable
+from ..network.config import GOVERNANCE_APP, NetworkConfig
+from ..network.governance import GOVERNANCE
+from ..network.plans import (
+    billing_month,
+    compute_invoice,
+    render_invoice_html,
+    render_invoice_text,
+)
+from ..node.channel import Channel
+from ..node.node import Node
+from .custody import KeyVault, validate_csr_for
+from .quotas import RateLimiter, UsageMeter, check_requests_quota, check_storage_quota
+from .webhooks import Dispatcher, WebhookStore
+
+log = logging.getLogger("meridian.gateway")
+
+CA_USER_PREFIX = "ca."  # the vault keeps a registered org's CA key as governance/ca.<org>
+FEED_EVERY_S = 0.2
+REGISTRATION_WAIT_S = 30.0
+MAX_AUDIT_ROWS = 1000
+
+Caller = Callable[..., Awaitable[Identity]]
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class _Stores:
+    vault: KeyVault
+    meter: UsageMeter
+    webhooks: WebhookStore
+    dispatcher: Dispatcher
+    registrar: ClientIdentity | None
+
+
+class Services:
+    """Per-node state behind the service endpoints (in the node's data directory),
+    opened when the gateway starts."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.limiter = RateLimiter()
+        self._second: dict[str, tuple[int, int]] = {}  # app -> (second, transactions in it)
+        self._stores: _Stores | None = None
+        self._tasks: tuple[asyncio.Task[None], ...] = ()
+
+    def open(self) -> None:
+        node = self.node
+        data = node.data_dir
+        config = node.config
+        forbidden = [(n.host, p) for n in config.nodes for p in (n.port, n.p2p_port)]
+        webhooks = WebhookStore(data / "webhooks.sqlite", forbidden=forbidden)
+        registrar_dir = node.layout.node_dir(node.id) / "registrar"
+        registrar = None
+        if (registrar_dir / "cert.pem").is_file():
+            registrar = ClientIdentity.from_dir(registrar_dir)
+        self._stores = _Stores(
+            vault=KeyVault(data / "vault", network=config.network),
+            meter=UsageMeter(data / "usage.sqlite"),
+            webhooks=webhooks,
+            dispatcher=Dispatcher(webhooks, node.signer, config.network),
+            registrar=registrar,
+        )
+
+    @property
+    def stores(self) -> _Stores:
+        if self._stores is None:
+            raise Unavailable("the gateway is starting", code="starting", hint="retry shortly")
+        return self._stores
+
+    @property
+    def vault(self) -> KeyVault:
+        return self.stores.vault
+
+    @property
+    def meter(self) -> UsageMeter:
+        return self.stores.meter
+
+    @property
+    def webhooks(self) -> WebhookStore:
+        return self.stores.webhooks
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.stores.dispatcher
+
+    @property
+    def registrar(self) -> ClientIdentity | None:
+        return self.stores.registrar
+
+    def start(self) -> None:
+        self.open()
+        self._tasks = (
+            asyncio.create_task(self.dispatcher.run(), name="webhook-dispatcher"),
+            asyncio.create_task(self._feed_webhooks(), name="webhook-feeder"),
+            asyncio.create_task(self._flush_meter(), name="usage-flush"),
+        )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._stores is not None:
+            self.meter.close()
+            self.webhooks.close()
+            self.vault.close()
+            self._stores = None
+
+    # ------------------------------------------------------------------ plans
+
+    def admit(self, app: str, *, transactions: int = 0) -> None:
+        """Meter one request to ``app``; refuse it (429 / 403) over the app's plan."""
+        now = _now_ms()
+        config = self.node.config
+        try:
+            app_config = config.app(app)
+        except NotFound:
+            return  # the route reports the unknown app
+        if not app_config.plan:  # consortium apps and governance: metered, not limited
+            self._record(app, now, transactions)
+            return
+        plan = config.plan(app_config.plan)
+        try:
+            check_requests_quota(self.meter.get_requests(app, billing_month(now)), plan)
+            if transactions:
+                self.limiter.check(app, plan.tps, cost=transactions)
+                channel = self.node.channel(app)
+                stored = _ledger_bytes(channel)
+                self.meter.set_storage(app, now, stored)
+                check_storage_quota(stored, 1, plan)
+        except MeridianError:
+            self.meter.record_throttled(app, now)
+            raise
+        self._record(app, now, transactions)
+
+    def _record(self, app: str, now_ms: int, transactions: int) -> None:
+        self.meter.record_requests(app, now_ms)
+        if not transactions:
+            return
+        second, count = self._second.get(app, (0, 0))
+        count = count + transactions if second == now_ms // 1000 else transactions
+        self._second[app] = (now_ms // 1000, count)
+        self.meter.record_transactions(app, now_ms, transactions, tps_sample=count)
+
+    async def _flush_meter(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            try:
+                self.meter.flush()
+            except Exception:
+                log.exception("usage meter flush failed")
+
+    # --------------------------------------------------------------- webhooks
+
+    async def _feed_webhooks(self) -> None:
+        """Enqueue each committed block's notice and events for the apps' webhooks."""
+        while True:
+            await asyncio.sleep(FEED_EVERY_S)
+            for app, channel in list(self.node.channels.items()):
+                try:
+                    if self._feed(app, channel):
+                        self.dispatcher.wake()
+                except Exception:
+                    log.exception("%s: webhook feed failed", app)
+
+    def _feed(self, app: str, channel: Channel) -> bool:
+        if not self.webhooks.list(app):
+            return False
+        start = self.webhooks.last_enqueued(app) + 1
+        for number in range(start, channel.height):
+            block = channel.ledger.get_block(number)
+            codes = channel.ledger.get_codes(number) or ()
+            if block is None:
+                return number > start
+            now = _now_ms()
+            notice = {
+                "block": number,
+                "hash": block.header.hash.hex(),
+                "timestamp_ms": block.header.timestamp_ms,
+                "txs": [
+                    {"tx_id": tx.tx_id, "code": code.name}
+                    for tx, code in zip(block.transactions, codes, strict=True)
+                ],
+            }
+            self.webhooks.enqueue(
+                app, "block", notice, contract=None, dedupe_key=f"block:{number}", now_ms=now
+            )
+            for e in channel.ledger.get_events(number, number + 1):
+                event = {
+                    "block": e.block,
+                    "tx_id": e.tx_id,
+                    "contract": e.contract,
+                    "name": e.name,
+                    "payload": e.payload,
+                }
+                key = f"event:{e.block}:{e.tx}:{e.idx}"
+                self.webhooks.enqueue(
+                    app, "event", event, contract=e.contract, dedupe_key=key, now_ms=now
+                )
+            self.webhooks.record_enqueued(app, number)
+        return channel.height > start
+
+    # ---------------------------------------------------------- registration
+
+    async def register(self, body: Any) -> dict[str, Any]:
+        """Register an enterprise or developer org (see the module docstring)."""
+        if self.registrar is None:
+            raise Unavailable(
+                f"node {self.node.id} does not take registrations",
+                code="registration_closed",
+                hint="register through an operator node that runs a registrar",
+            )
+        org = _text(body, "org", 32)
+        org_type = body.get("type", "developer")
+        if org_type not in ("developer", "enterprise"):
+            raise InvalidInput("type must be developer or enterprise", code="malformed")
+        config = self.node.config
+        if org in {o.id for o in config.orgs}:
+            raise Conflict(f"org {org!r} already exists", code="duplicate_name")
+        ca = CertificateAuthority.create(org)
+        change = {
+            "kind": "register_org",
+            "id": org,
+            "type": org_type,
+            "name": _text(body, "name", 256),
+            "details": _details(body.get("details", {})),
+            "ca": ca.cert_pem.decode(),
+        }
+        admin_csr = body.get("admin_csr")
+        if admin_csr is not None and not isinstance(admin_csr, str):
+            raise InvalidInput("admin_csr must be a PEM string", code="malformed")
+        if admin_csr is not None:
+            validate_csr_for(admin_csr.encode(), org=org, user="admin")
+        self._keep_ca(org, ca)  # first: an org this node registered can always issue
+        try:
+            proposal = await self._submit_governance(self.registrar, "propose", [change, 7 * 86400])
+        except MeridianError:
+            self.vault.delete(GOVERNANCE_APP, CA_USER_PREFIX + org)
+            raise
+        result: dict[str, Any] = {"org": org, "ca": ca.cert_pem.decode(), "proposal": proposal}
+        if admin_csr is not None:
+            result["admin"] = {"cert": ca.sign_csr(admin_csr.encode(), Role.ADMIN).decode()}
+        else:
+            issued = ca.issue("admin", Role.ADMIN)
+            assert issued.key_pem is not None
+            result["admin"] = {"cert": issued.cert_pem.decode(), "key": issued.key_pem.decode()}
+        return result
+
+    def _keep_ca(self, org: str, ca: CertificateAuthority) -> None:
+        self.vault.import_signer(GOVERNANCE_APP, CA_USER_PREFIX + org, load_signer(ca.key_pem))
+        self.vault.store_certificate(GOVERNANCE_APP, CA_USER_PREFIX + org, ca.cert_pem)
+
+    def _get_ca(self, org: str) -> CertificateAuthority:
+        user = CA_USER_PREFIX + org
+        try:
+            cert = self.vault.get_certificate(GOVERNANCE_APP, user)
+            key = self.vault.get_signer(GOVERNANCE_APP, user).private_pem()
+        except NotFound as exc:
+            raise Conflict(
+                f"{org}'s CA is not kept on node {self.node.id}",
+                code="ca_not_here",
+                hint="issue app users through the node that registered the org",
+            ) from exc
+        return CertificateAuthority.load(cert, key)
+
+    async def _submit_governance(
+        self, identity: ClientIdentity, function: str, args: list[Any]
+    ) -> Any:
+        signed = ProposalBuilder(identity, self.node.config.network).build(
+            GOVERNANCE_APP, GOVERNANCE, function, tuple(args)
+        )
+        receipt = await self.node.submit(
+            GOVERNANCE_APP, signed, wait=True, timeout_s=REGISTRATION_WAIT_S
+        )
+        if receipt.status != "committed" or not receipt.valid:
+            raise Unavailable(
+                f"the governance transaction is {receipt.status} "
+                f"({receipt.code.name if receipt.code else 'not committed yet'})",
+                code="governance_pending",
+                hint="retry shortly; query the proposal with 'meridian gov proposals'",
+            )
+        return receipt.response
+
+    # -------------------------------------------------------------- app users
+
+    def issue_user(self, app: str, caller: Identity, body: Any) -> dict[str, Any]:
+        """Issue app user ``name`` (CN=name, O=owner, attribute app=<app>)."""
+        config = self.node.config
+        app_config = config.app(app)
+        if caller.role != "admin" or caller.org != app_config.owner:
+            raise Forbidden(
+                f"only an admin of {app}'s owner ({app_config.owner or 'none'}) issues its users",
+                code="not_admin",
+            )
+        name = _text(body, "name", 64)
+        csr = body.get("csr")
+        ca = self._get_ca(app_config.owner)
+        attrs = {"app": app}
+        if app_config.key_mode == "own":
+            if not isinstance(csr, str):
+                raise InvalidInput(
+                    f"app {app} uses own keys: send a CSR for CN={name}, O={app_config.owner}",
+                    code="csr_required",
+                )
+            validate_csr_for(csr.encode(), org=app_config.owner, user=name)
+            cert = ca.sign_csr(csr.encode(), Role.CLIENT, attrs)
+            return {"user": f"{name}@{app}", "cert": cert.decode(), "key_mode": "own"}
+        if csr is not None:
+            raise InvalidInput(
+                f"app {app} uses key custody: the gateway makes the key; send no CSR",
+                code="custody_app",
+            )
+        signer = self.vault.create(app, name)
+        public_key = signer.crypto_key.public_key()
+        cert = ca.issue(name, Role.CLIENT, attrs=attrs, public_key=public_key).cert_pem
+        self.vault.store_certificate(app, name, cert)
+        return {"user": f"{name}@{app}", "cert": cert.decode(), "key_mode": "custody"}
+
+    def custody_identity(self, app: str, caller: Identity, name: str) -> ClientIdentity:
+        """The custodial user ``name`` of ``app``, for a caller of its owner org."""
+        app_config = self.node.config.app(app)
+        if app_config.key_mode != "custody":
+            raise Forbidden(f"app {app} does not use key custody", code="not_custody")
+        if caller.org != app_config.owner:
+            raise Forbidden(
+                f"only {app_config.owner}'s back-end may sign for {app}'s users",
+                code="not_a_member",
+            )
+        cert = self.vault.get_certificate(app, name)
+        return ClientIdentity(load_cert_der(cert), self.vault.get_signer(app, name))
+
+    # -------------------------------------------------------------- invoices
+
+    def invoice(self, app: str, month: str | None) -> dict[str, Any]:
+        config = self.node.config
+        app_config = config.app(app)
+        if not app_config.plan:
+            raise NotFound(f"app {app} has no plan: nothing is billed", code="no_plan")
+        now = _now_ms()
+        usage = self.meter.get_usage(app, month or billing_month(now))
+        return compute_invoice(
+            network=config.network,
+            app=app,
+            owner=app_config.owner,
+            plan=config.plan(app_config.plan),
+            usage=usage,
+            issued_ms=now,
+        )
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(self, limit: int) -> list[dict[str, Any]]:
+        """Administrative actions on this node's channels, oldest first."""
+        rows: list[dict[str, Any]] = []
+        for app, channel in self.node.channels.items():
+            contract = GOVERNANCE if app == GOVERNANCE_APP else LIFECYCLE
+            for e in channel.ledger.get_events(0, channel.height):
+                if e.contract != contract:
+                    continue
+                header = channel.ledger.get_header(e.block)
+                rows.append(
+                    {
+                        "channel": app,
+                        "block": e.block,
+                        "tx_id": e.tx_id,
+                        "time_ms": header.timestamp_ms if header else None,
+                        "contract": e.contract,
+                        "action": e.name,
+                        "details": e.payload,
+                    }
+                )
+        rows.sort(key=lambda r: (r["time_ms"] or 0, r["channel"], r["block"]))
+        return rows[-limit:]
+
+
+def _ledger_bytes(channel: Channel) -> int:
+    path = getattr(channel.ledger, "path", None)
+    if path is None:
+        return 0
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(OSError):
+            total += (path.parent / (path.name + suffix)).stat().st_size
+    return total
+
+
+def _text(body: Any, key: str, max_chars: int) -> str:
+    value = body.get(key) if isinstance(body, dict) else None
+    if not isinstance(value, str) or not 0 < len(value) <= max_chars:
+        raise InvalidInput(f"'{key}' must be text of 1..{max_chars} characters", code="malformed")
+    return value
+
+
+def _details(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > 16:
+        raise InvalidInput("'details' must be an object of at most 16 fields", code="malformed")
+    for key, text in value.items():
+        if not isinstance(text, str) or len(text) > 256 or len(key) > 64:
+            raise InvalidInput(f"detail {key!r} must be text", code="malformed")
+    return dict(value)
+
+
+def is_supervisor(config: NetworkConfig, org: str) -> bool:
+    """Orgs that read every channel and the audit log: the regulator (and operators for
+    the audit log, see :func:`register_routes`)."""
+    try:
+        return config.org(org).type == "regulator"
+    except NotFound:
+        return False
+
+
+def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: Any) -> None:
+    """Add the service-network endpoints to the gateway ``app``."""
+    node = services.node
+
+    @app.get("/v1/network", tags=["network"], summary="The current network configuration")
+    async def network(request: Request) -> Any:
+        await caller(request)
+        config = node.config
+        return {"height": node.history.height, "config": config.to_dict()}
+
+    @app.get("/v1/plans", tags=["network"], summary="Resource plans (prices in fen, CNY)")
+    async def plans(request: Request) -> Any:
+        await caller(request)
+        return {"currency": "CNY", "plans": [p.to_dict() for p in node.config.plans]}
+
+    @app.post(
+        "/v1/developers",
+        tags=["onboarding"],
+        summary="Register a developer or enterprise org (unauthenticated sign-up)",
+    )
+    async def register(request: Request) -> Any:
+        return await services.register(await body_of(request))
+
+    @app.post("/v1/apps/{app_name}/users", tags=["onboarding"], summary="Issue an app user")
+    async def issue_user(app_name: str, request: Request) -> Any:
+        identity = await caller(request)
+        return services.issue_user(app_name, identity, await body_of(request))
+
+    @app.post(
+        "/v1/apps/{app_name}/users/{user}/transactions",
+        tags=["onboarding"],
+        summary="Key custody: submit a transaction signed for an app user",
+    )
+    async def custody_submit(app_name: str, user: str, request: Request) -> Any:
+        identity = await caller(request)
+        body = await body_of(request)
+        signer = services.custody_identity(app_name, identity, user)
+        args = body.get("args", []) if isinstance(body, dict) else None
+        if not isinstance(args, list):
+            raise InvalidInput("'args' must be a list", code="malformed")
+        services.admit(app_name, transactions=1)
+        signed = ProposalBuilder(signer, node.config.network).build(
+            app_name, _text(body, "contract", 64), _text(body, "function", 64), tuple(args)
+        )
+        receipt = await node.submit(app_name, signed, wait=True)
+        return {"receipt": receipt.to_dict()}
+
+    @app.get("/v1/apps/{app_name}/usage", tags=["plans"], summary="Metered usage of a month")
+    async def usage(app_name: str, request: Request, month: str | None = None) -> Any:
+        await caller(request, app_name)
+        when = month or billing_month(_now_ms())
+        return services.meter.get_usage(app_name, when).to_dict()
+
+    @app.get(
+        "/v1/apps/{app_name}/invoice",
+        tags=["plans"],
+        summary="Monthly invoice (format=json|text|html)",
+    )
+    async def invoice(
+        app_name: str, request: Request, month: str | None = None, format: str = "json"
+    ) -> Any:
+        await caller(request, app_name)
+        bill = services.invoice(app_name, month)
+        if format == "text":
+            return PlainTextResponse(render_invoice_text(bill))
+        if format == "html":
+            return HTMLResponse(render_invoice_html(bill))
+        if format != "json":
+            raise InvalidInput("format is json, text or html", code="malformed")
+        return bill
+
+    @app.post("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="Register a webhook")
+    async def add_webhook(app_name: str, request: Request) -> Any:
+        identity = await caller(request, app_name)
+        body = await body_of(request)
+        kinds = body.get("kinds", ["event", "block"]) if isinstance(body, dict) else None
+        if not isinstance(kinds, list):
+            raise InvalidInput("'kinds' must be a list", code="malformed")
+        channel = node.channel(app_name)
+        hook = services.webhooks.register(
+            app_name,
+            _text(body, "url", 2048),
+            kinds,
+            contract=body.get("contract"),
+            owner=f"{identity.org}/{identity.name}",
+            now_ms=_now_ms(),
+        )
+        services.webhooks.record_enqueued(app_name, channel.height - 1)  # from now on
+        return hook.to_dict()
+
+    @app.get("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="List webhooks")
+    async def list_webhooks(app_name: str, request: Request) -> Any:
+        await caller(request, app_name)
+        return {"webhooks": [h.to_dict() for h in services.webhooks.list(app_name)]}
+
+    @app.delete(
+        "/v1/apps/{app_name}/webhooks/{webhook_id}", tags=["webhooks"], summary="Remove one"
+    )
+    async def delete_webhook(app_name: str, webhook_id: str, request: Request) -> Any:
+        await caller(request, app_name)
+        services.webhooks.delete(app_name, webhook_id)
+        return {"ok": True}
+
+    @app.get(
+        "/v1/apps/{app_name}/webhooks/deliveries",
+        tags=["webhooks"],
+        summary="Deliveries (state=pending|delivered|failed)",
+    )
+    async def deliveries(app_name: str, request: Request, state: str | None = None) -> Any:
+        await caller(request, app_name)
+        rows = services.webhooks.deliveries(app_name, state=state)
+        return {"deliveries": [d.to_dict() for d in rows]}
+
+    @app.post(
+        "/v1/apps/{app_name}/webhooks/deliveries/{delivery_id}/redeliver",
+        tags=["webhooks"],
+        summary="Try a failed delivery again",
+    )
+    async def redeliver(app_name: str, delivery_id: str, request: Request) -> Any:
+        await caller(request, app_name)
+        delivery = services.webhooks.redeliver(app_name, delivery_id, _now_ms())
+        services.dispatcher.wake()
+        return delivery.to_dict()
+
+    @app.get(
+        "/v1/audit",
+        tags=["network"],
+        summary="Audit log: every administrative action (regulator and operators)",
+    )
+    async def audit(request: Request, limit: int = MAX_AUDIT_ROWS) -> Any:
+        identity = await caller(request)
+        config = node.config
+        if not (is_supervisor(config, identity.org) or identity.org in config.operators):
+            raise Forbidden("the audit log is for the regulator and operators", code="forbidden")
+        if not 0 < limit <= MAX_AUDIT_ROWS:
+            raise InvalidInput(f"limit must be 1..{MAX_AUDIT_ROWS}", code="malformed")
+        return {"actions": services.audit(limit)}
+
+
+__all__ = ["Services", "is_supervisor", "register_routes"]

@@ -1,0 +1,308 @@
+"""The service-network journey on a four-node network, through the SDK and raw HTTP.
+
+A developer registers through an operator's portal, creates apps on two of the four
+nodes (one with key custody, one with own keys), deploys the example contract, issues
+users, runs transactions, exceeds its plan's rate, reads its invoice, receives signed
+webhooks; the regulator (admitted by the operators' majority) reads the app and the
+audit log.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
+from meridian.client import Gateway, Identity, connect
+from meridian.client.lifecycle import deploy
+from meridian.crypto.certs import CertificateAuthority, Membership, Role, load_cert_der
+from meridian.crypto.suites import load_signer
+from meridian.errors import Busy, Forbidden, InvalidInput, MeridianError
+from meridian.gateway.webhooks import verify_delivery
+
+from .conftest import EXAMPLE, RunningNetwork, make_network
+
+GOV = "governance"
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = check()
+        except MeridianError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def propose(gw: Gateway, change: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = gw.app(GOV).contract("_governance").submit("propose", change, 3600)
+    return result
+
+
+def approve(gw: Gateway, proposal_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = gw.app(GOV).contract("_governance").submit("approve", proposal_id)
+    return result
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
+    running = make_network(tmp_path_factory.mktemp("service"), orgs=4, nodes=4)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture(scope="module")
+def developer(net: RunningNetwork) -> dict[str, Any]:
+    """Register org 'acme' over raw HTTP (sign-up needs no identity) at node1."""
+    body = {
+        "org": "acme",
+        "type": "developer",
+        "name": "Acme Software Ltd",
+        "details": {"registration_no": "91310000MA1FL0001X", "contact": "dev@acme.example"},
+    }
+    r = httpx.post(f"{net.config.nodes[0].url}/v1/developers", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["proposal"]["status"] == "executed"  # register_org: ANY operator (node1's)
+    admin = Identity(
+        load_cert_der(out["admin"]["cert"].encode()), load_signer(out["admin"]["key"].encode())
+    )
+    for entry in net.config.nodes:  # every node learns the org from governance
+        with connect(entry.url, admin, network=net.config.network) as gw:
+            wait_for(lambda gw=gw: gw.request("GET", "/v1/network"), what="acme known")
+    return {"identity": admin, "ca": out["ca"]}
+
+
+def as_acme(net: RunningNetwork, developer: dict[str, Any], node: int = 0) -> Gateway:
+    return connect(net.config.nodes[node].url, developer["identity"], network=net.config.network)
+
+
+def create_app(
+    net: RunningNetwork, developer: dict[str, Any], name: str, key_mode: str, plan: str
+) -> None:
+    with as_acme(net, developer) as gw:
+        change = {
+            "kind": "create_app",
+            "name": name,
+            "owner": "acme",
+            "nodes": ["node1", "node2"],
+            "plan": plan,
+            "key_mode": key_mode,
+        }
+        assert propose(gw, change)["status"] == "executed"  # ANY owner
+    for node in (0, 1):
+        with as_acme(net, developer, node) as gw:
+            wait_for(
+                lambda gw=gw: name in [a["name"] for a in gw.request("GET", "/v1/apps")["apps"]],
+                what=f"{name} hosted on node{node + 1}",
+            )
+    with as_acme(net, developer) as gw1, as_acme(net, developer, 1) as gw2:
+        deploy([gw1], name, EXAMPLE, policy="ANY", install_on=[gw1, gw2])
+
+
+@pytest.fixture(scope="module")
+def custody_app(net: RunningNetwork, developer: dict[str, Any]) -> str:
+    create_app(net, developer, "shop", "custody", "free")
+    return "shop"
+
+
+def test_app_is_hosted_only_on_its_nodes(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    for node, hosts in ((0, True), (1, True), (2, False), (3, False)):
+        with as_acme(net, developer, node) as gw:
+            names = [a["name"] for a in gw.request("GET", "/v1/apps")["apps"]]
+            assert (custody_app in names) is hosts, (node, names)
+
+
+def test_key_custody_user_transacts_through_the_gateway(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    with as_acme(net, developer) as gw:
+        issued = gw.request("POST", f"/v1/apps/{custody_app}/users", {"name": "alice"})
+        assert issued["user"] == "alice@shop" and issued["key_mode"] == "custody"
+        with pytest.raises(InvalidInput) as info:  # custody apps take no CSR
+            gw.request("POST", f"/v1/apps/{custody_app}/users", {"name": "bob", "csr": "x"})
+        assert info.value.code == "custody_app"
+        out = gw.request(
+            "POST",
+            f"/v1/apps/{custody_app}/users/alice/transactions",
+            {"contract": "asset-transfer", "function": "create", "args": ["car-1", "alice", 5]},
+        )
+        assert out["receipt"]["code"] == "VALID"
+        tx = gw.app(custody_app).transaction(out["receipt"]["tx_id"])
+        assert tx.code == "VALID"
+    # the creator is alice, certified by acme's CA with the app attribute
+    cert = x509.load_pem_x509_certificate(issued["cert"].encode())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+
+
+def _csr(key: ed25519.Ed25519PrivateKey, cn: str, org: str) -> str:
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, cn),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, org),
+        ]
+    )
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, None)
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_own_key_user_sends_a_csr(net: RunningNetwork, developer: dict[str, Any]) -> None:
+    create_app(net, developer, "ledgerbook", "own", "free")
+    key = ed25519.Ed25519PrivateKey.generate()
+    with as_acme(net, developer) as gw:
+        with pytest.raises(InvalidInput) as info:  # own-key apps need a CSR
+            gw.request("POST", "/v1/apps/ledgerbook/users", {"name": "carol"})
+        assert info.value.code == "csr_required"
+        mismatched = _csr(key, "dave", "someone-else")
+        with pytest.raises(InvalidInput) as info:
+            gw.request("POST", "/v1/apps/ledgerbook/users", {"name": "dave", "csr": mismatched})
+        assert info.value.code == "bad_csr"
+        issued = gw.request(
+            "POST", "/v1/apps/ledgerbook/users", {"name": "carol", "csr": _csr(key, "carol", "acme")}
+        )
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    carol = Identity(load_cert_der(issued["cert"].encode()), load_signer(pem))
+    with connect(net.config.nodes[1].url, carol, network=net.config.network) as gw:
+        receipt = gw.app("ledgerbook").contract("asset-transfer").submit_receipt(
+            "create", "deed-1", "carol", 1
+        )
+        assert receipt.code == "VALID"
+
+
+def test_rate_limit_then_invoice(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    """The free plan allows 5 tx/s: a burst beyond it gets 429 with Retry-After."""
+    with as_acme(net, developer) as gw:
+        http = gw._http
+        refused = None
+        for i in range(12):
+            body = {"contract": "asset-transfer", "function": "create", "args": [f"b{i}", "x", 1]}
+            try:
+                gw.request("POST", f"/v1/apps/{custody_app}/users/alice/transactions", body)
+            except Busy as exc:
+                refused = exc
+                break
+        assert refused is not None and refused.code == "rate_limited"
+        assert refused.retry_after_s > 0
+        del http
+        invoice = gw.request("GET", f"/v1/apps/{custody_app}/invoice")
+        assert invoice["currency"] == "CNY" and invoice["total_fen"] == 0  # the free plan
+        text = gw._http.get(f"/v1/apps/{custody_app}/invoice", params={"format": "text"})
+        assert text.status_code == 401  # unsigned: every read is authenticated
+        usage = gw.request("GET", f"/v1/apps/{custody_app}/usage")
+        assert usage["throttled"] >= 1 and usage["transactions"] >= 1
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    received: list[tuple[dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        type(self).received.append((dict(self.headers.items()), body))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_webhooks_are_signed_and_delivered(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        node1 = net.config.nodes[0]
+        with as_acme(net, developer) as gw:
+            with pytest.raises(InvalidInput) as info:
+                gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": "ftp://x/"})
+            assert info.value.code == "bad_webhook_url"
+            own = f"http://127.0.0.1:{node1.port}/v1/health"
+            with pytest.raises(InvalidInput) as info:
+                gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": own})
+            assert info.value.code == "bad_webhook_url"
+            gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": url})
+            time.sleep(1.1)  # a fresh rate-limit second
+            gw.request(
+                "POST",
+                f"/v1/apps/{custody_app}/users/alice/transactions",
+                {"contract": "asset-transfer", "function": "create", "args": ["hook-1", "z", 1]},
+            )
+        wait_for(
+            lambda: any(json.loads(b)["kind"] == "event" for _, b in _Receiver.received),
+            what="an event delivery",
+        )
+        node_id = Membership({"org1": net.layout.ca_dir("org1").joinpath("ca.pem").read_bytes()})
+        key = node_id.identify(load_cert_der(node1.cert_pem))
+        for headers, body in _Receiver.received:
+            assert verify_delivery(
+                headers,
+                body,
+                network=net.config.network,
+                suite=key.suite,
+                public_key=key.public_key,
+                now_ms=int(time.time() * 1000),
+            )
+        events = [json.loads(b) for _, b in _Receiver.received]
+        created = [e for e in events if e["kind"] == "event"]
+        assert created[0]["data"]["contract"] == "asset-transfer"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_regulator_admitted_by_majority_reads_everything(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str, tmp_path: Path
+) -> None:
+    ca = CertificateAuthority.create("csrc")
+    change = {"kind": "add_org", "id": "csrc", "type": "regulator", "ca": ca.cert_pem.decode()}
+    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
+        proposal = propose(org1, change)
+        assert proposal["status"] == "open"  # MAJORITY of 4 operators: 3 approvals
+        assert approve(org2, proposal["id"])["status"] == "open"
+        with net.gateway("acme/admin" if False else "org3/admin") as org3:
+            assert approve(org3, proposal["id"])["status"] == "executed"
+    issued = ca.issue("inspector", Role.ADMIN)
+    assert issued.key_pem is not None
+    regulator = Identity(load_cert_der(issued.cert_pem), load_signer(issued.key_pem))
+    with connect(net.config.nodes[0].url, regulator, network=net.config.network) as gw:
+        wait_for(
+            lambda: custody_app in [a["name"] for a in gw.request("GET", "/v1/apps")["apps"]],
+            what="the regulator sees the app",
+        )
+        block = gw.app(custody_app).block("latest")
+        assert block["block"]["header"]["app"] == custody_app
+        with pytest.raises(Forbidden):  # reading is not writing
+            gw.app(custody_app).contract("asset-transfer").submit("create", "r", "r", 1)
+        actions = gw.request("GET", "/v1/audit")["actions"]
+        kinds = {(a["channel"], a["action"]) for a in actions}
+        assert (GOV, "proposed") in kinds and (GOV, "executed") in kinds
+        assert (custody_app, "committed") in kinds  # the contract deployment
+    with as_acme(net, developer) as gw, pytest.raises(Forbidden):
+        gw.request("GET", "/v1/audit")  # a developer is no supervisor
