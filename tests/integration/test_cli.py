@@ -43,6 +43,18 @@ COMMANDS = [
     ["events"],
     ["ledger"],
     ["ledger", "verify"],
+    ["gov"],
+    ["gov", "config"],
+    ["gov", "proposals"],
+    ["gov", "show"],
+    ["gov", "propose"],
+    ["gov", "approve"],
+    ["gov", "reject"],
+    ["gov", "withdraw"],
+    ["gov", "accept"],
+    ["node"],
+    ["node", "add"],
+    ["node", "start"],
 ]
 
 

@@ -167,6 +167,17 @@ def _csr(key: ed25519.Ed25519PrivateKey, cn: str, org: str) -> str:
     return csr.public_bytes(serialization.Encoding.PEM).decode()
 
 
+def _swapped_key_csr() -> str:
+    """A CSR for dave@acme whose key is not the one that signed it."""
+    key_a, key_b = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    der = x509.load_pem_x509_csr(_csr(key_a, "dave", "acme").encode()).public_bytes(
+        serialization.Encoding.DER
+    )
+    raw_a, raw_b = key_a.public_key().public_bytes_raw(), key_b.public_key().public_bytes_raw()
+    swapped = x509.load_der_x509_csr(der.replace(raw_a, raw_b))
+    return swapped.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def test_own_key_user_sends_a_csr(net: RunningNetwork, developer: dict[str, Any]) -> None:
     create_app(net, developer, "ledgerbook", "own", "free")
     key = ed25519.Ed25519PrivateKey.generate()
@@ -174,20 +185,29 @@ def test_own_key_user_sends_a_csr(net: RunningNetwork, developer: dict[str, Any]
         with pytest.raises(InvalidInput) as info:  # own-key apps need a CSR
             gw.request("POST", "/v1/apps/ledgerbook/users", {"name": "carol"})
         assert info.value.code == "csr_required"
-        mismatched = _csr(key, "dave", "someone-else")
+        wrong_org = _csr(key, "dave", "someone-else")
         with pytest.raises(InvalidInput) as info:
-            gw.request("POST", "/v1/apps/ledgerbook/users", {"name": "dave", "csr": mismatched})
+            gw.request("POST", "/v1/apps/ledgerbook/users", {"name": "dave", "csr": wrong_org})
         assert info.value.code == "bad_csr"
+        with pytest.raises(InvalidInput) as info:  # names key B, signed by key A
+            gw.request(
+                "POST", "/v1/apps/ledgerbook/users", {"name": "dave", "csr": _swapped_key_csr()}
+            )
+        assert info.value.code == "bad_csr" and "mismatched key" in info.value.message
         issued = gw.request(
-            "POST", "/v1/apps/ledgerbook/users", {"name": "carol", "csr": _csr(key, "carol", "acme")}
+            "POST",
+            "/v1/apps/ledgerbook/users",
+            {"name": "carol", "csr": _csr(key, "carol", "acme")},
         )
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
     carol = Identity(load_cert_der(issued["cert"].encode()), load_signer(pem))
     with connect(net.config.nodes[1].url, carol, network=net.config.network) as gw:
-        receipt = gw.app("ledgerbook").contract("asset-transfer").submit_receipt(
-            "create", "deed-1", "carol", 1
+        receipt = (
+            gw.app("ledgerbook")
+            .contract("asset-transfer")
+            .submit_receipt("create", "deed-1", "carol", 1)
         )
         assert receipt.code == "VALID"
 
@@ -220,7 +240,7 @@ def test_rate_limit_then_invoice(
 class _Receiver(BaseHTTPRequestHandler):
     received: list[tuple[dict[str, str], bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", "0")))
         type(self).received.append((dict(self.headers.items()), body))
         self.send_response(200)
@@ -306,3 +326,29 @@ def test_regulator_admitted_by_majority_reads_everything(
         assert (custody_app, "committed") in kinds  # the contract deployment
     with as_acme(net, developer) as gw, pytest.raises(Forbidden):
         gw.request("GET", "/v1/audit")  # a developer is no supervisor
+
+
+def test_an_auditor_member_reads_but_does_not_write(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    """The invitee accepts and chooses its role: org4 joins as an auditor."""
+    with as_acme(net, developer) as dev, net.gateway("org4/admin") as org4:
+        invitation = propose(dev, {"kind": "add_member", "app": custody_app, "org": "org4"})
+        assert invitation["status"] == "open"  # waits for the invitee
+        with pytest.raises(MeridianError) as info:  # only the invitee accepts
+            dev.app(GOV).contract("_governance").submit("accept", invitation["id"], "auditor")
+        assert info.value.code == "not_the_invitee"
+        accepted = (
+            org4.app(GOV).contract("_governance").submit("accept", invitation["id"], "auditor")
+        )
+        assert accepted["status"] == "executed"
+    with net.gateway("org4/user1", url=net.config.nodes[0].url) as auditor:
+        wait_for(
+            lambda: custody_app in [a["name"] for a in auditor.request("GET", "/v1/apps")["apps"]],
+            what="the auditor sees the app",
+        )
+        height = auditor.app(custody_app).block("latest")["block"]["header"]["number"]
+        with pytest.raises(Forbidden) as denied:
+            auditor.app(custody_app).contract("asset-transfer").submit("create", "q", "q", 1)
+        assert denied.value.code == "not_a_member"
+        assert auditor.app(custody_app).block("latest")["block"]["header"]["number"] == height

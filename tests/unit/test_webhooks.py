@@ -518,7 +518,8 @@ async def dispatching(store: WebhookStore, **kw) -> AsyncIterator[Dispatcher]:
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            async with asyncio.timeout(DEADLINE_S):  # a worker that won't stop fails the test
+                await task
 
 
 async def settled(store: WebhookStore, delivery_id: str) -> Delivery:

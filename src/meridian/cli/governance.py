@@ -5,6 +5,7 @@ org admins its policy names (see docs and :mod:`meridian.network.governance`)::
 
     meridian --as org1/admin gov propose --file zone.json     # {"kind": "add_zone", ...}
     meridian gov approve 3f2a... --as org2/admin
+    meridian gov accept 9c1d... --role auditor --as bank1/admin  # an invitation to an app
     meridian gov proposals --status executed
     meridian node add node5 --org org1 --zone sz             # identity + add_node proposal
     meridian node start node5 --detach
@@ -104,7 +105,8 @@ def _print_config(config: NetworkConfig) -> None:
     for p in config.plans:
         plans.add_row(p.id, escape(p.name), str(p.price_fen), str(p.tps), str(p.storage_bytes))
     for table in (zones, orgs, nodes, apps, plans):
-        console.print(table)
+        if table.row_count:
+            console.print(table)
     if config.policies:
         console.print("policies (others: the defaults):")
         for kind, requirements in config.policies:
@@ -231,6 +233,24 @@ def _decision_cmd(function: str) -> Any:
 
 for _function in ("approve", "reject", "withdraw"):
     app.command(_function)(_decision_cmd(_function))
+
+
+@app.command("accept")
+def accept_cmd(
+    ctx: typer.Context,
+    proposal_id: str = typer.Argument(..., help="The add_member proposal inviting your org."),
+    role: str = typer.Option(
+        "participant", help="Your org's role in the app: participant (uses it) or auditor."
+    ),
+    who: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Accept an invitation to an app for your org (as its admin), choosing its role."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        gov = connect_governance(s, who)
+        with gov.gateway:
+            proposal = gov.accept(proposal_id, role)
+    output(s, proposal, lambda: console.print(_describe(proposal)))
 
 
 # ------------------------------------------------------------------------ node add

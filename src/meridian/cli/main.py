@@ -293,7 +293,10 @@ def demo(
     ctx: typer.Context,
     keep: bool = typer.Option(False, help="Keep the demo network directory afterwards."),
 ) -> None:
-    """Run the showcase: a local network, the asset-transfer contract, a short scenario."""
+    """Run the showcase on a local pilot network (4 zones, 4 operator nodes): a developer
+    registers, creates an app, invites a partner, deploys asset-transfer, transacts, hits
+    its plan's rate limit, upgrades and prints its invoice; the regulator audits; every
+    ledger is verified."""
     from .demo import run_demo
 
     s = settings(ctx)

@@ -29,7 +29,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ..errors import InvalidInput, Unavailable
+from ..errors import Conflict, InvalidInput, Unavailable
 from ..network.config import GOVERNANCE_APP, NetworkConfig
 from ..network.governance import DEFAULT_TTL_S, GOVERNANCE
 from ..network.plans import Plan
@@ -38,6 +38,7 @@ from .sync import Contract, Gateway
 Change = dict[str, Any]
 PROPOSAL_STATUSES = ("open", "executed", "rejected", "withdrawn", "expired", "all")
 POLL_S = 0.1
+MVCC_RETRIES = 2  # a decision racing another one is simulated again (see Governance._submit)
 
 
 class Governance:
@@ -65,6 +66,11 @@ class Governance:
         """Approve for the caller's org; the approval that meets the policy executes."""
         return self._submit("approve", proposal_id)
 
+    def accept(self, proposal_id: str, role: str = "participant") -> dict[str, Any]:
+        """As the org invited by an ``add_member`` proposal: approve it, choosing the
+        org's role in the app (``participant`` uses and co-decides, ``auditor`` reads)."""
+        return self._submit("accept", proposal_id, role)
+
     def reject(self, proposal_id: str) -> dict[str, Any]:
         """Say no for the caller's org; rejected once the policy can no longer be met."""
         return self._submit("reject", proposal_id)
@@ -74,8 +80,20 @@ class Governance:
         return self._submit("withdraw", proposal_id)
 
     def _submit(self, function: str, *args: Any) -> dict[str, Any]:
-        result: dict[str, Any] = self.contract.submit(function, *args)
-        return result
+        """Submit; a decision that lost a race (another one changed the proposal or the
+        configuration it read) is simulated again after that block: it was invalid,
+        so nothing of it applied, and the contract checks everything again."""
+        retries = 0
+        while True:
+            try:
+                result: dict[str, Any] = self.contract.submit(function, *args)
+                return result
+            except Conflict as exc:
+                if exc.code != "mvcc_read_conflict" or retries >= MVCC_RETRIES:
+                    raise
+                retries += 1
+                receipt = exc.details.get("receipt") or {}
+                self.gateway.seen.observe(GOVERNANCE_APP, receipt.get("block"))
 
     def observe(self, *others: Governance | Gateway) -> Governance:
         """Make this session read at least what ``others`` saw (``after_block``), so a
@@ -223,7 +241,8 @@ class Governance:
         }
 
     def invite(self, app: str, org: str) -> Change:
-        """Make ``org`` a member of ``app`` (its members' majority and ``org`` decide)."""
+        """Make ``org`` a member of ``app``: its participating members' majority decides,
+        and ``org`` itself (:meth:`approve`, or :meth:`accept` to choose its role)."""
         return {"kind": "add_member", "app": app, "org": org}
 
     def remove_member(self, app: str, org: str) -> Change:
@@ -314,13 +333,4 @@ def wait_hosted(
         time.sleep(POLL_S)
 
 
-def wait_not_hosted(gateway: Gateway, app: str, timeout_s: float = 30.0) -> None:
-    """Wait until the gateway's node no longer hosts ``app``."""
-    deadline = time.monotonic() + timeout_s
-    while get_hosted(gateway, app) is not None:
-        if time.monotonic() >= deadline:
-            raise Unavailable(f"the node still hosts {app} after {timeout_s} s", code="hosted")
-        time.sleep(POLL_S)
-
-
-__all__ = ["Change", "Governance", "get_hosted", "get_org", "wait_hosted", "wait_not_hosted"]
+__all__ = ["Change", "Governance", "get_hosted", "get_org", "wait_hosted"]

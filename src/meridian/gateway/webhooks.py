@@ -842,8 +842,11 @@ class Dispatcher:
         event = self._wake
         if event is None:
             return
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+        # that races with the event being set, and the worker would never stop.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), self._poll_interval_s)
+            async with asyncio.timeout(self._poll_interval_s):
+                await event.wait()
         event.clear()
 
     def _start_due(self, client: httpx.AsyncClient) -> None:
@@ -858,8 +861,6 @@ class Dispatcher:
 
     def _finished(self, delivery_id: str, _task: asyncio.Task[None]) -> None:
         self._in_flight.pop(delivery_id, None)
-        if self._wake is not None:
-            self._wake.set()
 
     async def _deliver(self, client: httpx.AsyncClient, delivery: Delivery) -> None:
         try:
@@ -869,6 +870,9 @@ class Dispatcher:
                 self._store.mark_delivered(delivery.id, now, status)
             else:
                 self._store.mark_failed_attempt(delivery.id, now, error, status)
+            self._in_flight.pop(delivery.id, None)
+            if self._wake is not None:
+                self._wake.set()  # a slot is free; an unrecorded outcome waits for the poll
         except MeridianError as exc:  # e.g. the webhook was deleted meanwhile
             log.info("webhook delivery %s not recorded: %s", delivery.id, exc)
         except Exception:

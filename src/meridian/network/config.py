@@ -42,6 +42,7 @@ ORG_TYPES = ("operator", "central_bank", "bank", "regulator", "enterprise", "dev
 ZONE_KINDS = ("city", "region", "country")
 KEY_MODES = ("own", "custody")  # app users bring a CSR, or the gateway keeps their key
 APP_STATUSES = ("active", "suspended", "closed")
+MEMBER_ROLES = ("participant", "auditor")  # auditors read the app; participants also write
 MAX_DETAIL_CHARS = 256
 
 
@@ -102,6 +103,15 @@ class AppConfig:
     plan: str = ""
     key_mode: str = "own"
     status: str = "active"
+    roles: tuple[tuple[str, str], ...] = ()  # member -> role, where not "participant"
+
+    def role(self, org: str) -> str:
+        return dict(self.roles).get(org, "participant")
+
+    @property
+    def writers(self) -> tuple[str, ...]:
+        """Members that submit transactions and decide on the app (not auditors)."""
+        return tuple(m for m in self.members if self.role(m) == "participant")
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,6 +253,7 @@ class NetworkConfig:
                     "plan": a.plan,
                     "key_mode": a.key_mode,
                     "status": a.status,
+                    "roles": dict(a.roles),
                 }
                 for a in self.apps
             ],
@@ -295,6 +306,7 @@ class NetworkConfig:
                         a.get("plan", ""),
                         a.get("key_mode", "own"),
                         a.get("status", "active"),
+                        tuple(sorted(_details(a.get("roles", {})).items())),
                     )
                     for a in d["apps"]
                 ),
@@ -407,8 +419,18 @@ class NetworkConfig:
             raise InvalidInput(
                 f"app {app.name} is hosted on unknown or repeated nodes", code="bad_config"
             )
-        if app.owner and app.owner not in app.members:
-            raise InvalidInput(f"app {app.name}: its owner must be a member", code="bad_config")
+        owner_ok = app.owner in app.members and app.role(app.owner) == "participant"
+        if app.owner and not owner_ok:
+            raise InvalidInput(
+                f"app {app.name}: its owner must be a participating member", code="bad_config"
+            )
+        for org, role in app.roles:
+            if org not in app.members or role not in MEMBER_ROLES or role == "participant":
+                raise InvalidInput(
+                    f"app {app.name}: {org} has role {role!r}; roles of members are "
+                    f"{', '.join(MEMBER_ROLES)}",
+                    code="bad_config",
+                )
         if app.plan and app.plan not in {p.id for p in self.plans}:
             raise InvalidInput(f"app {app.name} has unknown plan {app.plan!r}", code="bad_config")
         if app.key_mode not in KEY_MODES or app.status not in APP_STATUSES:

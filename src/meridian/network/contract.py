@@ -14,7 +14,7 @@ from .. import codec
 from ..contracts.api import Contract, query, transaction
 from ..contracts.simulation import SimulationContext
 from ..errors import Conflict, Forbidden, InvalidInput, NotFound
-from .config import NetworkConfig
+from .config import MEMBER_ROLES, NetworkConfig
 from .governance import (
     CONFIG_KEY,
     DEFAULT_TTL_S,
@@ -148,6 +148,28 @@ class Governance(Contract):
         self._check_approver(config, proposal, org)
         proposal["approvals"] = sorted({*proposal["approvals"], org})
         self._audit(ctx, "approved", proposal)
+        return self._settle(ctx, config, proposal)
+
+    @transaction
+    def accept(self, ctx: SimulationContext, proposal_id: str, role: str) -> dict[str, Any]:
+        """The invited org accepts an ``add_member`` proposal, choosing its role in the
+        app (``participant``: uses and co-decides; ``auditor``: reads); counts as its
+        approval."""
+        config = self._config(ctx)
+        org = self._admin(ctx, config)
+        proposal = self._load(ctx, proposal_id)
+        change = proposal["change"]
+        if change["kind"] != "add_member" or change.get("org") != org:
+            raise Forbidden(
+                "only the invited org accepts, and only an invitation (add_member)",
+                code="not_the_invitee",
+            )
+        if role not in MEMBER_ROLES:
+            raise InvalidInput(f"role must be one of {', '.join(MEMBER_ROLES)}", code="bad_change")
+        self._check_approver(config, proposal, org)
+        proposal["change"] = {**change, "role": role}
+        proposal["approvals"] = sorted({*proposal["approvals"], org})
+        self._audit(ctx, "accepted", proposal)
         return self._settle(ctx, config, proposal)
 
     @transaction

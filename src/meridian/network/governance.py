@@ -39,6 +39,7 @@ from .config import (
     APP_STATUSES,
     GOVERNANCE_APP,
     KEY_MODES,
+    MEMBER_ROLES,
     AppConfig,
     NetworkConfig,
     NodeEntry,
@@ -160,7 +161,7 @@ def get_group(config: NetworkConfig, change: Mapping[str, Any], group: str) -> t
     app = compute_app(config, change)
     if app is None:
         return ()
-    return app.members if group == "members" else ((app.owner,) if app.owner else ())
+    return app.writers if group == "members" else ((app.owner,) if app.owner else ())
 
 
 def get_approvers(config: NetworkConfig, change: Mapping[str, Any]) -> set[str]:
@@ -392,9 +393,13 @@ def _set_app_status(config: NetworkConfig, change: Mapping[str, Any]) -> Network
 
 def _add_member(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
     app, org = config.app(_field(change, "app")), config.org(_field(change, "org"))
+    role = change.get("role", "participant")
+    if role not in MEMBER_ROLES:
+        raise InvalidInput(f"role must be one of {MEMBER_ROLES}", code="bad_change")
     if org.id in app.members:
         raise Conflict(f"{org.id} is already a member of {app.name}", code="already_member")
-    return _update_app(config, app.name, members=(*app.members, org.id))
+    roles = app.roles if role == "participant" else (*app.roles, (org.id, role))
+    return _update_app(config, app.name, members=(*app.members, org.id), roles=roles)
 
 
 def _remove_member(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
@@ -407,7 +412,12 @@ def _remove_member(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkC
             code="in_use",
             hint="close the app instead, or transfer it first",
         )
-    return _update_app(config, app.name, members=tuple(m for m in app.members if m != org))
+    return _update_app(
+        config,
+        app.name,
+        members=tuple(m for m in app.members if m != org),
+        roles=tuple((o, r) for o, r in app.roles if o != org),
+    )
 
 
 def _set_app_nodes(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:

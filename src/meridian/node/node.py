@@ -228,7 +228,7 @@ class Node:
             system = {GOVERNANCE: lambda: Governance(genesis)}
         return AppContracts(
             app.name,
-            app.members,
+            app.writers,
             parse_policy(app.lifecycle_policy),
             self.channels[app.name].get_definition,
             hosting,
@@ -416,8 +416,9 @@ class Node:
     # ----------------------------------------------------------------- authorisation
 
     def may_read(self, app: str, org: str) -> bool:
-        """Members read their app; the regulator reads every channel."""
-        if org in self.channel(app).rules.members:
+        """Members (auditors too) read their app; the regulator reads every channel."""
+        rules = self.channel(app).rules
+        if org in rules.members or org in rules.readers:
             return True
         try:
             return self.config.org(org).type == "regulator"

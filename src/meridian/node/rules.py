@@ -35,11 +35,12 @@ def compute_rules(view: NetworkConfig, app: AppConfig) -> AppRules:
     return AppRules(
         view.network,
         app.name,
-        frozenset(app.members),
+        frozenset(app.writers),
         parse_policy(app.system_policy),
         endorsers={n: view.node(n).org for n in view.hosting_nodes(app)},
         system_contracts=frozenset({GOVERNANCE} if app.name == GOVERNANCE_APP else {LIFECYCLE}),
         active=app.status == "active",
+        readers=frozenset(app.members),
     )
 
 

@@ -77,13 +77,14 @@ class AppRules:
 
     network: str
     app: str
-    members: frozenset[str]  # orgs whose identities may submit
+    members: frozenset[str]  # orgs whose identities may submit (the app's participants)
     system_policy: Policy  # endorsement policy of system namespaces (e.g. _lifecycle)
     # node id -> org of the nodes that may endorse (the hosting nodes); None: any node
     # of a member org (the consortium case)
     endorsers: Mapping[str, str] | None = None
     system_contracts: frozenset[str] = frozenset({LIFECYCLE})
     active: bool = True  # False once the app is suspended or closed
+    readers: frozenset[str] = frozenset()  # orgs that may also read (auditors)
 
     @property
     def endorsing_orgs(self) -> frozenset[str]:
