@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class Settings:
     network_dir: Path
-    identity: str
+    identity: str | None  # None: the first operator org's user1
     url: str | None
     app: str | None
     json: bool
@@ -41,11 +41,26 @@ class Settings:
         return self.layout.load()
 
     def app_name(self) -> str:
-        return self.app or self.config().apps[0].name
+        if self.app:
+            return self.app
+        apps = self.config().apps
+        if not apps:
+            raise MeridianError(
+                "this network has no app yet",
+                code="no_app",
+                hint="name one with --app, or create one through governance (create_app)",
+            )
+        return apps[0].name
+
+    def default_identity(self) -> str:
+        """``user1`` of the first operator org (``org1/user1`` on a default network)."""
+        config = self.config()
+        orgs = [o.id for o in config.orgs if o.type == "operator"] or [o.id for o in config.orgs]
+        return f"{orgs[0]}/user1" if orgs else "org1/user1"
 
     def identity_dir(self, spec: str | None = None) -> Path:
         """``org/name`` inside the network directory, or a folder path."""
-        spec = spec or self.identity
+        spec = spec or self.identity or self.default_identity()
         path = Path(spec)
         if (path / "cert.pem").is_file():
             return path

@@ -49,7 +49,7 @@ def connect_governance(s: Settings, who: str | None = None) -> Governance:
     """Governance as ``who`` (default: the global identity) through ``--url`` or the
     first node of the identity's org (every operator node hosts the governance
     channel), else the first node."""
-    spec = who or s.identity
+    spec = who or s.identity or s.default_identity()
     config = s.config()
     org = spec.split("/")[0]
     url = s.url or next((n.url for n in config.nodes if n.org == org), None)

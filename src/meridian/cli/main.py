@@ -61,10 +61,11 @@ def main(
         help="Network directory (made by 'network init').",
     ),
     identity: str = typer.Option(
-        "org1/user1",
+        None,
         "--as",
         envvar="MERIDIAN_IDENTITY",
-        help="Identity: ORG/NAME in the network directory, or a folder with cert.pem and key.pem.",
+        help="Identity: ORG/NAME in the network directory, or a folder with cert.pem and key.pem "
+        "(default: user1 of the first operator org, org1/user1 on a default network).",
     ),
     url: str | None = typer.Option(
         None, "--url", envvar="MERIDIAN_URL", help="Gateway URL (default: the first node)."
