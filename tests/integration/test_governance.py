@@ -347,6 +347,22 @@ def test_node_joins_through_node_add(gov_net: RunningNetwork) -> None:
             org2 = Governance(gw)
             later = org2.propose(org2.add_zone("z-after", "After node5"))
             assert later["status"] == "open"
+        # node5 is a node of org1, a member of the consortium app "demo": it hosts demo
+        # too, syncs it, and orders it with the others (5 consenters now)
+        with (
+            gov_net.gateway("org1/admin") as node1,
+            gov_net.gateway("org1/admin", url=config.node("node5").url) as node5,
+        ):
+            lifecycle = node1.app("demo").contract("_lifecycle")
+            lifecycle.submit("approve", "joined", "1.0", 1, "joined:" + "ab" * 32, "ANY")
+            wait_hosted(node5, "demo", HOSTING_TIMEOUT_S)
+            target = node1.app("demo").block("latest")
+            wait_hosted(
+                node5, "demo", HOSTING_TIMEOUT_S, min_height=target["block"]["header"]["number"] + 1
+            )
+            assert node5.app("demo").block("latest")["hash"] == target["hash"]
+            status = node5.status()["apps"]["demo"]["consensus"]
+            assert "node5" in status["consenters"]
     finally:
         os.killpg(started["pid"], signal.SIGTERM)
         wait_exit(started["pid"])

@@ -19,6 +19,7 @@ from rich.markup import escape
 from ..client import Gateway, Identity, connect
 from ..errors import MeridianError
 from ..network.config import NetworkConfig, NetworkLayout
+from ..network.history import load_latest
 
 console = Console()
 err_console = Console(stderr=True)
@@ -38,7 +39,8 @@ class Settings:
         return NetworkLayout(self.network_dir)
 
     def config(self) -> NetworkConfig:
-        return self.layout.load()
+        """The newest configuration known here (nodes added by governance included)."""
+        return load_latest(self.layout)
 
     def app_name(self) -> str:
         if self.app:

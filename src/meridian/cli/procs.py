@@ -27,9 +27,12 @@ class NodeProcess:
 def start_nodes(
     layout: NetworkLayout, config: NetworkConfig, *, detach: bool, sandbox: str = "auto"
 ) -> list[NodeProcess]:
-    """Start every node of the network as its own process."""
+    """Start every node of the network whose identity is in this directory, each as its
+    own process (nodes of the configuration that run elsewhere are skipped)."""
     started = []
     for entry in config.nodes:
+        if not (layout.node_dir(entry.id) / "key.pem").is_file():
+            continue
         data_dir = layout.data_dir(entry.id)
         data_dir.mkdir(parents=True, exist_ok=True)
         out = open(data_dir / "stdout.log", "ab") if detach else None  # noqa: SIM115

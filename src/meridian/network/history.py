@@ -10,12 +10,14 @@ from the ``config`` key's history in the governance ledger.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import sqlite3
 from pathlib import Path
 
 from .. import codec
-from ..errors import InvalidInput
-from ..ledger.store import LedgerStore
-from .config import MAX_CONFIG_BYTES, NetworkConfig, write_file
+from ..errors import InvalidInput, MeridianError
+from ..ledger.store import LedgerStore, SqliteLedger
+from .config import GOVERNANCE_APP, MAX_CONFIG_BYTES, NetworkConfig, NetworkLayout, write_file
 from .governance import CONFIG_KEY, GOVERNANCE
 
 MAX_VIEWS = 100_000
@@ -94,3 +96,33 @@ def save_bootstrap(data_dir: Path, height: int, config: NetworkConfig) -> None:
     write_file(
         data_dir / BOOTSTRAP_FILE, codec.encode({"height": height, "config": config.to_dict()})
     )
+
+
+def load_latest(layout: NetworkLayout) -> NetworkConfig:
+    """The newest configuration this network directory knows: the governance ledgers
+    and bootstrap files of its nodes, else the genesis ``network.json`` (for tools such
+    as the CLI, which see nodes added by governance this way)."""
+    genesis = layout.load()
+    best_height, best = 0, genesis
+    nodes_dir = layout.root / "nodes"
+    for node_dir in sorted(nodes_dir.iterdir()) if nodes_dir.is_dir() else []:
+        data_dir = node_dir / "data"
+        candidates = []
+        with contextlib.suppress(MeridianError, OSError, ValueError):
+            bootstrap = load_bootstrap(data_dir)
+            if bootstrap is not None:
+                candidates.append(bootstrap)
+        ledger_path = data_dir / "ledgers" / f"{GOVERNANCE_APP}.sqlite"
+        if ledger_path.is_file():
+            with contextlib.suppress(MeridianError, OSError, ValueError, sqlite3.Error):
+                history = ConfigHistory(genesis)
+                ledger = SqliteLedger(ledger_path)
+                try:
+                    history.load(ledger)
+                finally:
+                    ledger.close()
+                candidates.append((history.height, history.latest))
+        for height, config in candidates:
+            if height > best_height:
+                best_height, best = height, config
+    return best
