@@ -27,7 +27,7 @@ from meridian.cli.procs import free_port_block
 from meridian.client import Gateway, Identity, connect
 from meridian.client.core import ProposalBuilder
 from meridian.client.governance import Governance, wait_hosted
-from meridian.client.lifecycle import deploy
+from meridian.client.lifecycle import deploy, load_package
 from meridian.crypto.certs import CertificateAuthority, Role, load_cert_der
 from meridian.crypto.suites import load_signer
 from meridian.errors import AuthError, Conflict, Forbidden, InvalidInput, MeridianError
@@ -476,6 +476,30 @@ def test_app_hosted_on_chosen_nodes_then_moved(app_net: AppNet) -> None:
         time.sleep(0.1)
     assert "shop" in apps_listed(a.net, a.identity, "node3")
     assert "shop" not in apps_listed(a.net, a.identity, "node4")
+
+    # move it off its first two nodes entirely: they keep ordering until a block under
+    # the new configuration hands over to node3 and node4, then stop hosting it
+    moved = a.dev.propose(a.dev.set_app_nodes("shop", ["node3", "node4"]))
+    assert moved["status"] == "executed"
+    deadline = time.monotonic() + HOSTING_TIMEOUT_S
+    while "shop" in apps_listed(a.net, a.identity, "node1") or "shop" in apps_listed(
+        a.net, a.identity, "node2"
+    ):
+        assert time.monotonic() < deadline, "node1 and node2 did not hand shop over"
+        time.sleep(0.2)
+    _, archive = load_package(EXAMPLE)
+    with a.net.gateway("org3/admin", url=a.net.config.node("node3").url) as installer:
+        installer.install(archive)  # the new hosts need the contract's package to endorse
+    with connect(a.net.config.node("node3").url, a.identity, network=a.net.config.network) as gw:
+        gw.seen.merge(a.dev.gateway.seen)
+        moved_shop = gw.app("shop").contract(CONTRACT)
+        assert moved_shop.submit("create", "a3", "carol", 7)["owner"] == "carol"
+        consensus = gw.status()["apps"]["shop"]["consensus"]
+        assert sorted(consensus["consenters"]) == ["node3", "node4"]
+    deadline = time.monotonic() + HOSTING_TIMEOUT_S
+    while len(set((blocks := latest_blocks(a, ["node3", "node4"])).values())) != 1:
+        assert time.monotonic() < deadline, blocks
+        time.sleep(0.1)
     a.net.stop()
     verify_ledgers(a.net)
 

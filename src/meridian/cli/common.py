@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,14 +83,34 @@ class Settings:
         return connect(url, identity, network=config.network)
 
 
-def admin_gateways(s: Settings, members: Sequence[str], admins: str) -> list[Gateway]:
-    """Gateways of the admins who approve a change: ``admins`` (comma-separated
-    identities) or every member org's admin, each through its own org's first node
-    (only an org's admin may install on its nodes; its node sees its approvals)."""
+def admin_gateways(s: Settings, app_name: str, admins: str) -> list[Gateway]:
+    """Gateways of the admins who approve a change of ``app_name``: ``admins``
+    (comma-separated identities) or every participating member's admin, each through a
+    node that hosts the app — its own org's if it runs one (its node sees its
+    approvals)."""
     config = s.config()
-    url_of = {n.org: n.url for n in reversed(config.nodes)}
-    specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in members]
-    return [s.gateway(spec, url=url_of.get(spec.split("/")[0])) for spec in specs]
+    app = config.app(app_name)
+    hosting = [config.node(n) for n in config.hosting_nodes(app)]
+    specs = [a for a in admins.split(",") if a] or [f"{org}/admin" for org in app.writers]
+    gateways = []
+    for spec in specs:
+        org = spec.split("/")[0]
+        own = next((n for n in hosting if n.org == org), hosting[0] if hosting else None)
+        gateways.append(s.gateway(spec, url=own.url if own is not None else None))
+    return gateways
+
+
+def installer_gateways(s: Settings, app_name: str) -> list[Gateway]:
+    """One admin gateway per node hosting ``app_name``: the node's own org's admin when
+    that org participates in the app, else the app owner's (or first member's) admin —
+    members' admins may install on the nodes that host their app."""
+    config = s.config()
+    app = config.app(app_name)
+    fallback = app.owner or app.writers[0]
+    return [
+        s.gateway(f"{node.org if node.org in app.writers else fallback}/admin", url=node.url)
+        for node in (config.node(n) for n in config.hosting_nodes(app))
+    ]
 
 
 def settings(ctx: typer.Context) -> Settings:

@@ -17,22 +17,24 @@ app = typer.Typer(
 
 @app.command("show")
 def show_cmd(ctx: typer.Context) -> None:
-    """The app's consenters: the configured set, or every node of its member orgs."""
+    """The app's consenters: the configured set (among its hosting nodes), or every node
+    that hosts it."""
     s = settings(ctx)
     with handle_errors(s.json):
         config = s.config()
         app_name = s.app_name()
         with s.gateway() as gw:
             configured = gw.app(app_name).contract(LIFECYCLE).evaluate("consenters")
-        members = config.app(app_name).members
-        nodes = configured["nodes"] or [n.id for n in config.nodes if n.org in members]
+        hosting = config.hosting_nodes(config.app(app_name))
+        chosen = [n for n in configured["nodes"] or () if n in hosting]
+        nodes = chosen or list(hosting)
         result: dict[str, Any] = {
             "app": app_name,
             "nodes": nodes,
             "sequence": configured["sequence"],
             "default": configured["nodes"] is None,
         }
-    where = "default: every node of the member orgs" if result["default"] else "configured"
+    where = "default: every node hosting it" if result["default"] else "configured"
     output(
         s,
         result,
@@ -60,7 +62,7 @@ def set_cmd(
     s = settings(ctx)
     with handle_errors(s.json):
         app_name = s.app_name()
-        gateways = admin_gateways(s, s.config().app(app_name).members, admins)
+        gateways = admin_gateways(s, app_name, admins)
         try:
             result = set_consenters(gateways, app_name, [n for n in nodes.split(",") if n])
         finally:

@@ -9,7 +9,14 @@ import typer
 
 from ..client.lifecycle import deploy, lifecycle_call, load_package, next_sequence
 from ..contracts.package import build_archive
-from .common import admin_gateways, console, handle_errors, output, settings
+from .common import (
+    admin_gateways,
+    console,
+    handle_errors,
+    installer_gateways,
+    output,
+    settings,
+)
 
 app = typer.Typer(help="Contract packages and their lifecycle on an app.", no_args_is_help=True)
 
@@ -95,19 +102,13 @@ def deploy_cmd(
     ),
     policy: str = typer.Option("ANY", help="Endorsement policy (ANY, ALL, MAJORITY, K-of(...))."),
 ) -> None:
-    """Install on every node of the app's orgs, approve by each org admin, and commit (or
-    upgrade) in one step."""
+    """Install on every node hosting the app, approve by each participating member's
+    admin, and commit (or upgrade) in one step."""
     s = settings(ctx)
     with handle_errors(s.json):
-        config = s.config()
         app_name = s.app_name()
-        members = config.app(app_name).members
-        gateways = admin_gateways(s, members, admins)
-        installers = [  # each org's admin installs on that org's nodes
-            s.gateway(f"{node.org}/admin", url=node.url)
-            for node in config.nodes
-            if node.org in members
-        ]
+        gateways = admin_gateways(s, app_name, admins)
+        installers = installer_gateways(s, app_name)
         try:
             result = deploy(gateways, app_name, source, policy=policy, install_on=installers)
         finally:

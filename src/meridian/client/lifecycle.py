@@ -56,10 +56,11 @@ def deploy(
 ) -> dict[str, Any]:
     """Install, approve as every given org admin, commit (or upgrade).
 
-    The package is installed through ``install_on`` (default: the first admin): each an
-    admin's gateway on a node of that admin's org, since only an org's admin may
-    install on its nodes. Every node that should run the contract needs it; installing
-    the same package twice is harmless.
+    The package is installed through ``install_on`` (default: the first admin): one
+    gateway per node that hosts the app, as an admin of that node's org or of a
+    participating member of the app (who may install on the nodes hosting it). Every
+    node that endorses the contract needs it; installing the same package twice is
+    harmless.
     """
     package_id, archive = load_package(source)
     installers = list(install_on) if install_on else [admins[0]]
@@ -75,8 +76,8 @@ def deploy(
 def set_consenters(admins: list[Gateway], app_name: str, nodes: Sequence[str]) -> dict[str, Any]:
     """Approve, as every given org admin, and commit the app's next consenter set.
 
-    It orders every block after the one that commits it; the nodes must be nodes of
-    the app's member orgs.
+    It orders every block after the one that commits it; the nodes must be among the
+    nodes hosting the app.
     """
     current = admins[0].app(app_name).contract(LIFECYCLE).evaluate("consenters")
     args = (list(nodes), int(current["sequence"]) + 1)

@@ -527,7 +527,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
 
     @app.post("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="Register a webhook")
     async def add_webhook(app_name: str, request: Request) -> Any:
-        identity = await caller(request, app_name)
+        identity = await caller(request, app_name, read=False)  # participants only
         body = await body_of(request)
         kinds = body.get("kinds", ["event", "block"]) if isinstance(body, dict) else None
         if not isinstance(kinds, list):
@@ -553,7 +553,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         "/v1/apps/{app_name}/webhooks/{webhook_id}", tags=["webhooks"], summary="Remove one"
     )
     async def delete_webhook(app_name: str, webhook_id: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, read=False)
         services.webhooks.delete(app_name, webhook_id)
         return {"ok": True}
 
@@ -573,7 +573,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         summary="Try a failed delivery again",
     )
     async def redeliver(app_name: str, delivery_id: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, read=False)
         delivery = services.webhooks.redeliver(app_name, delivery_id, _now_ms())
         services.dispatcher.wake()
         return delivery.to_dict()

@@ -80,7 +80,7 @@ BOOTSTRAP_FILE = "bootstrap.json"
 
 
 def load_bootstrap(data_dir: Path) -> tuple[int, NetworkConfig] | None:
-    """The configuration a joining node's operator gave it (``meridian node join``):
+    """The configuration a joining node's operator gave it (``meridian node add``):
     what the node acts on — its own entry, its peers, its channels — until its
     governance ledger has caught up with the height it was taken at."""
     path = data_dir / BOOTSTRAP_FILE

@@ -46,6 +46,7 @@ from ..network.config import (
     AppConfig,
     NetworkConfig,
     NetworkLayout,
+    NodeEntry,
     OrgConfig,
     write_file,
 )
@@ -69,6 +70,7 @@ from .ordering import NoPeers, Orderer, OrderingConfig, Peers, SafetyStore
 from .policy import parse_policy
 from .revocations import load_revocations, save_revocations
 from .rules import (
+    ChannelLedger,
     compute_block_rules,
     compute_next_consenters,
     compute_rules,
@@ -146,6 +148,8 @@ class Node:
         self.transport: Transport | None = None
         self.dropped_frames: dict[str, int] = {}
         self._hosting = asyncio.Lock()
+        self._leaving: set[str] = set()  # channels handing over before they stop here
+        self._stopping: set[asyncio.Task[None]] = set()
 
     @property
     def config(self) -> NetworkConfig:
@@ -185,33 +189,96 @@ class Node:
         )
 
     async def apply_config(self) -> None:
-        """Act on the current configuration: trust new orgs, link to the nodes that
-        share a channel, start hosting the channels it assigns to this node (they sync
-        from their peers) and stop those it no longer does."""
+        """Act on the current configuration: trust new orgs, start hosting the channels
+        it assigns to this node (they sync from their peers), hand over those it no
+        longer does, and link to the nodes that share a channel."""
         async with self._hosting:
+            governance = self.config.governance
+            if GOVERNANCE_APP not in self.channels and self.id in self.config.hosting_nodes(
+                governance
+            ):
+                await self._host_safely(governance)  # loads the history: the view is current
             view = self.config
-            for org in view.orgs:
-                self._trust(org)
-            if self.transport is not None:
-                self.transport.set_peers(self._peer_addresses(view), [o.ca_pem for o in view.orgs])
+            for past in (*self.history.views(), view):  # CAs are only ever added: blocks
+                for org in past.orgs:  # of any configuration height must validate here
+                    self._trust(org)
             wanted = {app.name: app for app in view.hosted_by(self.id)}
             for name in [n for n in self.channels if n not in wanted]:
-                log.warning("%s: no longer hosted on %s; stopping it", name, self.id)
-                await self.channels.pop(name).stop()
+                self._leave(name, view)
             for name, app in wanted.items():
+                self._leaving.discard(name)
                 channel = self.channels.get(name)
                 if channel is None:
-                    try:
-                        await self._host(app)
-                    except Exception:  # one app that can't start must not stop the others
-                        log.exception("%s: cannot host %s", self.id, name)
-                        self.channels.pop(name, None)
-                        continue
-                    view = self.config  # hosting governance may have caught up
-                else:
-                    channel.rules = compute_rules(view, app)
-                    channel.orderer.members = frozenset(view.hosting_nodes(app))
-                    self.registry.add_app(self._get_contracts(view, app))
+                    await self._host_safely(app)
+                    continue
+                channel.rules = compute_rules(view, app)
+                channel.orderer.members = frozenset(view.hosting_nodes(app))
+                self.registry.add_app(self._get_contracts(view, app))
+            self._request_reconfigurations(view)
+            if self.transport is not None:
+                self.transport.set_peers(self._peer_addresses(), [o.ca_pem for o in view.orgs])
+
+    async def _host_safely(self, app: AppConfig) -> None:
+        try:
+            await self._host(app)
+        except Exception:  # one app that can't start must not stop the others
+            log.exception("%s: cannot host %s", self.id, app.name)
+            self.channels.pop(app.name, None)
+
+    def _leave(self, name: str, view: NetworkConfig) -> None:
+        """Stop hosting ``name`` — once the app's chain no longer needs this node.
+
+        A consenter that leaves at once could take the quorum with it: the consenters
+        change only with the first block ordered under the new configuration. So a
+        leaving consenter keeps ordering (and asks for that block, even an empty one)
+        until it is handed over; a closed app, or a node that is no consenter, stops now.
+        """
+        if name in self._leaving:
+            return
+        self._leaving.add(name)
+        closed = all(a.name != name or a.status == "closed" for a in view.apps)
+        log.warning("%s: no longer hosted on %s; leaving it", name, self.id)
+        if closed:
+            self._stop_channel(name)
+        else:
+            self._retire_if_handed_over(name)
+
+    def _retire_if_handed_over(self, name: str) -> None:
+        channel = self.channels.get(name)
+        if channel is None or name not in self._leaving:
+            return
+        if self.id not in self._get_consenters(name, channel.ledger).ids:
+            self._stop_channel(name)
+
+    def _stop_channel(self, name: str) -> None:
+        """Stop a channel from outside its own tasks (its commit may be calling us)."""
+        self._leaving.discard(name)
+        channel = self.channels.pop(name, None)
+        if channel is None:
+            return
+        log.warning("%s: stopped hosting %s at height %d", self.id, name, channel.height)
+        task = asyncio.get_running_loop().create_task(channel.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    def _request_reconfigurations(self, view: NetworkConfig) -> None:
+        """Ask each app channel whose hosting nodes this view changes for a block under
+        it (its consenters change with that block)."""
+        for name, channel in self.channels.items():
+            if name == GOVERNANCE_APP:
+                continue  # its own state governs it, from the block after a change
+            try:
+                now = set(view.hosting_nodes(view.app(name)))
+            except NotFound:
+                continue
+            if now != set(channel.orderer.consenters.ids) or name in self._leaving:
+                channel.orderer.request_reconfiguration(self.history.height)
+
+    async def _after_commit(self, app: str, batch: CommitBatch) -> None:
+        if app == GOVERNANCE_APP:
+            await self._on_governance_committed(batch)
+        elif app in self._leaving:
+            self._retire_if_handed_over(app)
 
     async def _host(self, app: AppConfig) -> None:
         channel = self._create_channel(app, self.transport or NoPeers())
@@ -246,7 +313,7 @@ class Node:
                 log.info("%s: waiting for governance height %d", app, height)
         return compute_block_rules(self.history, app, header)
 
-    def _get_consenters(self, app: str, ledger: SqliteLedger) -> Consenters:
+    def _get_consenters(self, app: str, ledger: ChannelLedger) -> Consenters:
         """The consenters of the next block of ``app`` (see compute_next_consenters)."""
         return compute_next_consenters(self.history, self.membership, app, ledger)
 
@@ -322,17 +389,30 @@ class Node:
             self.membership,
             orderer,
             rules_for=functools.partial(self._get_block_rules, app.name),
-            on_committed=self._on_governance_committed if is_governance else None,
+            on_committed=functools.partial(self._after_commit, app.name),
         )
 
-    def _peer_addresses(self, view: NetworkConfig) -> list[PeerAddress]:
-        """Every other node that shares a channel with this one."""
-        shared = {node for app in view.hosted_by(self.id) for node in view.hosting_nodes(app)}
-        return [
-            PeerAddress(n.id, n.host, n.p2p_port)
-            for n in view.nodes
-            if n.id != self.id and n.id in shared
-        ]
+    def _peer_addresses(self) -> list[PeerAddress]:
+        """Every other node that shares a channel with this one (leaving ones too)."""
+        shared = {
+            node
+            for channel in self.channels.values()
+            for node in (*channel.orderer.members, *channel.orderer.consenters.ids)
+        }
+        found = []
+        for node_id in sorted(shared - {self.id}):
+            entry = self._find_node(node_id)
+            if entry is not None:
+                found.append(PeerAddress(entry.id, entry.host, entry.p2p_port))
+        return found
+
+    def _find_node(self, node_id: str) -> NodeEntry | None:
+        """A node's entry in the newest configuration that has it (removed ones too)."""
+        for view in (self.config, *reversed(self.history.views())):
+            for entry in view.nodes:
+                if entry.id == node_id:
+                    return entry
+        return None
 
     def _create_transport(self) -> Transport:
         transport = Transport(
@@ -354,7 +434,9 @@ class Node:
         identity = self.membership.validate(cert_der)
         if identity.role is not Role.NODE:
             raise CertificateError("the peer certificate is not a node's", code="not_a_node")
-        entry = self.config.node(identity.name)
+        entry = self._find_node(identity.name)
+        if entry is None:
+            raise CertificateError(f"{identity.name} is no node of the network", code="not_a_node")
         if entry.org != identity.org or load_cert_der(entry.cert_pem) != cert_der:
             raise CertificateError(
                 f"the peer certificate is not the one of node {entry.id}", code="not_a_node"
@@ -386,6 +468,7 @@ class Node:
             await self.transport.stop()
         for channel in self.channels.values():
             await channel.stop()
+        await asyncio.gather(*self._stopping, return_exceptions=True)
         await self.registry.close()
         self._crypto.shutdown(wait=False, cancel_futures=True)
 

@@ -179,6 +179,7 @@ class Orderer:
         self._parked: list[tuple[str, Message]] = []  # proposals waiting for governance
         last = ledger.get_header(ledger.height() - 1) if ledger.height() else None
         self._last_config_height = 0 if last is None else last.config_height
+        self._reconfigure_to = 0  # a governance height whose configuration must take over
         self.config = config
         self.safety = safety
         self.peers: Peers = peers or NoPeers()
@@ -268,7 +269,7 @@ class Orderer:
     def _after_mempool_change(self) -> None:
         self.metrics.mempool.labels(self.app).set(len(self.mempool))
         if self.replica is not None:
-            self._process(self.replica.on_pending(len(self.mempool) > 0, now_ms()))
+            self._process(self.replica.on_pending(self._has_work(), now_ms()))
 
     # ---------------------------------------------------------------- messages
 
@@ -277,8 +278,8 @@ class Orderer:
         replica = self.replica
         if replica is None or self.halted:
             return  # not started yet (peers re-send what matters), or stopped for good
-        if sender not in self.members:
-            self._count_rejected("not_a_member_node")
+        if sender not in self.members and sender not in self.consenters.keys:
+            self._count_rejected("not_a_member_node")  # neither hosting nor ordering it
             return
         if isinstance(msg, TxForward):
             committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
@@ -328,6 +329,21 @@ class Orderer:
             return False
         self._parked = [*self._parked[-MAX_INCOMPLETE + 1 :], (sender, msg)]
         return True
+
+    def _has_work(self) -> bool:
+        """Transactions to order, or a configuration change to hand over to: then even
+        an empty block is worth proposing (it moves the chain to the new configuration,
+        e.g. new consenters, which otherwise would wait for the next transaction)."""
+        if len(self.mempool):
+            return True
+        return self._last_config_height < self._reconfigure_to <= self._config_height()
+
+    def request_reconfiguration(self, config_height: int) -> None:
+        """The configuration at ``config_height`` changes this channel (its hosting
+        nodes): order a block under it soon, even without transactions."""
+        self._reconfigure_to = max(self._reconfigure_to, config_height)
+        if self.replica is not None and not self.halted:
+            self._process(self.replica.on_pending(self._has_work(), now_ms()))
 
     def config_advanced(self) -> None:
         """This node committed more governance blocks: look at parked proposals again."""
@@ -452,7 +468,7 @@ class Orderer:
         replica = self.replica
         if replica is None or replica.height != height or replica.round != round_:
             return
-        if round_ == 0 and not len(self.mempool):
+        if round_ == 0 and not self._has_work():
             return  # nothing to order after all (no empty blocks while all is well)
         txs = self.mempool.take(self.config.max_txs, self.config.max_block_bytes)
         block = compute_block(
@@ -492,7 +508,7 @@ class Orderer:
             now_ms=now_ms(),
         )
         self.metrics.height.labels(self.app).set(self.replica.height)
-        self._process(self.replica.on_pending(len(self.mempool) > 0, now_ms()))
+        self._process(self.replica.on_pending(self._has_work(), now_ms()))
         while True:
             await self._wait()
             while self._commits:
@@ -531,7 +547,7 @@ class Orderer:
         self.metrics.mempool.labels(self.app).set(len(self.mempool))
         # Pending first: the replica is still applying, so this cannot trigger a stale
         # proposal; then the next height starts with the right view of the mempool.
-        self._process(self.replica.on_pending(len(self.mempool) > 0, now))
+        self._process(self.replica.on_pending(self._has_work(), now))
         changed = self._consenters_changed()
         if changed is None:
             self._process(self.replica.on_applied(tip(), now))
