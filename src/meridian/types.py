@@ -78,6 +78,7 @@ class TxCode(IntEnum):
     INVALID_DELTA = 10
     BAD_PROPOSAL = 11
     APP_NOT_ACTIVE = 12  # the app was suspended or closed at the block's config height
+    SYSTEM_CONTRACT_MISMATCH = 13  # re-running the system contract gives another result
 
 
 # ----------------------------------------------------------------------------- helpers

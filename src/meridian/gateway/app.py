@@ -178,6 +178,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         identity = auth.authenticate(
             request.method, request.url.path, request.url.query, headers, body
         )
+        node.check_usable(identity, app_name)
         if app_name is not None:
             node.check_access(app_name, identity.org, read=read)
             if read:

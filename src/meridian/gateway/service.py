@@ -366,10 +366,11 @@ class Services:
         app_config = self.node.config.app(app)
         if app_config.key_mode != "custody":
             raise Forbidden(f"app {app} does not use key custody", code="not_custody")
-        if caller.org != app_config.owner:
+        if caller.org != app_config.owner or "app" in caller.attrs:
             raise Forbidden(
-                f"only {app_config.owner}'s back-end may sign for {app}'s users",
-                code="not_a_member",
+                f"only {app_config.owner}'s back-end (an identity of the org, not an app "
+                f"user) may sign for {app}'s users",
+                code="not_the_backend",
             )
         cert = self.vault.get_certificate(app, name)
         return ClientIdentity(load_cert_der(cert), self.vault.get_signer(app, name))

@@ -142,6 +142,10 @@ class NetworkConfig:
     plans: tuple[Plan, ...] = ()
     # change kind -> requirements, each "RULE group" (see meridian.network.governance)
     policies: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # (org, certificate serial) revoked through governance: refused from the
+    # configuration height that revoked them on, the same on every node
+    revoked: tuple[tuple[str, int], ...] = ()
+    retired_orgs: tuple[str, ...] = ()  # ids of removed orgs: never reused
 
     def org(self, org_id: str) -> OrgConfig:
         for org in self.orgs:
@@ -259,6 +263,8 @@ class NetworkConfig:
             ],
             "plans": [p.to_dict() for p in self.plans],
             "policies": {kind: list(reqs) for kind, reqs in self.policies},
+            "revoked": [[org, str(serial)] for org, serial in self.revoked],
+            "retired_orgs": list(self.retired_orgs),
             "block": {"max_txs": self.block.max_txs, "timeout_ms": self.block.timeout_ms},
             "consensus": {
                 "round_timeout_ms": self.consensus.round_timeout_ms,
@@ -319,6 +325,8 @@ class NetworkConfig:
                 policies=tuple(
                     sorted((str(k), tuple(map(str, v))) for k, v in d.get("policies", {}).items())
                 ),
+                revoked=tuple((str(org), int(serial)) for org, serial in d.get("revoked", ())),
+                retired_orgs=tuple(str(org) for org in d.get("retired_orgs", ())),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise InvalidInput(

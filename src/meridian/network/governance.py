@@ -54,6 +54,7 @@ CONFIG_KEY = "config"
 MAX_TTL_S = 30 * 24 * 3600
 DEFAULT_TTL_S = 7 * 24 * 3600
 GROUPS = ("operators", "members", "owner", "subject")
+MAX_REVOKED = 10_000
 ONBOARDED_TYPES = ("enterprise", "developer")  # orgs any single operator may register
 
 _NETWORK = ("MAJORITY operators",)
@@ -247,8 +248,8 @@ def _add_org(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
             code="bad_change",
             hint="propose add_org: institutions need the operators' majority",
         )
-    if org.id in {o.id for o in config.orgs}:
-        raise _exists("org", org.id)
+    if org.id in {o.id for o in config.orgs} or org.id in config.retired_orgs:
+        raise _exists("org", org.id)  # a removed org's id is never reused (its old CA)
     from ..crypto.certs import Membership
 
     try:
@@ -270,7 +271,11 @@ def _remove_org(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConf
             code="in_use",
             hint="remove its nodes and memberships first",
         )
-    return dataclasses.replace(config, orgs=tuple(o for o in config.orgs if o.id != org.id))
+    return dataclasses.replace(
+        config,
+        orgs=tuple(o for o in config.orgs if o.id != org.id),
+        retired_orgs=(*config.retired_orgs, org.id),
+    )
 
 
 def _add_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
@@ -319,12 +324,21 @@ def _remove_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkCon
 
 
 def _revoke(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    """The serials of a CRL the org's CA signed join the configuration's revocations:
+    refused from this configuration height on, on every node alike."""
     org = config.org(_field(change, "org"))
-    try:  # each node applies it on execution; only a CRL the org's CA signed may pass
-        Membership({org.id: org.ca_pem}).update_crl(org.id, _field(change, "crl").encode())
+    crl_pem = _field(change, "crl").encode()
+    try:
+        checked = Membership({org.id: org.ca_pem})
+        checked.update_crl(org.id, crl_pem)
     except MeridianError as exc:
         raise InvalidInput(f"the CRL of {org.id}: {exc.message}", code="bad_change") from exc
-    return config
+    serials = {serial for serial in checked.revocations().get(org.id, {})}
+    known = set(config.revoked)
+    added = sorted((org.id, serial) for serial in serials if (org.id, serial) not in known)
+    if len(known) + len(added) > MAX_REVOKED:
+        raise Conflict(f"more than {MAX_REVOKED} revoked certificates", code="too_many")
+    return dataclasses.replace(config, revoked=(*config.revoked, *added))
 
 
 def _set_plan(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:

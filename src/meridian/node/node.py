@@ -319,8 +319,9 @@ class Node:
 
     async def _on_governance_committed(self, batch: CommitBatch) -> None:
         """A governance block committed: record the configuration it made, then act."""
-        doc = next(
-            (w.value for w in batch.writes if w.ns == GOVERNANCE and w.key == CONFIG_KEY), None
+        doc = next(  # the last change of the block is the configuration after it
+            (w.value for w in reversed(batch.writes) if w.ns == GOVERNANCE and w.key == CONFIG_KEY),
+            None,
         )
         view = None if doc is None else NetworkConfig.from_dict(doc)
         self.history.process_block(batch.block.header.number, view)
@@ -330,23 +331,9 @@ class Node:
                 self.id,
                 self.history.height,
             )
-            self._apply_revocations(batch)
             await self.apply_config()
         for channel in self.channels.values():
             channel.orderer.config_advanced()
-
-    def _apply_revocations(self, batch: CommitBatch) -> None:
-        """Executed ``revoke`` changes: their CRL applies here (checked by its CA)."""
-        for write in batch.writes:
-            if write.ns != GOVERNANCE or not write.key.startswith("proposal/"):
-                continue
-            proposal = write.value
-            change = proposal.get("change", {}) if isinstance(proposal, dict) else {}
-            if proposal.get("status") == "executed" and change.get("kind") == "revoke":
-                try:
-                    self.update_crl(change["org"], change["crl"].encode())
-                except MeridianError as exc:
-                    log.error("revocation of %s not applied: %s", change["org"], exc)
 
     def _create_channel(self, app: AppConfig, peers: Peers) -> Channel:
         view = self.config
@@ -498,6 +485,24 @@ class Node:
 
     # ----------------------------------------------------------------- authorisation
 
+    def check_usable(self, identity: Identity, app: str | None = None) -> None:
+        """CertificateError for a certificate governance revoked; Forbidden for an app
+        user's certificate used on another app (its ``app`` attribute)."""
+        if (identity.org, identity.serial) in set(self.config.revoked):
+            raise CertificateError(
+                f"certificate {identity.serial} of {identity.org}/{identity.name} was revoked "
+                "through governance",
+                code="certificate_revoked",
+                hint=f"ask {identity.org}'s administrator for a new certificate",
+            )
+        scope = identity.attrs.get("app")
+        if app is not None and scope is not None and scope != app:
+            raise Forbidden(
+                f"{identity.name}@{scope} is a user of app {scope}, not of {app}",
+                code="wrong_app",
+                hint=f"use an identity issued for {app}",
+            )
+
     def may_read(self, app: str, org: str) -> bool:
         """Members (auditors too) read their app; the regulator reads every channel."""
         rules = self.channel(app).rules
@@ -553,6 +558,7 @@ class Node:
                 hint="sign the proposal with the key of the certificate it names",
             )
         self.check_access(app, caller.org, read=read)
+        self.check_usable(caller, app)
         if not read and not channel.rules.active:
             raise Forbidden(
                 f"app {app} is {self.config.app(app).status}",

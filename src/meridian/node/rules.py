@@ -7,14 +7,15 @@ the same thing for every block.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..consensus.core import Consenters
-from ..contracts.lifecycle import LIFECYCLE, get_consenters_config
+from ..contracts.lifecycle import LIFECYCLE, Lifecycle, get_consenters_config
 from ..crypto.certs import Membership, Role, load_cert_der
 from ..errors import CertificateError, NotFound
 from ..network.config import GOVERNANCE_APP, AppConfig, NetworkConfig
+from ..network.contract import Governance
 from ..network.governance import GOVERNANCE
 from ..network.history import ConfigHistory
 from ..types import BlockHeader, Version
@@ -32,6 +33,13 @@ class ChannelLedger(Protocol):
 
 def compute_rules(view: NetworkConfig, app: AppConfig) -> AppRules:
     """What validation needs of ``app`` under the configuration ``view``."""
+    hosting = {n: view.node(n).org for n in view.hosting_nodes(app)}
+    system: dict[str, Callable[[], Any]]
+    if app.name == GOVERNANCE_APP:
+        system = {GOVERNANCE: lambda: Governance(view)}  # its state holds the newer ones
+    else:
+        policy = parse_policy(app.lifecycle_policy)
+        system = {LIFECYCLE: lambda: Lifecycle(app.writers, policy, hosting)}
     return AppRules(
         view.network,
         app.name,
@@ -41,6 +49,8 @@ def compute_rules(view: NetworkConfig, app: AppConfig) -> AppRules:
         system_contracts=frozenset({GOVERNANCE} if app.name == GOVERNANCE_APP else {LIFECYCLE}),
         active=app.status == "active",
         readers=frozenset(app.members),
+        system=system,
+        revoked=frozenset(view.revoked),
     )
 
 

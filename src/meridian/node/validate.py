@@ -24,6 +24,14 @@ Checks, in order, for each transaction (first failure wins):
    transactions of the same block included)                  MVCC_READ_CONFLICT
 9. every range read returns the same keys and versions       PHANTOM_READ_CONFLICT
 10. every incremented key holds an integer (or nothing)      INVALID_DELTA
+11. a system namespace (``_lifecycle``, ``_governance``) is
+    written only by a call of that system contract, and
+    re-running the call here gives exactly the endorsed
+    result: one endorser cannot forge approvals or
+    configuration                                            SYSTEM_CONTRACT_MISMATCH
+
+Step 3 also refuses a user certificate made for another app (attribute ``app``) and
+any certificate the governance channel revoked by the block's configuration height.
 """
 
 from __future__ import annotations
@@ -35,7 +43,9 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from .. import codec
+from ..contracts.api import CallerIdentity, get_kind
 from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
+from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership
 from ..crypto.hashing import Digest, compute_digest, compute_signing_digest
 from ..crypto.suites import verify_cached
@@ -48,6 +58,7 @@ from ..types import (
     RangeRead,
     Transaction,
     TxCode,
+    TxResult,
     Version,
     compute_endorsement_payload,
 )
@@ -85,6 +96,17 @@ class AppRules:
     system_contracts: frozenset[str] = frozenset({LIFECYCLE})
     active: bool = True  # False once the app is suspended or closed
     readers: frozenset[str] = frozenset()  # orgs that may also read (auditors)
+    # factories of the system contracts, re-run by validation (step 11); None only in
+    # unit tests of the other steps: production rules always name them (node/rules.py)
+    system: Mapping[str, Callable[[], Any]] | None = None
+    revoked: frozenset[tuple[str, int]] = frozenset()  # (org, serial) revoked by governance
+
+    def is_usable(self, identity: Identity) -> bool:
+        """Not revoked by governance, and not a user certificate of another app."""
+        if (identity.org, identity.serial) in self.revoked:
+            return False
+        scope = identity.attrs.get("app")
+        return scope is None or scope == self.app
 
     @property
     def endorsing_orgs(self) -> frozenset[str]:
@@ -247,7 +269,7 @@ def _validate_tx(
     if tx.tx_id in seen:
         return TxCode.DUPLICATE_TXID
     creator = _identity(membership, proposal.creator, when)
-    if creator is None or creator.org not in rules.members:
+    if creator is None or creator.org not in rules.members or not rules.is_usable(creator):
         return TxCode.BAD_CREATOR_CERTIFICATE
     if not verify_cached(
         creator.suite,
@@ -262,7 +284,72 @@ def _validate_tx(
     code = _check_definitions(tx, overlay, rules, endorsing)
     if code is not TxCode.VALID:
         return code
-    return _check_reads(tx.result.rwsets, overlay)
+    code = _check_reads(tx.result.rwsets, overlay)
+    if code is not TxCode.VALID:
+        return code
+    return _check_system_call(tx, overlay, rules, creator)
+
+
+class _ReplayState:
+    """Committed state plus the block's earlier writes, as a system contract reads it
+    (point reads only: their transactions need no more)."""
+
+    def __init__(self, overlay: _Overlay) -> None:
+        self._overlay = overlay
+
+    def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
+        return self._overlay.get(ns, key)
+
+    def get_range(self, *args: Any) -> Any:
+        raise NotImplementedError("system transactions are re-run with point reads only")
+
+    query = get_history = get_range
+
+
+def _check_system_call(
+    tx: Transaction, overlay: _Overlay, rules: AppRules, creator: Identity
+) -> TxCode:
+    """Step 11: system namespaces are written only by their contract, as re-run here."""
+    invoked = tx.proposal.contract
+    written = {rw.namespace for rw in tx.result.rwsets if rw.writes or rw.deltas}
+    if any(ns.startswith("_") and ns != invoked for ns in written):
+        return TxCode.SYSTEM_CONTRACT_MISMATCH
+    if not invoked.startswith("_") or rules.system is None:
+        return TxCode.VALID
+    factory = rules.system.get(invoked)
+    if factory is None:
+        return TxCode.SYSTEM_CONTRACT_MISMATCH
+    replayed = _replay(factory(), tx, overlay, rules, creator)
+    if replayed is None or compute_endorsement_payload(
+        tx.tx_id, replayed
+    ) != compute_endorsement_payload(tx.tx_id, tx.result):
+        return TxCode.SYSTEM_CONTRACT_MISMATCH
+    return TxCode.VALID
+
+
+def _replay(
+    contract: Any, tx: Transaction, overlay: _Overlay, rules: AppRules, creator: Identity
+) -> TxResult | None:
+    """The result of re-running the system call of ``tx`` here (None if it fails)."""
+    proposal = tx.proposal
+    method = getattr(contract, proposal.function, None)
+    if method is None or proposal.function.startswith("_") or get_kind(method) != "transaction":
+        return None
+    caller = CallerIdentity(
+        creator.org, creator.name, str(creator.role), dict(creator.attrs), creator.fingerprint
+    )
+    sim = Simulation(
+        _ReplayState(overlay),
+        app=rules.app,
+        tx_id=tx.tx_id,
+        timestamp_ms=proposal.timestamp_ms,
+        caller=caller,
+    )
+    try:
+        response = method(sim.context(proposal.contract), *proposal.args)
+        return sim.result(response, f"{proposal.contract}@0")
+    except Exception:  # any failure of the re-run is a mismatch
+        return None
 
 
 def _identity(membership: Membership, cert: bytes, when: datetime) -> Identity | None:
@@ -282,7 +369,7 @@ def _endorsing_orgs(
     orgs: set[str] = set()
     for endorsement in tx.endorsements:
         node = _identity(membership, endorsement.endorser, when)
-        if node is None or not rules.is_endorser(node):
+        if node is None or not rules.is_endorser(node) or not rules.is_usable(node):
             return None
         if not verify_cached(node.suite, node.public_key, digest, endorsement.signature):
             return None
