@@ -342,7 +342,16 @@ def test_node_joins_through_node_add(gov_net: RunningNetwork) -> None:
     try:
         with gov_net.gateway("org1/user1", url=config.node("node5").url) as gw:
             wait_hosted(gw, GOVERNANCE_APP, HOSTING_TIMEOUT_S, min_height=height)
-            assert "node5" in {n.id for n in Governance(gw).config().nodes}
+            assert Governance(gw).config().node("node5").status == "joining"
+            status = gw.status()["apps"][GOVERNANCE_APP]["consensus"]
+            assert "node5" not in status["consenters"]  # a follower until activated
+        activated = run_cli(gov_net, "node", "activate", "node5")
+        assert activated["status"] == "executed"  # its own operator decides (ANY subject)
+        with gov_net.gateway("org1/user1", url=config.node("node5").url) as gw:
+            deadline = time.monotonic() + HOSTING_TIMEOUT_S
+            while Governance(gw).config().node("node5").status != "active":
+                assert time.monotonic() < deadline, "node5 never saw itself activated"
+                time.sleep(0.2)
         with gov_net.gateway("org2/admin") as gw:  # the network keeps deciding with node5
             org2 = Governance(gw)
             later = org2.propose(org2.add_zone("z-after", "After node5"))

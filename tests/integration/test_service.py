@@ -31,7 +31,7 @@ from meridian.crypto.suites import load_signer
 from meridian.errors import Busy, Forbidden, InvalidInput, MeridianError
 from meridian.gateway.webhooks import verify_delivery
 
-from .conftest import EXAMPLE, RunningNetwork, make_network
+from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers
 
 GOV = "governance"
 
@@ -267,7 +267,13 @@ def test_webhooks_are_signed_and_delivered(
             with pytest.raises(InvalidInput) as info:
                 gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": own})
             assert info.value.code == "bad_webhook_url"
-            gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": url})
+            with pytest.raises(InvalidInput) as info:  # kinds that are not strings: 400
+                gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": url, "kinds": [{}]})
+            assert info.value.code == "bad_webhook"
+            hook = gw.request("POST", f"/v1/apps/{custody_app}/webhooks", {"url": url})
+            with net.gateway("org1/admin") as operator, pytest.raises(Forbidden):
+                # not a member of the app: may neither read nor remove its webhooks
+                operator.request("DELETE", f"/v1/apps/{custody_app}/webhooks/{hook['id']}")
             time.sleep(1.1)  # a fresh rate-limit second
             gw.request(
                 "POST",
@@ -295,6 +301,35 @@ def test_webhooks_are_signed_and_delivered(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_restarted_node_rejoins_under_the_governed_configuration(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    """node2 restarts after governance registered acme and created shop: it hosts shop
+    again, trusts acme's CA, and keeps validating and ordering like the others."""
+    net.kill_node("node2")
+    net.start_node("node2")
+    with as_acme(net, developer, 1) as gw:
+        wait_for(
+            lambda: custody_app in [a["name"] for a in gw.request("GET", "/v1/apps")["apps"]],
+            what="node2 hosts shop again",
+        )
+    time.sleep(1.1)  # the free plan's rate
+    with as_acme(net, developer) as gw:
+        out = gw.request(
+            "POST",
+            f"/v1/apps/{custody_app}/users/alice/transactions",
+            {"contract": "asset-transfer", "function": "create", "args": ["after-restart", "a", 1]},
+        )
+        assert out["receipt"]["code"] == "VALID"
+        target = gw.app(custody_app).block("latest")["hash"]
+    with as_acme(net, developer, 1) as gw:
+        wait_for(
+            lambda: gw.app(custody_app).block("latest")["hash"] == target,
+            what="node2 commits the same block",
+        )
+        assert gw.app(custody_app).transaction(out["receipt"]["tx_id"]).code == "VALID"
 
 
 def test_regulator_admitted_by_majority_reads_everything(
@@ -352,3 +387,10 @@ def test_an_auditor_member_reads_but_does_not_write(
             auditor.app(custody_app).contract("asset-transfer").submit("create", "q", "q", 1)
         assert denied.value.code == "not_a_member"
         assert auditor.app(custody_app).block("latest")["block"]["header"]["number"] == height
+
+
+def test_every_ledger_verifies_at_the_end(net: RunningNetwork) -> None:
+    """Last in this module: stops the network and verifies every node's ledgers."""
+    net.stop()
+    ledgers = verify_ledgers(net)
+    assert {"governance", "shop", "ledgerbook"} <= {entry["app"] for entry in ledgers}

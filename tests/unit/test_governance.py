@@ -228,7 +228,16 @@ def _changes(cas: Cas) -> list[tuple[dict[str, Any], Callable[[NetworkConfig], b
                 "cert": cas.node_cert("op1", "n5"),
                 "zone": "z3",
             },
-            lambda c: c.node("n5").zone == "z3" and c.node("n5").org == "op1",
+            lambda c: (
+                c.node("n5").zone == "z3"
+                and c.node("n5").org == "op1"
+                and c.node("n5").status == "joining"  # it orders once activated
+                and "n5" not in c.consenting_nodes(c.governance)
+            ),
+        ),
+        (
+            {"kind": "activate_node", "id": "n4"},  # on a config where n4 is joining (below)
+            lambda c: c.node("n4").status == "active" and "n4" in c.consenting_nodes(c.governance),
         ),
         ({"kind": "remove_node", "id": "n4"}, lambda c: "n4" not in {n.id for n in c.nodes}),
         ({"kind": "revoke", "org": "op2", "crl": crl}, lambda c: c.org("op2").id == "op2"),
@@ -288,7 +297,16 @@ def test_every_change_kind_applies_and_validates(genesis: NetworkConfig, cas: Ca
     changes = _changes(cas)
     assert sorted({c["kind"] for c, _ in changes}) == sorted(CHANGE_KINDS)
     for change, check in changes:
-        updated = apply_change(genesis, change)
+        base = genesis
+        if change["kind"] == "activate_node":  # needs a joining node
+            joining = dataclasses.replace(genesis.node("n4"), status="joining")
+            base = dataclasses.replace(
+                genesis, nodes=tuple(joining if n.id == "n4" else n for n in genesis.nodes)
+            )
+            with pytest.raises(Conflict) as info:
+                apply_change(genesis, change)  # an active node cannot be activated again
+            assert info.value.code == "already_active"
+        updated = apply_change(base, change)
         updated.validate()
         assert check(updated), change
         assert NetworkConfig.from_dict(updated.to_dict()) == updated, change
@@ -298,9 +316,15 @@ def test_every_change_kind_applies_and_validates(genesis: NetworkConfig, cas: Ca
 def test_every_change_kind_executes_through_the_contract(genesis: NetworkConfig, cas: Cas) -> None:
     """Each change, proposed and approved by whom its default policy names."""
     for change, check in _changes(cas):
-        chain = Chain(genesis)
+        base = genesis
+        if change["kind"] == "activate_node":  # needs a joining node: n4, as in the above
+            joining = dataclasses.replace(genesis.node("n4"), status="joining")
+            base = dataclasses.replace(
+                genesis, nodes=tuple(joining if n.id == "n4" else n for n in genesis.nodes)
+            )
+        chain = Chain(base)
         proposal = chain.propose("op1", change)
-        deciders = sorted(get_approvers(genesis, change) - set(proposal["approvals"]))
+        deciders = sorted(get_approvers(base, change) - set(proposal["approvals"]))
         while proposal["status"] == "open":
             proposal = chain.call(deciders.pop(0), "approve", proposal["id"])
         assert proposal["status"] == "executed", change
@@ -923,8 +947,8 @@ def test_get_group(genesis: NetworkConfig) -> None:
     assert get_group(genesis, invite, "owner") == ()
     assert get_group(genesis, zone(), "members") == ()  # not about an app
     assert get_group(genesis, zone(), "subject") == ()
-    assert compute_subject({"kind": "revoke", "org": "op2"}) == "op2"
-    assert compute_subject({"kind": "add_member", "org": 7}) is None
+    assert compute_subject(genesis, {"kind": "revoke", "org": "op2"}) == "op2"
+    assert compute_subject(genesis, {"kind": "add_member", "org": 7}) is None
 
 
 def test_is_approved(genesis: NetworkConfig) -> None:

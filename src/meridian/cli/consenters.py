@@ -25,7 +25,7 @@ def show_cmd(ctx: typer.Context) -> None:
         app_name = s.app_name()
         with s.gateway() as gw:
             configured = gw.app(app_name).contract(LIFECYCLE).evaluate("consenters")
-        hosting = config.hosting_nodes(config.app(app_name))
+        hosting = config.consenting_nodes(config.app(app_name))
         chosen = [n for n in configured["nodes"] or () if n in hosting]
         nodes = chosen or list(hosting)
         result: dict[str, Any] = {

@@ -28,8 +28,8 @@ from rich.markup import escape
 
 from ..client.governance import Governance
 from ..crypto.certs import CertificateAuthority, Role
-from ..errors import Conflict, InvalidInput, MeridianError, NotFound
-from ..network.config import NetworkConfig, NetworkLayout, NodeEntry, write_file
+from ..errors import Conflict, InvalidInput, MeridianError, NotFound, Unavailable
+from ..network.config import GOVERNANCE_APP, NetworkConfig, NetworkLayout, NodeEntry, write_file
 from ..network.governance import DEFAULT_TTL_S, MAX_TTL_S
 from ..network.history import BOOTSTRAP_FILE, load_bootstrap, save_bootstrap
 from .common import Settings, console, handle_errors, output, settings
@@ -409,9 +409,39 @@ def _print_node_added(result: dict[str, Any]) -> None:
         )
         return
     console.print(
-        f"[green]{node_id} is in the configuration[/]; wrote {result['bootstrap']}\n"
-        f"next: meridian node start {node_id}"
+        f"[green]{node_id} is in the configuration (joining)[/]; wrote {result['bootstrap']}\n"
+        f"next: meridian node start {node_id}, then, once it has synced, "
+        f"meridian node activate {node_id}"
     )
+
+
+@node_app.command("activate")
+def node_activate(
+    ctx: typer.Context,
+    node_id: str = typer.Argument(..., help="A joining node (added with 'node add')."),
+) -> None:
+    """Let a joining node order the channels it hosts (as its operator's admin).
+
+    A node added by governance joins as a follower: it syncs but is no consenter, so
+    that nodes not yet running never hold up a quorum. Activate it once it runs and has
+    caught up; this checks that its governance height is the network's first.
+    """
+    s = settings(ctx)
+    with handle_errors(s.json):
+        config = s.config()
+        entry = config.node(node_id)
+        gov = connect_governance(s, f"{entry.org}/admin")
+        with gov.gateway, s.gateway(f"{entry.org}/admin", url=entry.url) as own:
+            here = gov.gateway.status()["apps"][GOVERNANCE_APP]["height"]
+            there = own.status()["apps"].get(GOVERNANCE_APP, {}).get("height", -1)
+            if there < here:
+                raise Unavailable(
+                    f"{node_id} has {there} governance blocks, the network {here}",
+                    code="node_behind",
+                    hint=f"wait until {node_id} has caught up, then activate it",
+                )
+            result = gov.propose(gov.activate_node(node_id))
+    output(s, result, lambda: console.print(_describe(result)))
 
 
 # ----------------------------------------------------------------------- node start

@@ -197,6 +197,10 @@ class Governance:
             "zone": zone,
         }
 
+    def activate_node(self, node_id: str) -> Change:
+        """Let a joining node order (its operator's admin decides, once it has synced)."""
+        return {"kind": "activate_node", "id": node_id}
+
     def remove_node(self, node_id: str) -> Change:
         return {"kind": "remove_node", "id": node_id}
 

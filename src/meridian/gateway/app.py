@@ -182,7 +182,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         if app_name is not None:
             node.check_access(app_name, identity.org, read=read)
             if read:
-                services.admit(app_name)
+                services.admit(app_name, org=identity.org)
         return identity
 
     @app.get("/v1/health", tags=["node"], summary="Liveness (unauthenticated)")

@@ -155,18 +155,29 @@ class KeyVault:
         """Generate ``user@app``'s key pair and store it sealed; Conflict if it exists."""
         return self.import_signer(app, user, get_suite(suite).generate())
 
-    def import_signer(self, app: str, user: str, signer: Signer) -> Signer:
-        """Store an existing key (e.g. a CA key the gateway made) sealed, as ``create``."""
+    def import_signer(
+        self, app: str, user: str, signer: Signer, cert_pem: bytes | None = None
+    ) -> Signer:
+        """Store an existing key (e.g. a CA key the gateway made) sealed, as ``create``,
+        with its certificate if given — key and certificate in one transaction, so a
+        crash never leaves a user with a key but no certificate."""
         key = _check_app(app), _check_user(user)
+        if cert_pem is not None and _certified_key(cert_pem) != (
+            signer.suite,
+            signer.public_key_bytes(),
+        ):
+            raise InvalidInput(
+                f"the certificate does not certify {user}@{app}'s key", code="key_mismatch"
+            )
         nonce = secrets.token_bytes(NONCE_BYTES)
         sealed = self._aesgcm.encrypt(nonce, signer.private_pem(), self._aad(*key, signer.suite))
         row = (*key, signer.suite, signer.public_key_bytes(), nonce, sealed, _now_ms())
         with self._lock, self._atomic() as conn:
             try:
                 conn.execute(
-                    "INSERT INTO keys (app, user, suite, public_key, nonce, sealed, created_ms)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    row,
+                    "INSERT INTO keys (app, user, suite, public_key, nonce, sealed, created_ms,"
+                    " cert_pem) VALUES (?,?,?,?,?,?,?,?)",
+                    (*row, None if cert_pem is None else bytes(cert_pem)),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(

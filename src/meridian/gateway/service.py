@@ -38,7 +38,16 @@ from ..client.core import Identity as ClientIdentity
 from ..client.core import ProposalBuilder
 from ..contracts.lifecycle import LIFECYCLE
 from ..crypto.certs import CertificateAuthority, Identity, Role, load_cert_der, load_signer
-from ..errors import Conflict, Forbidden, InvalidInput, MeridianError, NotFound, Unavailable
+from ..crypto.suites import ED25519, get_suite
+from ..errors import (
+    Busy,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MeridianError,
+    NotFound,
+    Unavailable,
+)
 from ..network.config import GOVERNANCE_APP, NetworkConfig
 from ..network.governance import GOVERNANCE
 from ..network.plans import (
@@ -58,6 +67,7 @@ log = logging.getLogger("meridian.gateway")
 CA_USER_PREFIX = "ca."  # the vault keeps a registered org's CA key as governance/ca.<org>
 FEED_EVERY_S = 0.2
 REGISTRATION_WAIT_S = 30.0
+REGISTRATIONS_PER_HOUR = 60
 MAX_AUDIT_ROWS = 1000
 
 Caller = Callable[..., Awaitable[Identity]]
@@ -84,6 +94,7 @@ class Services:
         self.node = node
         self.limiter = RateLimiter()
         self._second: dict[str, tuple[int, int]] = {}  # app -> (second, transactions in it)
+        self._registrations: list[float] = []  # monotonic times of recent sign-ups
         self._stores: _Stores | None = None
         self._tasks: tuple[asyncio.Task[None], ...] = ()
 
@@ -153,10 +164,13 @@ class Services:
 
     # ------------------------------------------------------------------ plans
 
-    def admit(self, app: str, *, transactions: int = 0) -> None:
-        """Meter one request to ``app``; refuse it (429 / 403) over the app's plan."""
+    def admit(self, app: str, *, transactions: int = 0, org: str | None = None) -> None:
+        """Meter one request to ``app``; refuse it (429 / 403) over the app's plan. The
+        regulator's reads are neither billed to the app nor limited by its plan."""
         now = _now_ms()
         config = self.node.config
+        if org is not None and not transactions and is_supervisor(config, org):
+            return
         try:
             app_config = config.app(app)
         except NotFound:
@@ -209,6 +223,11 @@ class Services:
                     log.exception("%s: webhook feed failed", app)
 
     def _feed(self, app: str, channel: Channel) -> bool:
+        hooks = self.webhooks.list(app)
+        for hook in hooks:  # an org that lost access to the app loses its webhooks too
+            if not self.node.may_read(app, hook.owner.split("/")[0]):
+                log.warning("%s: removing webhook %s of %s (no access)", app, hook.id, hook.owner)
+                self.webhooks.delete(app, hook.id)
         if not self.webhooks.list(app):
             return False
         start = self.webhooks.last_enqueued(app) + 1
@@ -228,7 +247,13 @@ class Services:
                 ],
             }
             self.webhooks.enqueue(
-                app, "block", notice, contract=None, dedupe_key=f"block:{number}", now_ms=now
+                app,
+                "block",
+                notice,
+                contract=None,
+                dedupe_key=f"block:{number}",
+                now_ms=now,
+                block=number,
             )
             for e in channel.ledger.get_events(number, number + 1):
                 event = {
@@ -240,7 +265,13 @@ class Services:
                 }
                 key = f"event:{e.block}:{e.tx}:{e.idx}"
                 self.webhooks.enqueue(
-                    app, "event", event, contract=e.contract, dedupe_key=key, now_ms=now
+                    app,
+                    "event",
+                    event,
+                    contract=e.contract,
+                    dedupe_key=key,
+                    now_ms=now,
+                    block=number,
                 )
             self.webhooks.record_enqueued(app, number)
         return channel.height > start
@@ -290,6 +321,19 @@ class Services:
             assert issued.key_pem is not None
             result["admin"] = {"cert": issued.cert_pem.decode(), "key": issued.key_pem.decode()}
         return result
+
+    def _admit_registration(self) -> None:
+        """At most REGISTRATIONS_PER_HOUR sign-ups per node (they need no identity)."""
+        now = time.monotonic()
+        recent = [t for t in self._registrations if now - t < 3600]
+        if len(recent) >= REGISTRATIONS_PER_HOUR:
+            raise Busy(
+                f"this portal took {len(recent)} registrations in the last hour",
+                retry_after_s=3600 - (now - recent[0]),
+                code="registration_throttled",
+                hint="retry later, or register through another operator's portal",
+            )
+        self._registrations = [*recent, now]
 
     def _keep_ca(self, org: str, ca: CertificateAuthority) -> None:
         self.vault.import_signer(GOVERNANCE_APP, CA_USER_PREFIX + org, load_signer(ca.key_pem))
@@ -355,10 +399,10 @@ class Services:
                 f"app {app} uses key custody: the gateway makes the key; send no CSR",
                 code="custody_app",
             )
-        signer = self.vault.create(app, name)
+        signer = get_suite(ED25519).generate()
         public_key = signer.crypto_key.public_key()
         cert = ca.issue(name, Role.CLIENT, attrs=attrs, public_key=public_key).cert_pem
-        self.vault.store_certificate(app, name, cert)
+        self.vault.import_signer(app, name, signer, cert)  # key and certificate at once
         return {"user": f"{name}@{app}", "cert": cert.decode(), "key_mode": "custody"}
 
     def custody_identity(self, app: str, caller: Identity, name: str) -> ClientIdentity:
@@ -461,9 +505,14 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
 
     @app.get("/v1/network", tags=["network"], summary="The current network configuration")
     async def network(request: Request) -> Any:
-        await caller(request)
+        identity = await caller(request)
         config = node.config
-        return {"height": node.history.height, "config": config.to_dict()}
+        doc = config.to_dict()
+        if not (is_supervisor(config, identity.org) or identity.org in config.operators):
+            for org in doc["orgs"]:  # real-name details: operators, the regulator, the org
+                if org["id"] != identity.org:
+                    org["details"] = {}
+        return {"height": node.history.height, "config": doc}
 
     @app.get("/v1/plans", tags=["network"], summary="Resource plans (prices in fen, CNY)")
     async def plans(request: Request) -> Any:
@@ -554,7 +603,15 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         "/v1/apps/{app_name}/webhooks/{webhook_id}", tags=["webhooks"], summary="Remove one"
     )
     async def delete_webhook(app_name: str, webhook_id: str, request: Request) -> Any:
-        await caller(request, app_name, read=False)
+        identity = await caller(request, app_name, read=False)
+        hook = services.webhooks.get(app_name, webhook_id)
+        owner = hook.owner.split("/")[0]
+        if identity.org not in (owner, node.config.app(app_name).owner):
+            raise Forbidden(
+                f"webhook {webhook_id} belongs to {owner}: only it or the app's owner may "
+                "delete it",
+                code="not_the_owner",
+            )
         services.webhooks.delete(app_name, webhook_id)
         return {"ok": True}
 

@@ -278,7 +278,8 @@ CREATE TABLE IF NOT EXISTS webhooks (
     kinds TEXT NOT NULL,
     contract TEXT,
     created_ms INTEGER NOT NULL,
-    owner TEXT NOT NULL
+    owner TEXT NOT NULL,
+    start_block INTEGER NOT NULL DEFAULT 0
 );
 CREATE UNIQUE INDEX IF NOT EXISTS webhooks_unique
     ON webhooks (app, url, kinds, IFNULL(contract, ''));
@@ -320,7 +321,10 @@ def _validate_app(app: str) -> str:
 
 
 def _validate_kinds(kinds: Collection[str]) -> frozenset[str]:
-    chosen = frozenset(kinds) if not isinstance(kinds, str) else frozenset({kinds})
+    items = [kinds] if isinstance(kinds, str) else list(kinds)
+    if not all(isinstance(kind, str) for kind in items):
+        items = []  # refused below, like an unknown kind (never a TypeError)
+    chosen = frozenset(items)
     if not chosen or not chosen <= KINDS:
         raise InvalidInput(
             f"webhook kinds must be a non-empty subset of {sorted(KINDS)}",
@@ -446,8 +450,11 @@ class WebhookStore:
         contract: str | None = None,
         owner: str,
         now_ms: int,
+        start_block: int = 0,
     ) -> Webhook:
-        """A new webhook; Conflict if the app has too many or the same one already."""
+        """A new webhook, notified of blocks from ``start_block`` on; Conflict if the
+        app has too many or the same one already. If the app had no resume cursor, it
+        starts just before ``start_block`` (nothing older is fed for nobody)."""
         chosen = _validate_kinds(kinds)
         hook = Webhook(
             id="wh_" + secrets.token_hex(8),
@@ -461,9 +468,19 @@ class WebhookStore:
         with self._atomic() as conn:
             self._check_room(conn, hook)
             conn.execute(
-                "INSERT INTO webhooks VALUES (?,?,?,?,?,?,?)",
-                (hook.id, app, hook.url, ",".join(sorted(chosen)), hook.contract, now_ms, owner),
+                "INSERT INTO webhooks VALUES (?,?,?,?,?,?,?,?)",
+                (
+                    hook.id,
+                    app,
+                    hook.url,
+                    ",".join(sorted(chosen)),
+                    hook.contract,
+                    now_ms,
+                    owner,
+                    start_block,
+                ),
             )
+            conn.execute("INSERT OR IGNORE INTO cursors VALUES (?, ?)", (app, start_block - 1))
         return hook
 
     def _check_room(self, conn: sqlite3.Connection, hook: Webhook) -> None:
@@ -527,6 +544,7 @@ class WebhookStore:
         contract: str | None,
         dedupe_key: str,
         now_ms: int,
+        block: int | None = None,
     ) -> builtins.list[str]:
         """Queue ``payload`` for every matching webhook; the ids of those deliveries.
 
@@ -537,8 +555,8 @@ class WebhookStore:
         with self._atomic() as conn:
             rows = conn.execute(
                 "SELECT id, app, url, kinds, contract, created_ms, owner FROM webhooks"
-                " WHERE app=? ORDER BY created_ms, rowid",
-                (app,),
+                " WHERE app=? AND start_block <= ? ORDER BY created_ms, rowid",
+                (app, 2**62 if block is None else block),
             ).fetchall()
             ids = []
             for webhook_id in _matching(map(_webhook_of, rows), kind, contract):

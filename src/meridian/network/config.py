@@ -42,7 +42,8 @@ ORG_TYPES = ("operator", "central_bank", "bank", "regulator", "enterprise", "dev
 ZONE_KINDS = ("city", "region", "country")
 KEY_MODES = ("own", "custody")  # app users bring a CSR, or the gateway keeps their key
 APP_STATUSES = ("active", "suspended", "closed")
-MEMBER_ROLES = ("participant", "auditor")  # auditors read the app; participants also write
+MEMBER_ROLES = ("participant", "auditor")
+NODE_STATUSES = ("active", "joining")  # auditors read the app; participants also write
 MAX_DETAIL_CHARS = 256
 
 
@@ -78,6 +79,9 @@ class NodeEntry:
     p2p_port: int
     cert_pem: bytes = field(repr=False)
     zone: str = ""
+    # "joining": added by governance, syncing; it hosts but orders nothing until its
+    # operator activates it (so that nodes not yet running never hold up a quorum)
+    status: str = "active"
 
     @property
     def url(self) -> str:
@@ -215,6 +219,11 @@ class NetworkConfig:
             return app.nodes
         return tuple(n.id for n in self.nodes if n.org in app.members)
 
+    def consenting_nodes(self, app: AppConfig) -> tuple[str, ...]:
+        """The hosting nodes that may order ``app``: the active ones."""
+        active = {n.id for n in self.nodes if n.status == "active"}
+        return tuple(n for n in self.hosting_nodes(app) if n in active)
+
     def hosted_by(self, node_id: str) -> tuple[AppConfig, ...]:
         """The apps (the governance channel first) whose ledger ``node_id`` holds."""
         apps = [self.governance, *(a for a in self.apps if a.status != "closed")]
@@ -239,6 +248,7 @@ class NetworkConfig:
                     "id": n.id,
                     "org": n.org,
                     "zone": n.zone,
+                    "status": n.status,
                     "host": n.host,
                     "port": n.port,
                     "p2p_port": n.p2p_port,
@@ -298,6 +308,7 @@ class NetworkConfig:
                         _port(n["p2p_port"]),
                         n["cert"].encode(),
                         n.get("zone", ""),
+                        n.get("status", "active"),
                     )
                     for n in d["nodes"]
                 ),
@@ -407,6 +418,8 @@ class NetworkConfig:
                 )
             if not all(_is_port(port) for port in (node.port, node.p2p_port)):
                 raise InvalidInput(f"node {node.id} has a port outside 1..65535", code="bad_config")
+            if node.status not in NODE_STATUSES:
+                raise InvalidInput(f"node {node.id} has status {node.status!r}", code="bad_config")
             if node.zone and node.zone not in zones:
                 raise InvalidInput(
                     f"node {node.id} is in unknown zone {node.zone!r}", code="bad_config"

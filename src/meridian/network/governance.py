@@ -65,6 +65,7 @@ DEFAULT_POLICIES: Mapping[str, tuple[str, ...]] = {
     "register_org": ("ANY operators",),
     "remove_org": _NETWORK,
     "add_node": _NETWORK,
+    "activate_node": ("ANY subject",),
     "remove_node": _NETWORK,
     "revoke": ("ANY subject",),
     "set_plan": _NETWORK,
@@ -133,12 +134,16 @@ def _exists(kind: str, ident: str) -> Conflict:
     )
 
 
-def compute_subject(change: Mapping[str, Any]) -> str | None:
+def compute_subject(config: NetworkConfig, change: Mapping[str, Any]) -> str | None:
     """The org a change is about (its ``subject`` group), if any."""
     kind = change.get("kind")
     if kind in ("add_member", "remove_member", "revoke"):
         org = change.get("org")
         return org if isinstance(org, str) else None
+    if kind == "activate_node":
+        node = change.get("id")
+        found = [n.org for n in config.nodes if n.id == node]
+        return found[0] if found else None
     return None
 
 
@@ -157,7 +162,7 @@ def get_group(config: NetworkConfig, change: Mapping[str, Any], group: str) -> t
     if group == "operators":
         return config.operators
     if group == "subject":
-        subject = compute_subject(change)
+        subject = compute_subject(config, change)
         return (subject,) if subject else ()
     app = compute_app(config, change)
     if app is None:
@@ -288,6 +293,7 @@ def _add_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig
         _field(change, "p2p_port", int),
         cert_pem,
         change.get("zone", ""),
+        "joining",  # it orders once its operator activates it (activate_node)
     )
     if node.id in {n.id for n in config.nodes}:
         raise _exists("node", node.id)
@@ -309,6 +315,17 @@ def _check_node_cert(config: NetworkConfig, node: NodeEntry) -> None:
         raise InvalidInput(
             f"the certificate is not node {node.id}'s of {node.org}", code="bad_change"
         )
+
+
+def _activate_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    """A joining node (synced, its operator says) starts ordering the channels it hosts."""
+    node = config.node(_field(change, "id"))
+    if node.status == "active":
+        raise Conflict(f"node {node.id} is already active", code="already_active")
+    active = dataclasses.replace(node, status="active")
+    return dataclasses.replace(
+        config, nodes=tuple(active if n.id == node.id else n for n in config.nodes)
+    )
 
 
 def _remove_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
@@ -453,6 +470,7 @@ _APPLY: dict[str, Callable[[NetworkConfig, Mapping[str, Any]], NetworkConfig]] =
     "register_org": _add_org,
     "remove_org": _remove_org,
     "add_node": _add_node,
+    "activate_node": _activate_node,
     "remove_node": _remove_node,
     "revoke": _revoke,
     "set_plan": _set_plan,

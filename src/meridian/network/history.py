@@ -37,6 +37,13 @@ class ConfigHistory:
     def latest(self) -> NetworkConfig:
         return self._views[-1]
 
+    @property
+    def changed_at(self) -> int:
+        """The governance height of the latest configuration: what app blocks name (a
+        voter that has it has the configuration; later non-changing governance blocks
+        need not be waited for)."""
+        return self._heights[-1]
+
     def at(self, height: int) -> NetworkConfig:
         """The configuration after ``height`` governance blocks (≤ :attr:`height`)."""
         if height > self.height:

@@ -268,11 +268,11 @@ class Node:
             if name == GOVERNANCE_APP:
                 continue  # its own state governs it, from the block after a change
             try:
-                now = set(view.hosting_nodes(view.app(name)))
+                now = set(view.consenting_nodes(view.app(name)))
             except NotFound:
                 continue
             if now != set(channel.orderer.consenters.ids) or name in self._leaving:
-                channel.orderer.request_reconfiguration(self.history.height)
+                channel.orderer.request_reconfiguration(self.history.changed_at)
 
     async def _after_commit(self, app: str, batch: CommitBatch) -> None:
         if app == GOVERNANCE_APP:
@@ -366,7 +366,7 @@ class Node:
             peers=peers,
             metrics=self.metrics,
             preverify=self._preverify_transactions,
-            config_height=(lambda: 0) if is_governance else (lambda: self.history.height),
+            config_height=(lambda: 0) if is_governance else (lambda: self.history.changed_at),
         )
         pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
         return Channel(

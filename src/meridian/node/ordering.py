@@ -54,6 +54,7 @@ MAX_SYNC_BYTES = 16 * 2**20
 STATUS_EVERY_S = 2.0
 SERVE_EVERY_S = 0.1
 MAX_INCOMPLETE = 8  # compact proposals waiting for transactions
+MAX_PARKED_PER_SENDER = 2  # proposals waiting for this node's governance height
 
 __all__ = ["ChainTip", "Deliver", "Orderer", "OrderingConfig", "Peers", "SafetyStore"]
 
@@ -176,7 +177,8 @@ class Orderer:
         self.ledger = ledger
         self.consenters = consenters()
         self._config_height = config_height or (lambda: 0)
-        self._parked: list[tuple[str, Message]] = []  # proposals waiting for governance
+        self._parked: dict[str, list[Message]] = {}  # per sender: proposals waiting for
+        # governance (a few each, so that no sender can push out another's)
         last = ledger.get_header(ledger.height() - 1) if ledger.height() else None
         self._last_config_height = 0 if last is None else last.config_height
         self._reconfigure_to = 0  # a governance height whose configuration must take over
@@ -327,7 +329,9 @@ class Orderer:
             return True
         if header.config_height <= self._config_height():
             return False
-        self._parked = [*self._parked[-MAX_INCOMPLETE + 1 :], (sender, msg)]
+        if sender in self.consenters.keys:
+            held = self._parked.setdefault(sender, [])
+            self._parked[sender] = [*held[-MAX_PARKED_PER_SENDER + 1 :], msg]
         return True
 
     def _has_work(self) -> bool:
@@ -347,9 +351,10 @@ class Orderer:
 
     def config_advanced(self) -> None:
         """This node committed more governance blocks: look at parked proposals again."""
-        parked, self._parked = self._parked, []
-        for sender, msg in parked:
-            self.on_message(sender, msg)
+        parked, self._parked = self._parked, {}
+        for sender, messages in parked.items():
+            for msg in messages:
+                self.on_message(sender, msg)
 
     def _keep_transactions(self, block: Block) -> None:
         """Hold a proposed block's transactions in the pool (even a full one): this node

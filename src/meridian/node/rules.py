@@ -72,8 +72,8 @@ def compute_block_rules(history: ConfigHistory, app: str, header: BlockHeader) -
 def compute_next_consenters(
     history: ConfigHistory, membership: Membership, app: str, ledger: ChannelLedger
 ) -> Consenters:
-    """The consenters after the last block of ``ledger``: the app's hosting nodes at
-    that block's configuration height, narrowed by a set its members committed."""
+    """The consenters after the last block of ``ledger``: the app's active hosting nodes
+    at that block's configuration height, narrowed by a set its members committed."""
     height = ledger.height()
     if app == GOVERNANCE_APP:
         view_height, configured = height, None
@@ -85,8 +85,8 @@ def compute_next_consenters(
             view_height = header.config_height
         configured = get_consenters_config(ledger.get)
     view = history.at(min(view_height, history.height))
-    hosting = view.hosting_nodes(view.app(app))
-    chosen = [n for n in configured or () if n in hosting] or list(hosting)
+    ordering = view.consenting_nodes(view.app(app))
+    chosen = [n for n in configured or () if n in ordering] or list(ordering)
     return get_consenters(view, membership, chosen)
 
 

@@ -90,7 +90,7 @@ def _verify_blocks(
     total: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    prev_hash, prev_root = ZERO_DIGEST, ZERO_DIGEST
+    prev_hash, prev_root, prev_config = ZERO_DIGEST, ZERO_DIGEST, 0
     for number, stored_hash, header_raw, body_raw, codes_raw, root, cert in store.iter_raw_blocks():
         where = f"block {number}"
         header = BlockHeader.from_dict(orjson.loads(header_raw))
@@ -106,6 +106,10 @@ def _verify_blocks(
             (
                 header.data_hash == compute_root([compute_tx_hash(t) for t in txs]),
                 "data_hash is not the Merkle root of its transactions",
+            ),
+            (
+                header.config_height >= prev_config,
+                "config_height goes back below the previous block's",
             ),
         ]
         report.problems.extend(f"{where}: {msg}" for ok, msg in checks if not ok)
@@ -127,7 +131,7 @@ def _verify_blocks(
         report.blocks += 1
         report.transactions += len(txs)
         report.valid += sum(1 for c in stored_codes if c is TxCode.VALID)
-        prev_hash, prev_root = header.hash, Digest(root)
+        prev_hash, prev_root, prev_config = header.hash, Digest(root), header.config_height
         if progress:
             progress(report.blocks, total)
 
