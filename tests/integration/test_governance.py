@@ -346,7 +346,9 @@ def test_node_joins_through_node_add(gov_net: RunningNetwork) -> None:
             status = gw.status()["apps"][GOVERNANCE_APP]["consensus"]
             assert "node5" not in status["consenters"]  # a follower until activated
         activated = run_cli(gov_net, "node", "activate", "node5")
-        assert activated["status"] == "executed"  # its own operator decides (ANY subject)
+        assert activated["status"] == "open"  # the operators decide (MAJORITY operators)
+        run_cli(gov_net, "gov", "approve", activated["id"], "--as", "org2/admin")
+        run_cli(gov_net, "gov", "approve", activated["id"], "--as", "org3/admin")
         with gov_net.gateway("org1/user1", url=config.node("node5").url) as gw:
             deadline = time.monotonic() + HOSTING_TIMEOUT_S
             while Governance(gw).config().node("node5").status != "active":
@@ -509,6 +511,37 @@ def test_app_hosted_on_chosen_nodes_then_moved(app_net: AppNet) -> None:
     while len(set((blocks := latest_blocks(a, ["node3", "node4"])).values())) != 1:
         assert time.monotonic() < deadline, blocks
         time.sleep(0.1)
+    a.net.stop()
+    verify_ledgers(a.net)
+
+
+def test_app_moved_to_nodes_without_its_ledger(app_net: AppNet) -> None:
+    """shop moves from node1+node2 straight to node3+node4, which hold nothing of it:
+    the old hosts keep ordering and serving blocks until the new ones have them all."""
+    a = app_net
+    create_shop(a)
+    shop = a.dev.gateway.app("shop").contract(CONTRACT)
+    assert shop.submit("create", "m1", "alice", 1)["owner"] == "alice"
+    before = latest_blocks(a, ["node1"])["node1"]
+    moved = a.dev.propose(a.dev.set_app_nodes("shop", ["node3", "node4"]))
+    assert moved["status"] == "executed"
+    for node in ("node3", "node4"):
+        with connect(a.net.config.node(node).url, a.identity, network=a.net.config.network) as gw:
+            wait_hosted(gw, "shop", HOSTING_TIMEOUT_S, min_height=before[0] + 1)
+    _, archive = load_package(EXAMPLE)
+    with a.net.gateway("org3/admin", url=a.net.config.node("node3").url) as installer:
+        installer.install(archive)
+    with connect(a.net.config.node("node4").url, a.identity, network=a.net.config.network) as gw:
+        gw.seen.merge(a.dev.gateway.seen)
+        with a.net.gateway("org4/admin", url=a.net.config.node("node4").url) as installer:
+            installer.install(archive)
+        moved_shop = gw.app("shop").contract(CONTRACT)
+        assert moved_shop.submit("create", "m2", "bob", 2)["owner"] == "bob"
+        assert moved_shop.evaluate("read", "m1")["owner"] == "alice"  # the history came along
+    deadline = time.monotonic() + HOSTING_TIMEOUT_S
+    while "shop" in apps_listed(a.net, a.identity, "node1"):
+        assert time.monotonic() < deadline, "node1 never finished handing shop over"
+        time.sleep(0.2)
     a.net.stop()
     verify_ledgers(a.net)
 

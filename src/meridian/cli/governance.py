@@ -420,7 +420,8 @@ def node_activate(
     ctx: typer.Context,
     node_id: str = typer.Argument(..., help="A joining node (added with 'node add')."),
 ) -> None:
-    """Let a joining node order the channels it hosts (as its operator's admin).
+    """Propose that a joining node orders the channels it hosts (as its operator's admin;
+    the operators approve it like any network change).
 
     A node added by governance joins as a follower: it syncs but is no consenter, so
     that nodes not yet running never hold up a quorum. Activate it once it runs and has

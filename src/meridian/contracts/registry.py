@@ -64,6 +64,18 @@ class ContractRegistry:
     def add_app(self, app: AppContracts) -> None:
         self._apps[app.app] = app
 
+    def remove_app(self, app: str) -> None:
+        """Forget an app this node no longer hosts; its workers stop in the background
+        (calls still running finish first)."""
+        self._apps.pop(app, None)
+        for key in [k for k in self._pools if k[0] == app]:
+            _, pool = self._pools.pop(key)
+            task = asyncio.get_running_loop().create_task(
+                pool.close(drain_s=self.limits.call_timeout_s)
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
     def definition(self, app: str, contract: str) -> ContractDefinition:
         found = self._apps[app].definition(contract)
         if found is None:

@@ -299,7 +299,7 @@ class Services:
             "id": org,
             "type": org_type,
             "name": _text(body, "name", 256),
-            "details": _details(body.get("details", {})),
+            "details": _details(body.get("details", {}), max_fields=8, max_chars=128),
             "ca": ca.cert_pem.decode(),
         }
         admin_csr = body.get("admin_csr")
@@ -307,11 +307,14 @@ class Services:
             raise InvalidInput("admin_csr must be a PEM string", code="malformed")
         if admin_csr is not None:
             validate_csr_for(admin_csr.encode(), org=org, user="admin")
+        self._admit_registration()
         self._keep_ca(org, ca)  # first: an org this node registered can always issue
         try:
             proposal = await self._submit_governance(self.registrar, "propose", [change, 7 * 86400])
+        except Unavailable:
+            raise  # accepted, and may still execute: the CA key stays
         except MeridianError:
-            self.vault.delete(GOVERNANCE_APP, CA_USER_PREFIX + org)
+            self.vault.delete(GOVERNANCE_APP, CA_USER_PREFIX + org)  # refused: nothing kept
             raise
         result: dict[str, Any] = {"org": org, "ca": ca.cert_pem.decode(), "proposal": proposal}
         if admin_csr is not None:
@@ -481,12 +484,17 @@ def _text(body: Any, key: str, max_chars: int) -> str:
     return value
 
 
-def _details(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict) or len(value) > 16:
-        raise InvalidInput("'details' must be an object of at most 16 fields", code="malformed")
+def _details(value: Any, *, max_fields: int, max_chars: int) -> dict[str, str]:
+    if not isinstance(value, dict) or len(value) > max_fields:
+        raise InvalidInput(
+            f"'details' must be an object of at most {max_fields} fields", code="malformed"
+        )
     for key, text in value.items():
-        if not isinstance(text, str) or len(text) > 256 or len(key) > 64:
-            raise InvalidInput(f"detail {key!r} must be text", code="malformed")
+        if not isinstance(text, str) or len(text) > max_chars or len(key) > 32:
+            raise InvalidInput(
+                f"detail {key!r} must be text of at most {max_chars} characters",
+                code="malformed",
+            )
     return dict(value)
 
 
@@ -590,8 +598,8 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
             contract=body.get("contract"),
             owner=f"{identity.org}/{identity.name}",
             now_ms=_now_ms(),
+            start_block=channel.height,  # the blocks committed from now on
         )
-        services.webhooks.record_enqueued(app_name, channel.height - 1)  # from now on
         return hook.to_dict()
 
     @app.get("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="List webhooks")

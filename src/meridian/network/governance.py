@@ -54,7 +54,7 @@ CONFIG_KEY = "config"
 MAX_TTL_S = 30 * 24 * 3600
 DEFAULT_TTL_S = 7 * 24 * 3600
 GROUPS = ("operators", "members", "owner", "subject")
-MAX_REVOKED = 10_000
+MAX_REVOKED = 500  # kept in the configuration document (see docs/service-network.md)
 ONBOARDED_TYPES = ("enterprise", "developer")  # orgs any single operator may register
 
 _NETWORK = ("MAJORITY operators",)
@@ -65,7 +65,7 @@ DEFAULT_POLICIES: Mapping[str, tuple[str, ...]] = {
     "register_org": ("ANY operators",),
     "remove_org": _NETWORK,
     "add_node": _NETWORK,
-    "activate_node": ("ANY subject",),
+    "activate_node": _NETWORK,
     "remove_node": _NETWORK,
     "revoke": ("ANY subject",),
     "set_plan": _NETWORK,
@@ -400,7 +400,18 @@ def _create_app(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConf
     for node in app.nodes:
         config.node(node)
     config.plan(app.plan)
+    _check_orderable(config, app)
     return dataclasses.replace(config, apps=(*config.apps, app))
+
+
+def _check_orderable(config: NetworkConfig, app: AppConfig) -> None:
+    """An app needs at least one active node among its hosts to order its blocks."""
+    if not config.consenting_nodes(app):
+        raise Conflict(
+            f"app {app.name} would have no active node to order it",
+            code="no_active_node",
+            hint="include an active node (joining nodes order once activated)",
+        )
 
 
 def _update_app(config: NetworkConfig, name: str, **fields: Any) -> NetworkConfig:
@@ -455,7 +466,9 @@ def _set_app_nodes(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkC
     nodes = _names(change, "nodes")
     for node in nodes:
         config.node(node)
-    return _update_app(config, _field(change, "app"), nodes=nodes)
+    updated = _update_app(config, _field(change, "app"), nodes=nodes)
+    _check_orderable(updated, updated.app(_field(change, "app")))
+    return updated
 
 
 def _set_app_plan(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:

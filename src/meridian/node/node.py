@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -75,6 +75,7 @@ from .rules import (
     compute_next_consenters,
     compute_rules,
     compute_view_height,
+    get_membership,
 )
 from .validate import AppRules, compute_signature_checks, get_governing_definition
 
@@ -84,6 +85,7 @@ PROPOSAL_MAX_SKEW_MS = 10 * 60 * 1000
 PREVERIFY_MIN_BATCH = 16
 DEFAULT_WAIT_S = 30.0
 AFTER_BLOCK_WAIT_S = 10.0
+LEAVING_CHECK_S = 2.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,8 @@ class Node:
         self.dropped_frames: dict[str, int] = {}
         self._hosting = asyncio.Lock()
         self._leaving: set[str] = set()  # channels handing over before they stop here
+        self._watcher: asyncio.Task[None] | None = None
+        self._resumed = False
         self._stopping: set[asyncio.Task[None]] = set()
 
     @property
@@ -164,8 +168,10 @@ class Node:
             self.membership.add_org(org.id, org.ca_pem)
 
     def _load_revocations(self) -> None:
-        """Revocations this node already knew, then any CRL files in the network dir."""
-        load_revocations(self.data_dir, self.membership)
+        """Revocations this node already knew, then any CRL files in the network dir
+        (again once the configuration history is loaded, for orgs governance added)."""
+        if load_revocations(self.data_dir, self.membership):
+            return  # some orgs are not trusted yet: saving now would forget theirs
         for org in self.config.orgs:
             path = self.layout.crl_file(org.id)
             if path.is_file():
@@ -180,7 +186,9 @@ class Node:
         log.info("contract sandbox: %s", self.sandbox_mode)
         self.transport = self._create_transport()
         await self.apply_config()
+        self._load_revocations()  # every org of the history is trusted now
         await self.transport.start()
+        self._watcher = asyncio.create_task(self._watch_leaving(), name="leaving-watch")
         log.info(
             "node %s (org %s) serving apps %s",
             self.id,
@@ -203,6 +211,7 @@ class Node:
                 for org in past.orgs:  # of any configuration height must validate here
                     self._trust(org)
             wanted = {app.name: app for app in view.hosted_by(self.id)}
+            await self._resume_leaving(view, wanted)
             for name in [n for n in self.channels if n not in wanted]:
                 self._leave(name, view)
             for name, app in wanted.items():
@@ -212,7 +221,10 @@ class Node:
                     await self._host_safely(app)
                     continue
                 channel.rules = compute_rules(view, app)
-                channel.orderer.members = frozenset(view.hosting_nodes(app))
+                # the current consenters too: leaving ones follow (Status) until handed over
+                channel.orderer.members = frozenset(
+                    (*view.hosting_nodes(app), *channel.orderer.consenters.ids)
+                )
                 self.registry.add_app(self._get_contracts(view, app))
             self._request_reconfigurations(view)
             if self.transport is not None:
@@ -233,22 +245,61 @@ class Node:
         leaving consenter keeps ordering (and asks for that block, even an empty one)
         until it is handed over; a closed app, or a node that is no consenter, stops now.
         """
+        app = next((a for a in view.apps if a.name == name), None)
+        channel = self.channels[name]
+        if app is not None:  # later changes apply while it hands over (members, status...)
+            channel.rules = compute_rules(view, app)
+            channel.orderer.members = channel.orderer.members | set(view.hosting_nodes(app))
         if name in self._leaving:
             return
         self._leaving.add(name)
-        closed = all(a.name != name or a.status == "closed" for a in view.apps)
         log.warning("%s: no longer hosted on %s; leaving it", name, self.id)
-        if closed:
+        if app is None or app.status == "closed":
             self._stop_channel(name)
         else:
             self._retire_if_handed_over(name)
 
     def _retire_if_handed_over(self, name: str) -> None:
+        """Stop a leaving channel once the new consenters order it without this node
+        and every one of them has reported (Status) all the blocks this node holds."""
         channel = self.channels.get(name)
         if channel is None or name not in self._leaving:
             return
-        if self.id not in self._get_consenters(name, channel.ledger).ids:
+        successors = self._get_consenters(name, channel.ledger).ids
+        if self.id in successors:
+            return
+        if all(channel.orderer.reported.get(n, -1) >= channel.height for n in successors):
             self._stop_channel(name)
+
+    async def _resume_leaving(self, view: NetworkConfig, wanted: Mapping[str, Any]) -> None:
+        """At start: an app this node no longer hosts but still orders (a handover it
+        had not finished when it stopped) is hosted again, as leaving."""
+        if self._resumed:
+            return  # only once, at start
+        self._resumed = True
+        ledgers = self.data_dir / "ledgers"
+        for app in view.apps:
+            if app.name in wanted or app.status == "closed":
+                continue
+            if not (ledgers / f"{app.name}.sqlite").is_file():
+                continue
+            ledger = SqliteLedger(ledgers / f"{app.name}.sqlite")
+            try:
+                still = self.id in self._get_consenters(app.name, ledger).ids
+            finally:
+                ledger.close()
+            if still:
+                log.warning("%s: resuming the handover of %s", self.id, app.name)
+                await self._host_safely(app)
+                if app.name in self.channels:
+                    self._leaving.add(app.name)
+
+    async def _watch_leaving(self) -> None:
+        """Look at leaving channels now and then (peers' Status arrive without commits)."""
+        while True:
+            await asyncio.sleep(LEAVING_CHECK_S)
+            for name in list(self._leaving):
+                self._retire_if_handed_over(name)
 
     def _stop_channel(self, name: str) -> None:
         """Stop a channel from outside its own tasks (its commit may be calling us)."""
@@ -257,6 +308,7 @@ class Node:
         if channel is None:
             return
         log.warning("%s: stopped hosting %s at height %d", self.id, name, channel.height)
+        self.registry.remove_app(name)
         task = asyncio.get_running_loop().create_task(channel.stop())
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
@@ -282,6 +334,8 @@ class Node:
 
     async def _host(self, app: AppConfig) -> None:
         channel = self._create_channel(app, self.transport or NoPeers())
+        # its current consenters follow it too (a handover: they wait for our Status)
+        channel.orderer.members |= set(channel.orderer.consenters.ids)
         self.channels[app.name] = channel
         self.registry.add_app(self._get_contracts(self.config, app))
         await channel.start()
@@ -451,6 +505,8 @@ class Node:
             channel.orderer.announce(peer)
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.transport is not None:
             await self.transport.stop()
         for channel in self.channels.values():
@@ -514,7 +570,14 @@ class Node:
             return False
 
     def check_access(self, app: str, org: str, *, read: bool) -> None:
-        """Forbidden unless ``org`` may use ``app`` (write) or read it."""
+        """Forbidden unless ``org`` may use ``app`` (write) or read it; Unavailable for a
+        write through a node that is handing the app over to other nodes."""
+        if not read and app in self._leaving:
+            raise Unavailable(
+                f"node {self.id} is handing app {app} over to other nodes",
+                code="app_moving",
+                hint="send transactions to a node that hosts the app (GET /v1/network)",
+            )
         if org in self.channel(app).rules.members or (read and self.may_read(app, org)):
             return
         raise Forbidden(
@@ -800,7 +863,7 @@ class Node:
         network directory for other tools.
         """
         when = _now()
-        staged = Membership({o.id: o.ca_pem for o in self.config.orgs})
+        staged = get_membership(self.history)  # every org: revocations of any of them
         staged.restore_revocations(self.membership.revocations())
         staged.update_crl(org, crl_pem, received_at=when)  # refuses a bad CRL: no change
         save_revocations(self.data_dir, staged)

@@ -177,6 +177,7 @@ class Orderer:
         self.ledger = ledger
         self.consenters = consenters()
         self._config_height = config_height or (lambda: 0)
+        self.reported: dict[str, int] = {}  # peers' heights, as their Status says
         self._parked: dict[str, list[Message]] = {}  # per sender: proposals waiting for
         # governance (a few each, so that no sender can push out another's)
         last = ledger.get_header(ledger.height() - 1) if ledger.height() else None
@@ -283,6 +284,8 @@ class Orderer:
         if sender not in self.members and sender not in self.consenters.keys:
             self._count_rejected("not_a_member_node")  # neither hosting nor ordering it
             return
+        if isinstance(msg, Status):
+            self.reported[sender] = max(self.reported.get(sender, 0), msg.height)
         if isinstance(msg, TxForward):
             committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
             fresh = [

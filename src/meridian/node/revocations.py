@@ -21,12 +21,15 @@ from ..network.config import write_file
 REVOCATIONS_FILE = "revocations.json"
 
 
-def load_revocations(data_dir: Path, membership: Membership) -> None:
-    """Adopt the revocations saved in ``data_dir`` (if any) into ``membership``."""
+def load_revocations(data_dir: Path, membership: Membership) -> set[str]:
+    """Adopt the revocations saved in ``data_dir`` (if any) into ``membership``; the
+    orgs skipped because ``membership`` does not know them yet (an org added by
+    governance, before the node has loaded its configuration history)."""
     path = data_dir / REVOCATIONS_FILE
     if not path.is_file():
-        return
+        return set()
     saved = orjson.loads(path.read_bytes())
+    skipped = {org for org in saved if org not in membership.orgs}
     membership.restore_revocations(
         {
             org: {
@@ -34,8 +37,10 @@ def load_revocations(data_dir: Path, membership: Membership) -> None:
                 for serial, ms in serials.items()
             }
             for org, serials in saved.items()
+            if org not in skipped
         }
     )
+    return skipped
 
 
 def save_revocations(data_dir: Path, membership: Membership) -> None:

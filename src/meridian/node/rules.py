@@ -85,7 +85,8 @@ def compute_next_consenters(
             view_height = header.config_height
         configured = get_consenters_config(ledger.get)
     view = history.at(min(view_height, history.height))
-    ordering = view.consenting_nodes(view.app(app))
+    app_config = view.app(app)
+    ordering = view.consenting_nodes(app_config) or view.hosting_nodes(app_config)
     chosen = [n for n in configured or () if n in ordering] or list(ordering)
     return get_consenters(view, membership, chosen)
 
