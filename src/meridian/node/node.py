@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .. import codec
 from ..consensus.core import Consenters, Timing
 from ..consensus.messages import decode_message
 from ..contracts.api import CallerIdentity
@@ -72,6 +73,7 @@ from .revocations import load_revocations, save_revocations
 from .rules import (
     ChannelLedger,
     compute_block_rules,
+    compute_consenters_at,
     compute_next_consenters,
     compute_rules,
     compute_view_height,
@@ -86,6 +88,7 @@ PREVERIFY_MIN_BATCH = 16
 DEFAULT_WAIT_S = 30.0
 AFTER_BLOCK_WAIT_S = 10.0
 LEAVING_CHECK_S = 2.0
+LEAVING_FILE = "leaving.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ class Node:
         self._hosting = asyncio.Lock()
         self._leaving: set[str] = set()  # channels handing over before they stop here
         self._watcher: asyncio.Task[None] | None = None
+        self._stopping_by_app: dict[str, asyncio.Task[None]] = {}
         self._resumed = False
         self._stopping: set[asyncio.Task[None]] = set()
 
@@ -222,7 +226,7 @@ class Node:
                     continue
                 channel.rules = compute_rules(view, app)
                 # the current consenters too: leaving ones follow (Status) until handed over
-                channel.orderer.members = frozenset(
+                channel.orderer.members = channel.orderer.members | frozenset(
                     (*view.hosting_nodes(app), *channel.orderer.consenters.ids)
                 )
                 self.registry.add_app(self._get_contracts(view, app))
@@ -250,14 +254,15 @@ class Node:
         if app is not None:  # later changes apply while it hands over (members, status...)
             channel.rules = compute_rules(view, app)
             channel.orderer.members = channel.orderer.members | set(view.hosting_nodes(app))
+        if app is None or app.status == "closed":
+            self._stop_channel(name)  # nothing to hand over
+            return
         if name in self._leaving:
             return
         self._leaving.add(name)
+        self._save_leaving()
         log.warning("%s: no longer hosted on %s; leaving it", name, self.id)
-        if app is None or app.status == "closed":
-            self._stop_channel(name)
-        else:
-            self._retire_if_handed_over(name)
+        self._retire_if_handed_over(name)
 
     def _retire_if_handed_over(self, name: str) -> None:
         """Stop a leaving channel once the new consenters order it without this node
@@ -265,10 +270,16 @@ class Node:
         channel = self.channels.get(name)
         if channel is None or name not in self._leaving:
             return
-        successors = self._get_consenters(name, channel.ledger).ids
-        if self.id in successors:
+        successors = self._get_consenters(name, channel.ledger)
+        if self.id in successors.ids:
             return
-        if all(channel.orderer.reported.get(n, -1) >= channel.height for n in successors):
+        if channel.height == 0:  # it holds nothing anyone needs
+            self._stop_channel(name)
+            return
+        holding = [
+            n for n in successors.ids if channel.orderer.reported.get(n, -1) >= channel.height
+        ]
+        if len(holding) >= successors.quorum.strong:  # they order, and serve the rest
             self._stop_channel(name)
 
     async def _resume_leaving(self, view: NetworkConfig, wanted: Mapping[str, Any]) -> None:
@@ -278,6 +289,7 @@ class Node:
             return  # only once, at start
         self._resumed = True
         ledgers = self.data_dir / "ledgers"
+        was_leaving = self._load_leaving()
         for app in view.apps:
             if app.name in wanted or app.status == "closed":
                 continue
@@ -288,22 +300,43 @@ class Node:
                 still = self.id in self._get_consenters(app.name, ledger).ids
             finally:
                 ledger.close()
-            if still:
+            if still or app.name in was_leaving:
                 log.warning("%s: resuming the handover of %s", self.id, app.name)
                 await self._host_safely(app)
                 if app.name in self.channels:
                     self._leaving.add(app.name)
+        self._save_leaving()
 
     async def _watch_leaving(self) -> None:
         """Look at leaving channels now and then (peers' Status arrive without commits)."""
         while True:
             await asyncio.sleep(LEAVING_CHECK_S)
             for name in list(self._leaving):
-                self._retire_if_handed_over(name)
+                try:
+                    self._retire_if_handed_over(name)
+                except Exception:  # one channel must not end the watch for the others
+                    log.exception("%s: checking the handover of %s failed", self.id, name)
+
+    def _load_leaving(self) -> set[str]:
+        path = self.data_dir / LEAVING_FILE
+        if not path.is_file():
+            return set()
+        try:
+            names = codec.decode(path.read_bytes(), max_bytes=2**20, what=LEAVING_FILE)
+        except MeridianError:
+            log.error("%s: %s is unreadable; ignoring it", self.id, path)
+            return set()
+        return {n for n in names if isinstance(n, str)} if isinstance(names, list) else set()
+
+    def _save_leaving(self) -> None:
+        """The channels this node is handing over, durable: a restart resumes them."""
+        write_file(self.data_dir / LEAVING_FILE, codec.encode(sorted(self._leaving)))
 
     def _stop_channel(self, name: str) -> None:
         """Stop a channel from outside its own tasks (its commit may be calling us)."""
-        self._leaving.discard(name)
+        if name in self._leaving:
+            self._leaving.discard(name)
+            self._save_leaving()
         channel = self.channels.pop(name, None)
         if channel is None:
             return
@@ -311,6 +344,7 @@ class Node:
         self.registry.remove_app(name)
         task = asyncio.get_running_loop().create_task(channel.stop())
         self._stopping.add(task)
+        self._stopping_by_app[name] = task
         task.add_done_callback(self._stopping.discard)
 
     def _request_reconfigurations(self, view: NetworkConfig) -> None:
@@ -326,6 +360,35 @@ class Node:
             if now != set(channel.orderer.consenters.ids) or name in self._leaving:
                 channel.orderer.request_reconfiguration(self.history.changed_at)
 
+    def _get_proposal_config_height(self, name: str) -> int:
+        """The configuration height this node's next block of ``name`` names: the
+        latest, unless it changes the consenters and fewer than a quorum of the new
+        ones have reported the whole chain — then the current one, so that ordering
+        never passes to nodes that cannot order yet (a host that is down, or syncing).
+        Only the moment of the handover depends on this; any height a voter has is
+        valid."""
+        latest = self.history.changed_at
+        channel = self.channels.get(name)
+        if channel is None:
+            return latest
+        current = channel.orderer.last_config_height
+        if latest <= current:
+            return latest
+        try:
+            successors = compute_consenters_at(
+                self.history, self.membership, name, channel.ledger, latest
+            )
+        except (MeridianError, ValueError):
+            return latest
+        ordering = channel.orderer.consenters.keys  # they order this chain already
+        reported = channel.orderer.reported
+        ready = [
+            n
+            for n in successors.ids
+            if n == self.id or n in ordering or reported.get(n, -1) >= channel.height
+        ]
+        return latest if len(ready) >= successors.quorum.strong else current
+
     async def _after_commit(self, app: str, batch: CommitBatch) -> None:
         if app == GOVERNANCE_APP:
             await self._on_governance_committed(batch)
@@ -333,6 +396,9 @@ class Node:
             self._retire_if_handed_over(app)
 
     async def _host(self, app: AppConfig) -> None:
+        stopping = self._stopping_by_app.pop(app.name, None)
+        if stopping is not None:  # moved straight back: let the old one close its files
+            await asyncio.gather(stopping, return_exceptions=True)
         channel = self._create_channel(app, self.transport or NoPeers())
         # its current consenters follow it too (a handover: they wait for our Status)
         channel.orderer.members |= set(channel.orderer.consenters.ids)
@@ -421,6 +487,11 @@ class Node:
             metrics=self.metrics,
             preverify=self._preverify_transactions,
             config_height=(lambda: 0) if is_governance else (lambda: self.history.changed_at),
+            propose_config_height=(
+                (lambda: 0)
+                if is_governance
+                else functools.partial(self._get_proposal_config_height, app.name)
+            ),
         )
         pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
         return Channel(

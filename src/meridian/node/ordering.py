@@ -163,6 +163,7 @@ class Orderer:
         metrics: NodeMetrics | None = None,
         preverify: Callable[[Sequence[Transaction]], None] | None = None,
         config_height: Callable[[], int] | None = None,
+        propose_config_height: Callable[[], int] | None = None,
     ) -> None:
         """``consenters()`` gives the consenters of the next height (read again after
         every block); ``config_height()`` the governance height this node has
@@ -177,6 +178,9 @@ class Orderer:
         self.ledger = ledger
         self.consenters = consenters()
         self._config_height = config_height or (lambda: 0)
+        # what this node's proposals name: may hold back a configuration whose new
+        # consenters do not have the chain yet (see Node._get_proposal_config_height)
+        self._propose_config_height = propose_config_height or self._config_height
         self.reported: dict[str, int] = {}  # peers' heights, as their Status says
         self._parked: dict[str, list[Message]] = {}  # per sender: proposals waiting for
         # governance (a few each, so that no sender can push out another's)
@@ -286,6 +290,8 @@ class Orderer:
             return
         if isinstance(msg, Status):
             self.reported[sender] = max(self.reported.get(sender, 0), msg.height)
+            if self._reconfigure_to > self._last_config_height:  # a successor caught up?
+                self._process(replica.on_pending(self._has_work(), now_ms()))
         if isinstance(msg, TxForward):
             committed = self.ledger.known_tx_ids([tx.tx_id for tx in msg.transactions])
             fresh = [
@@ -337,13 +343,18 @@ class Orderer:
             self._parked[sender] = [*held[-MAX_PARKED_PER_SENDER + 1 :], msg]
         return True
 
+    @property
+    def last_config_height(self) -> int:
+        """The configuration height of the last block applied here."""
+        return self._last_config_height
+
     def _has_work(self) -> bool:
         """Transactions to order, or a configuration change to hand over to: then even
         an empty block is worth proposing (it moves the chain to the new configuration,
         e.g. new consenters, which otherwise would wait for the next transaction)."""
         if len(self.mempool):
             return True
-        return self._last_config_height < self._reconfigure_to <= self._config_height()
+        return self._last_config_height < self._reconfigure_to <= self._propose_config_height()
 
     def request_reconfiguration(self, config_height: int) -> None:
         """The configuration at ``config_height`` changes this channel (its hosting
@@ -480,7 +491,13 @@ class Orderer:
             return  # nothing to order after all (no empty blocks while all is well)
         txs = self.mempool.take(self.config.max_txs, self.config.max_block_bytes)
         block = compute_block(
-            self.network, self.app, replica.tip, txs, now_ms(), self.me, self._config_height()
+            self.network,
+            self.app,
+            replica.tip,
+            txs,
+            now_ms(),
+            self.me,
+            max(self._propose_config_height(), self._last_config_height),
         )
         self._process(replica.on_payload(block, now_ms()))
 

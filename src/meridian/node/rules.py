@@ -91,6 +91,22 @@ def compute_next_consenters(
     return get_consenters(view, membership, chosen)
 
 
+def compute_consenters_at(
+    history: ConfigHistory,
+    membership: Membership,
+    app: str,
+    ledger: ChannelLedger,
+    view_height: int,
+) -> Consenters:
+    """The consenters a block of ``app`` naming ``view_height`` would hand over to."""
+    view = history.at(min(view_height, history.height))
+    app_config = view.app(app)
+    ordering = view.consenting_nodes(app_config) or view.hosting_nodes(app_config)
+    configured = get_consenters_config(ledger.get)
+    chosen = [n for n in configured or () if n in ordering] or list(ordering)
+    return get_consenters(view, membership, chosen)
+
+
 def get_consenters(
     config: NetworkConfig, membership: Membership, nodes: Sequence[str]
 ) -> Consenters:
