@@ -1105,3 +1105,16 @@ def test_sdk_change_builders(cas: Cas) -> None:
     ]
     for change in builders:
         apply_change(genesis, change)  # each is a well-formed change of its kind
+
+
+def test_invalid_change_that_leaves_an_app_without_an_active_node(
+    genesis: NetworkConfig,
+) -> None:
+    """Whatever the kind: here an app hosted by default on its member's nodes (op4's
+    n4) loses its only node; the change is refused and nothing is written."""
+    solo = AppConfig("solo", ("op4",))
+    config = dataclasses.replace(genesis, apps=(*genesis.apps, solo))
+    assert config.consenting_nodes(solo) == ("n4",)
+    with pytest.raises(Conflict) as info:
+        apply_change(config, {"kind": "remove_node", "id": "n4"})
+    assert info.value.code == "no_active_node"

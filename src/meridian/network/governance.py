@@ -215,6 +215,9 @@ def apply_change(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkCon
         raise
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInput(f"malformed {kind} change: {exc!r}", code="bad_change") from exc
+    for app in updated.apps:  # whatever the change, every open app keeps an orderer
+        if app.status != "closed" and app.name != GOVERNANCE_APP:
+            _check_orderable(updated, app)
     try:  # what is stored must load again: the round trip validates every field
         NetworkConfig.from_dict(updated.to_dict())
     except InvalidInput as exc:
