@@ -55,6 +55,19 @@ COMMANDS = [
     ["node"],
     ["node", "add"],
     ["node", "start"],
+    ["developer"],
+    ["developer", "register"],
+    ["app"],
+    ["app", "user"],
+    ["app", "user", "add"],
+    ["app", "usage"],
+    ["app", "invoice"],
+    ["app", "webhook"],
+    ["app", "webhook", "add"],
+    ["app", "webhook", "list"],
+    ["app", "webhook", "rm"],
+    ["app", "webhook", "deliveries"],
+    ["app", "webhook", "redeliver"],
 ]
 
 

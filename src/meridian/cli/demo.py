@@ -27,6 +27,7 @@ from rich.rule import Rule
 from ..client import Gateway, Identity, connect
 from ..client.core import Receipt
 from ..client.lifecycle import deploy
+from ..client.onboarding import invoice_text
 from ..crypto.certs import load_cert_der
 from ..crypto.suites import load_signer
 from ..errors import Busy, MeridianError, Unavailable
@@ -264,7 +265,7 @@ class Journey:
         proposal = self.propose(dev, {"kind": "set_app_plan", "app": APP, "plan": "basic"})
         console.print(f"  set_app_plan basic: {proposal['status']}")
         _wait(lambda: dev.request("GET", f"/v1/apps/{APP}/invoice")["plan"]["id"] == "basic")
-        console.print(_invoice_text(dev), markup=False, highlight=False)
+        console.print(invoice_text(dev, APP), markup=False, highlight=False)
 
     def regulate(self) -> None:
         console.print(Rule("10. the regulator reads the app and the audit log"))
@@ -282,16 +283,6 @@ class Journey:
                 f"  {row['channel']:<10} block {row['block']:<3} {row['action']:<20} {what:<14} "
                 f"{details.get('org', '')}"
             )
-
-
-def _invoice_text(gw: Gateway) -> str:
-    """The plain-text invoice (signed GET like every request)."""
-    request = gw._http.build_request("GET", f"/v1/apps/{APP}/invoice", params={"format": "text"})
-    request.headers.update(gw.builder.headers("GET", request.url, b""))
-    reply = gw._http.send(request)
-    if reply.status_code != 200:
-        raise MeridianError(f"invoice: {reply.text}", code="demo_failed")
-    return reply.text
 
 
 def _wait(check: Any, timeout_s: float = 30.0) -> None:

@@ -18,7 +18,7 @@ import typer
 from ..errors import InvalidInput, MeridianError, NotFound
 from ..network.config import BlockConfig
 from ..network.init import InitOptions, InitProfile, init_network
-from . import consenters, contract, governance, ledger, tx
+from . import consenters, contract, governance, ledger, onboarding, tx
 from .common import Settings, console, handle_errors, output, settings
 from .procs import running_pids, start_nodes, stop_pids, stop_processes, wait_healthy
 
@@ -47,6 +47,8 @@ app.add_typer(governance.node_app, name="node")
 app.add_typer(tx.app, name="tx")
 app.add_typer(tx.block_app, name="block")
 app.add_typer(ledger.app, name="ledger")
+app.add_typer(onboarding.developer_app, name="developer")
+app.add_typer(onboarding.app, name="app")
 app.command("events")(tx.events)
 
 
