@@ -16,7 +16,6 @@ it) and talk to the first node of that org (or ``--url``).
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from ..network.config import GOVERNANCE_APP, NetworkConfig, NetworkLayout, NodeE
 from ..network.governance import DEFAULT_TTL_S, MAX_TTL_S
 from ..network.history import BOOTSTRAP_FILE, load_bootstrap, save_bootstrap
 from .common import Settings, console, handle_errors, output, settings
-from .procs import NodeProcess, wait_healthy
+from .procs import NodeProcess, start_node_process, wait_healthy
 
 app = typer.Typer(
     help="Network governance: configuration, proposals and approvals.", no_args_is_help=True
@@ -495,27 +494,7 @@ def node_start(
 
 
 def _spawn(layout: NetworkLayout, entry: NodeEntry, sandbox: str) -> NodeProcess:
-    data_dir = layout.data_dir(entry.id)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    with open(data_dir / "stdout.log", "ab") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "meridian.node.main",
-                "--network",
-                str(layout.root),
-                "--node",
-                entry.id,
-                "--sandbox",
-                sandbox,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    return NodeProcess(entry, proc)
+    return start_node_process(layout, entry, detach=True, sandbox=sandbox)
 
 
 __all__ = ["app", "node_app"]

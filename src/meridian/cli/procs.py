@@ -29,13 +29,22 @@ def start_nodes(
 ) -> list[NodeProcess]:
     """Start every node of the network whose identity is in this directory, each as its
     own process (nodes of the configuration that run elsewhere are skipped)."""
-    started = []
-    for entry in config.nodes:
-        if not (layout.node_dir(entry.id) / "key.pem").is_file():
-            continue
-        data_dir = layout.data_dir(entry.id)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        out = open(data_dir / "stdout.log", "ab") if detach else None  # noqa: SIM115
+    return [
+        start_node_process(layout, entry, detach=detach, sandbox=sandbox)
+        for entry in config.nodes
+        if (layout.node_dir(entry.id) / "key.pem").is_file()
+    ]
+
+
+def start_node_process(
+    layout: NetworkLayout, entry: NodeEntry, *, detach: bool, sandbox: str = "auto"
+) -> NodeProcess:
+    """Start one node as its own process (detached: its own session, output to
+    ``stdout.log`` in its data directory)."""
+    data_dir = layout.data_dir(entry.id)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = open(data_dir / "stdout.log", "ab") if detach else None  # noqa: SIM115
+    try:
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -53,8 +62,10 @@ def start_nodes(
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
         )
-        started.append(NodeProcess(entry, proc))
-    return started
+    finally:
+        if out is not None:
+            out.close()  # the child has its own copy of the descriptor
+    return NodeProcess(entry, proc)
 
 
 def wait_healthy(nodes: list[NodeProcess], timeout_s: float = 60.0) -> None:
