@@ -217,7 +217,6 @@ def test_rate_limit_then_invoice(
 ) -> None:
     """The free plan allows 5 tx/s: a burst beyond it gets 429 with Retry-After."""
     with as_acme(net, developer) as gw:
-        http = gw._http
         refused = None
         for i in range(12):
             body = {"contract": "asset-transfer", "function": "create", "args": [f"b{i}", "x", 1]}
@@ -228,7 +227,6 @@ def test_rate_limit_then_invoice(
                 break
         assert refused is not None and refused.code == "rate_limited"
         assert refused.retry_after_s > 0
-        del http
         invoice = gw.request("GET", f"/v1/apps/{custody_app}/invoice")
         assert invoice["currency"] == "CNY" and invoice["total_fen"] == 0  # the free plan
         text = gw._http.get(f"/v1/apps/{custody_app}/invoice", params={"format": "text"})
@@ -301,6 +299,34 @@ def test_webhooks_are_signed_and_delivered(
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_suspended_app_refuses_transactions_until_resumed(
+    net: RunningNetwork, developer: dict[str, Any], custody_app: str
+) -> None:
+    """set_app_status: its members' majority (acme alone) suspends and resumes it."""
+    create = {"contract": "asset-transfer", "function": "create", "args": ["s1", "a", 1]}
+    path = f"/v1/apps/{custody_app}/users/alice/transactions"
+    with as_acme(net, developer) as gw:
+        change = {"kind": "set_app_status", "app": custody_app, "status": "suspended"}
+        assert propose(gw, change)["status"] == "executed"
+
+        def refused() -> bool:
+            try:
+                gw.request("POST", path, create)
+            except Forbidden as exc:
+                return exc.code == "app_not_active"
+            return False
+
+        wait_for(refused, what="the gateway refuses the suspended app")
+        height = gw.app(custody_app).block("latest")["block"]["header"]["number"]
+        assert gw.app(custody_app).contract("asset-transfer").evaluate("read", "car-1")  # reads
+        change = {"kind": "set_app_status", "app": custody_app, "status": "active"}
+        assert propose(gw, change)["status"] == "executed"
+        time.sleep(1.1)  # the free plan's rate
+        out = wait_for(lambda: gw.request("POST", path, create), what="resumed")
+        assert out["receipt"]["code"] == "VALID"
+        assert out["receipt"]["block"] > height
 
 
 def test_restarted_node_rejoins_under_the_governed_configuration(

@@ -123,9 +123,7 @@ def _simulate(net: Net, state: DictState, proposal: Proposal, contract: Any) -> 
         app=proposal.app,
         tx_id=proposal.tx_id,
         timestamp_ms=proposal.timestamp_ms,
-        caller=CallerIdentity(
-            caller.org, caller.name, str(caller.role), dict(caller.attrs), caller.fingerprint
-        ),
+        caller=CallerIdentity.of(caller),
     )
     response = getattr(contract, proposal.function)(sim.context(proposal.contract), *proposal.args)
     return sim.result(response, f"{proposal.contract}@0")

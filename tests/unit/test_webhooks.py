@@ -622,3 +622,14 @@ def test_dispatch_wake_skips_the_poll_wait(tmp_path: Path) -> None:
         assert asyncio.run(scenario()).state == "delivered"
     finally:
         store.close()
+
+
+def test_prune_forgets_only_settled_deliveries_tried_before_the_cut(store: WebhookStore) -> None:
+    _register(store)
+    [old] = _enqueue(store, "block:1")
+    [recent] = _enqueue(store, "block:2", payload={"block": 2}, now_ms=T0 + 1)
+    [waiting] = _enqueue(store, "block:3", payload={"block": 3}, now_ms=T0 + 2)
+    store.mark_delivered(old, T0 + 5, 200)
+    store.mark_delivered(recent, T0 + 50_000, 200)
+    assert store.prune(T0 + 10_000) == 1
+    assert sorted(d.id for d in store.deliveries(APP)) == sorted([recent, waiting])

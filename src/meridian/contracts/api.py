@@ -92,6 +92,17 @@ class CallerIdentity:
         }
 
     @classmethod
+    def of(cls, identity: Any) -> CallerIdentity:
+        """What contracts see of a validated certificate (``crypto.certs.Identity``)."""
+        return cls(
+            identity.org,
+            identity.name,
+            str(identity.role),
+            dict(identity.attrs),
+            identity.fingerprint,
+        )
+
+    @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> CallerIdentity:
         return cls(
             d["org"], d["name"], d["role"], dict(d.get("attrs") or {}), d.get("fingerprint", "")

@@ -48,7 +48,7 @@ from ..errors import (
     NotFound,
     Unavailable,
 )
-from ..network.config import GOVERNANCE_APP, NetworkConfig
+from ..network.config import GOVERNANCE_APP
 from ..network.governance import GOVERNANCE
 from ..network.plans import (
     billing_month,
@@ -67,6 +67,8 @@ log = logging.getLogger("meridian.gateway")
 CA_USER_PREFIX = "ca."  # the vault keeps a registered org's CA key as governance/ca.<org>
 FEED_EVERY_S = 0.2
 REGISTRATION_WAIT_S = 30.0
+PRUNE_EVERY_S = 3600.0
+DELIVERY_RETENTION_MS = 30 * 24 * 3600 * 1000  # delivered and failed ones, 30 days
 REGISTRATIONS_PER_HOUR = 60
 MAX_AUDIT_ROWS = 1000
 
@@ -169,7 +171,7 @@ class Services:
         regulator's reads are neither billed to the app nor limited by its plan."""
         now = _now_ms()
         config = self.node.config
-        if org is not None and not transactions and is_supervisor(config, org):
+        if org is not None and not transactions and config.is_regulator(org):
             return
         try:
             app_config = config.app(app)
@@ -212,9 +214,14 @@ class Services:
     # --------------------------------------------------------------- webhooks
 
     async def _feed_webhooks(self) -> None:
-        """Enqueue each committed block's notice and events for the apps' webhooks."""
+        """Enqueue each committed block's notice and events for the apps' webhooks;
+        forget settled deliveries after DELIVERY_RETENTION_MS."""
+        pruned_at = 0.0
         while True:
             await asyncio.sleep(FEED_EVERY_S)
+            if time.monotonic() - pruned_at > PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                self.webhooks.prune(_now_ms() - DELIVERY_RETENTION_MS)
             for app, channel in list(self.node.channels.items()):
                 try:
                     if self._feed(app, channel):
@@ -498,15 +505,6 @@ def _details(value: Any, *, max_fields: int, max_chars: int) -> dict[str, str]:
     return dict(value)
 
 
-def is_supervisor(config: NetworkConfig, org: str) -> bool:
-    """Orgs that read every channel and the audit log: the regulator (and operators for
-    the audit log, see :func:`register_routes`)."""
-    try:
-        return config.org(org).type == "regulator"
-    except NotFound:
-        return False
-
-
 def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: Any) -> None:
     """Add the service-network endpoints to the gateway ``app``."""
     node = services.node
@@ -516,7 +514,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         identity = await caller(request)
         config = node.config
         doc = config.to_dict()
-        if not (is_supervisor(config, identity.org) or identity.org in config.operators):
+        if not (config.is_regulator(identity.org) or identity.org in config.operators):
             for org in doc["orgs"]:  # real-name details: operators, the regulator, the org
                 if org["id"] != identity.org:
                     org["details"] = {}
@@ -652,11 +650,11 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
     async def audit(request: Request, limit: int = MAX_AUDIT_ROWS) -> Any:
         identity = await caller(request)
         config = node.config
-        if not (is_supervisor(config, identity.org) or identity.org in config.operators):
+        if not (config.is_regulator(identity.org) or identity.org in config.operators):
             raise Forbidden("the audit log is for the regulator and operators", code="forbidden")
         if not 0 < limit <= MAX_AUDIT_ROWS:
             raise InvalidInput(f"limit must be 1..{MAX_AUDIT_ROWS}", code="malformed")
         return {"actions": services.audit(limit)}
 
 
-__all__ = ["Services", "is_supervisor", "register_routes"]
+__all__ = ["Services", "register_routes"]

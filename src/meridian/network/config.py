@@ -148,7 +148,7 @@ class NetworkConfig:
     policies: tuple[tuple[str, tuple[str, ...]], ...] = ()
     # (org, certificate serial) revoked through governance: refused from the
     # configuration height that revoked them on, the same on every node
-    revoked: tuple[tuple[str, int], ...] = ()
+    revoked: frozenset[tuple[str, int]] = frozenset()
     retired_orgs: tuple[str, ...] = ()  # ids of removed orgs: never reused
 
     def org(self, org_id: str) -> OrgConfig:
@@ -194,6 +194,10 @@ class NetworkConfig:
             if zone.id == zone_id:
                 return zone
         raise NotFound(f"no zone {zone_id!r} in network {self.network}", code="unknown_zone")
+
+    def is_regulator(self, org_id: str) -> bool:
+        """The regulator reads every channel and the audit log, and is not billed."""
+        return any(o.id == org_id and o.type == "regulator" for o in self.orgs)
 
     def orgs_of_type(self, *types: str) -> tuple[str, ...]:
         return tuple(o.id for o in self.orgs if o.type in types)
@@ -273,7 +277,7 @@ class NetworkConfig:
             ],
             "plans": [p.to_dict() for p in self.plans],
             "policies": {kind: list(reqs) for kind, reqs in self.policies},
-            "revoked": [[org, str(serial)] for org, serial in self.revoked],
+            "revoked": [[org, str(serial)] for org, serial in sorted(self.revoked)],
             "retired_orgs": list(self.retired_orgs),
             "block": {"max_txs": self.block.max_txs, "timeout_ms": self.block.timeout_ms},
             "consensus": {
@@ -336,7 +340,7 @@ class NetworkConfig:
                 policies=tuple(
                     sorted((str(k), tuple(map(str, v))) for k, v in d.get("policies", {}).items())
                 ),
-                revoked=tuple((str(org), int(serial)) for org, serial in d.get("revoked", ())),
+                revoked=frozenset((str(org), int(serial)) for org, serial in d.get("revoked", ())),
                 retired_orgs=tuple(str(org) for org in d.get("retired_orgs", ())),
             )
         except (KeyError, TypeError, AttributeError, ValueError) as exc:

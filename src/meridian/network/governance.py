@@ -354,11 +354,10 @@ def _revoke(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
     except MeridianError as exc:
         raise InvalidInput(f"the CRL of {org.id}: {exc.message}", code="bad_change") from exc
     serials = {serial for serial in checked.revocations().get(org.id, {})}
-    known = set(config.revoked)
-    added = sorted((org.id, serial) for serial in serials if (org.id, serial) not in known)
-    if len(known) + len(added) > MAX_REVOKED:
+    revoked = config.revoked | {(org.id, serial) for serial in serials}
+    if len(revoked) > MAX_REVOKED:
         raise Conflict(f"more than {MAX_REVOKED} revoked certificates", code="too_many")
-    return dataclasses.replace(config, revoked=(*config.revoked, *added))
+    return dataclasses.replace(config, revoked=revoked)
 
 
 def _set_plan(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:

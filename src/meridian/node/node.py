@@ -51,7 +51,6 @@ from ..network.config import (
     OrgConfig,
     write_file,
 )
-from ..network.contract import Governance
 from ..network.governance import CONFIG_KEY, GOVERNANCE
 from ..network.history import ConfigHistory, load_bootstrap
 from ..p2p.transport import PeerAddress, Transport
@@ -408,18 +407,16 @@ class Node:
         log.info("%s: hosting %s from height %d", self.id, app.name, channel.height)
 
     def _get_contracts(self, view: NetworkConfig, app: AppConfig) -> AppContracts:
-        hosting = {n: view.node(n).org for n in view.hosting_nodes(app)}
-        system = None
-        if app.name == GOVERNANCE_APP:
-            genesis = self.genesis
-            system = {GOVERNANCE: lambda: Governance(genesis)}
+        """The app's contracts; its system contracts are the very factories validation
+        re-runs (``compute_rules``), so endorsing and re-running can't drift apart."""
+        rules = compute_rules(view, app)
         return AppContracts(
             app.name,
             app.writers,
             parse_policy(app.lifecycle_policy),
             self.channels[app.name].get_definition,
-            hosting,
-            system,
+            dict(rules.endorsers or {}),
+            rules.system,
         )
 
     async def _get_block_rules(self, app: str, header: BlockHeader) -> AppRules:
@@ -615,7 +612,7 @@ class Node:
     def check_usable(self, identity: Identity, app: str | None = None) -> None:
         """CertificateError for a certificate governance revoked; Forbidden for an app
         user's certificate used on another app (its ``app`` attribute)."""
-        if (identity.org, identity.serial) in set(self.config.revoked):
+        if (identity.org, identity.serial) in self.config.revoked:
             raise CertificateError(
                 f"certificate {identity.serial} of {identity.org}/{identity.name} was revoked "
                 "through governance",
@@ -633,12 +630,7 @@ class Node:
     def may_read(self, app: str, org: str) -> bool:
         """Members (auditors too) read their app; the regulator reads every channel."""
         rules = self.channel(app).rules
-        if org in rules.members or org in rules.readers:
-            return True
-        try:
-            return self.config.org(org).type == "regulator"
-        except NotFound:
-            return False
+        return org in rules.members or org in rules.readers or self.config.is_regulator(org)
 
     def check_access(self, app: str, org: str, *, read: bool) -> None:
         """Forbidden unless ``org`` may use ``app`` (write) or read it; Unavailable for a
@@ -735,13 +727,7 @@ class Node:
         if found is None:
             if len(self._callers) >= 4096:
                 self._callers.clear()
-            found = self._callers[identity.fingerprint] = CallerIdentity(
-                identity.org,
-                identity.name,
-                str(identity.role),
-                dict(identity.attrs),
-                identity.fingerprint,
-            )
+            found = self._callers[identity.fingerprint] = CallerIdentity.of(identity)
         return found
 
     async def simulate(

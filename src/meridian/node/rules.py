@@ -50,7 +50,7 @@ def compute_rules(view: NetworkConfig, app: AppConfig) -> AppRules:
         active=app.status == "active",
         readers=frozenset(app.members),
         system=system,
-        revoked=frozenset(view.revoked),
+        revoked=view.revoked,
     )
 
 

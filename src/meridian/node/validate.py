@@ -335,9 +335,7 @@ def _replay(
     method = getattr(contract, proposal.function, None)
     if method is None or proposal.function.startswith("_") or get_kind(method) != "transaction":
         return None
-    caller = CallerIdentity(
-        creator.org, creator.name, str(creator.role), dict(creator.attrs), creator.fingerprint
-    )
+    caller = CallerIdentity.of(creator)
     sim = Simulation(
         _ReplayState(overlay),
         app=rules.app,
