@@ -79,6 +79,7 @@ class TxCode(IntEnum):
     BAD_PROPOSAL = 11
     APP_NOT_ACTIVE = 12  # the app was suspended or closed at the block's config height
     SYSTEM_CONTRACT_MISMATCH = 13  # re-running the system contract gives another result
+    STORAGE_QUOTA_EXCEEDED = 14  # the app's ledger would outgrow its plan's storage quota
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -77,10 +77,11 @@ def _batch(
     writes: list[StateWrite] | None = None,
     events: list[BlockEvent] | None = None,
     codes: list[TxCode] | None = None,
+    stored: int = 0,
 ) -> CommitBatch:
     codes = codes if codes is not None else [TxCode.VALID] * len(block.transactions)
     root = compute_digest(repr((block.header.number, codes)).encode())
-    return CommitBatch(block, tuple(codes), tuple(writes or ()), tuple(events or ()), root)
+    return CommitBatch(block, tuple(codes), tuple(writes or ()), tuple(events or ()), root, stored)
 
 
 def _event(block: int, tx: Transaction, idx: int = 0, payload: Any = None) -> BlockEvent:
@@ -302,6 +303,24 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert second.get_codes(0) == (TxCode.VALID,)
         assert second.get_result_root(0) == root
         assert second.get_tx(tx.tx_id) == TxLocation(tx.tx_id, 0, 0, TxCode.VALID)
+    finally:
+        second.close()
+
+
+def test_stored_bytes_are_committed_with_each_block(tmp_path: Path) -> None:
+    path = tmp_path / "trade.db"
+    first = SqliteLedger(path)
+    try:
+        assert first.stored_bytes() == 0
+        first.commit_block(_batch(_block(0, [_tx(0)]), stored=120))
+        first.commit_block(_batch(_block(1, [_tx(1)]), stored=300))
+        assert first.stored_bytes() == first.stored_bytes(writer=True) == 300
+        assert [row[-1] for row in first.iter_raw_blocks()] == [120, 300]
+    finally:
+        first.close()
+    second = SqliteLedger(path)
+    try:
+        assert second.stored_bytes() == 300
     finally:
         second.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -122,9 +123,14 @@ class MemState:
         self,
         rows: dict[tuple[str, str], tuple[Any, Version]] | None = None,
         committed: Iterable[str] = (),
+        stored: int = 0,
     ) -> None:
         self.rows = dict(rows or {})
         self.committed = set(committed)
+        self.stored = stored
+
+    def stored_bytes(self) -> int:
+        return self.stored
 
     def get(self, ns: str, key: str) -> tuple[Any, Version] | None:
         return self.rows.get((ns, key))
@@ -729,6 +735,61 @@ def test_delta_after_a_read_is_still_subject_to_mvcc(world: World, msp: Membersh
     ]
 
 
+# ---------------------------------------------------- storage quota (step 12)
+
+
+def test_stored_bytes_advance_by_the_size_of_valid_transactions(
+    world: World, msp: Membership
+) -> None:
+    good, bad = _put(world, "a", 1), _put(world, "b", 2, KVRead("b", V0))  # b is absent
+    state = _state()
+    state.stored = 1000
+    batch = _validate([good, bad], state, msp)
+    assert _codes(batch) == [TxCode.VALID, TxCode.MVCC_READ_CONFLICT]
+    assert batch.stored_bytes == 1000 + len(good.encode())  # invalid ones are not counted
+
+
+def test_storage_quota_refuses_the_transaction_that_would_exceed_it(
+    world: World, msp: Membership
+) -> None:
+    txs = [_put(world, f"k{i}", "x" * 100) for i in range(4)]
+    sizes = [len(tx.encode()) for tx in txs]
+    state = _state()
+    state.stored = 500
+    limit = 500 + sizes[0] + sizes[1]  # room for exactly two
+    rules = dataclasses.replace(RULES, storage_limit=limit)
+    batch = _validate(txs, state, msp, rules)
+    assert _codes(batch) == [TxCode.VALID] * 2 + [TxCode.STORAGE_QUOTA_EXCEEDED] * 2
+    assert batch.stored_bytes == limit
+    assert {w.key for w in batch.writes} == {"k0", "k1"}  # the refused ones write nothing
+    # a small transaction that still fits after a refused big one is valid: first fit
+    small = _put(world, "s", 1)
+    state.stored = limit - len(small.encode())
+    big = _put(world, "big", "x" * 1000)
+    assert _codes(_validate([big, small], state, msp, rules)) == [
+        TxCode.STORAGE_QUOTA_EXCEEDED,
+        TxCode.VALID,
+    ]
+
+
+def test_no_plan_means_no_storage_limit(world: World, msp: Membership) -> None:
+    state = _state()
+    state.stored = 2**40
+    assert _codes(_validate([_put(world, "a", 1)], state, msp)) == [TxCode.VALID]
+
+
+def test_storage_check_comes_after_the_other_checks(world: World, msp: Membership) -> None:
+    """An app at its quota still gets the first failing code for a bad transaction."""
+    state = _state(rows={(NS, "b"): 1})
+    state.stored = 10
+    rules = dataclasses.replace(RULES, storage_limit=10)
+    stale = _put(world, "b", 2, KVRead("b", Version(0, 7)))
+    assert _codes(_validate([stale, _put(world, "c", 1)], state, msp, rules)) == [
+        TxCode.MVCC_READ_CONFLICT,
+        TxCode.STORAGE_QUOTA_EXCEEDED,
+    ]
+
+
 @pytest.mark.parametrize("value", ["ten", True, {"n": 1}, [1], None])
 def test_invalid_delta_onto_a_non_integer(world: World, msp: Membership, value: Any) -> None:
     state = _state(rows={(NS, "counter"): value})
@@ -799,7 +860,7 @@ def test_validate_and_commit_over_sqlite(world: World, msp: Membership, tmp_path
         setup = [StateWrite(LIFECYCLE, definition_key(NS), _definition(), False, V0, "genesis")]
         genesis = _block([], number=0)
         ledger.commit_block(
-            CommitBatch(genesis, (), tuple(setup), (), compute_result_root((), setup))
+            CommitBatch(genesis, (), tuple(setup), (), compute_result_root((), setup), 0)
         )
         txs = [_add(world, "counter", 2) for _ in range(5)]
         batch = validate_block(_block(txs), WriterState(ledger), msp, RULES)

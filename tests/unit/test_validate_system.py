@@ -73,6 +73,9 @@ class DictState:
     def committed_among(self, tx_ids: Any) -> set[str]:
         return set()
 
+    def stored_bytes(self) -> int:
+        return 0
+
 
 class Net:
     def __init__(self, root: Path) -> None:

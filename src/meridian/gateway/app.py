@@ -54,6 +54,13 @@ _TX_CODE_ERRORS = {
     TxCode.MVCC_READ_CONFLICT: "mvcc_read_conflict",
     TxCode.PHANTOM_READ_CONFLICT: "phantom_read_conflict",
     TxCode.DUPLICATE_TXID: "duplicate_tx",
+    TxCode.STORAGE_QUOTA_EXCEEDED: "storage_quota_exceeded",
+}
+_TX_CODE_HINTS = {
+    TxCode.STORAGE_QUOTA_EXCEEDED: (
+        "the app has used its plan's storage; its owner moves it to a larger plan "
+        '(governance change {"kind": "set_app_plan", ...}: `meridian gov propose --file`)'
+    ),
 }
 
 
@@ -78,7 +85,7 @@ def invalid_tx_error(receipt: Receipt) -> Conflict:
         f"transaction {receipt.tx_id} was ordered in block {receipt.block} but is "
         f"invalid: {code.name}",
         code=_TX_CODE_ERRORS.get(code, "tx_invalid"),
-        hint="re-read the current state and submit a new proposal",
+        hint=_TX_CODE_HINTS.get(code, "re-read the current state and submit a new proposal"),
         details={"receipt": receipt.to_dict()},
     )
 
@@ -169,16 +176,22 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         )
 
     async def caller(
-        request: Request, app_name: str | None = None, *, read: bool = True
+        request: Request, app_name: str | None = None, *, read: bool = True, peer: bool = False
     ) -> Identity:
         """The authenticated caller; with ``app_name``, also a member org of that app
-        (or, for reads, the regulator), and the request is metered on the app's plan."""
+        (or, for reads, the regulator), and the request is metered on the app's plan.
+        With ``peer``, a node hosting the app (another gateway collecting the app's
+        usage) is let through as well, unmetered: the network's own bookkeeping is
+        not the app's traffic."""
         body = await _read_body(request)
         headers = {k.lower(): v for k, v in request.headers.items()}
         identity = auth.authenticate(
             request.method, request.url.path, request.url.query, headers, body
         )
         node.check_usable(identity, app_name)
+        if app_name is not None and peer and services.is_hosting_node(app_name, identity):
+            node.channel(app_name)  # hosted here, else 404 unknown_app
+            return identity
         if app_name is not None:
             node.check_access(app_name, identity.org, read=read)
             if read:

@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS blocks (
     body BLOB NOT NULL,
     codes BLOB NOT NULL,
     result_root BLOB NOT NULL,
-    certificate BLOB NOT NULL
+    certificate BLOB NOT NULL,
+    stored INTEGER NOT NULL  -- the app's stored bytes after this block (storage quota)
 );
 CREATE TABLE IF NOT EXISTS txs (
     tx_id TEXT PRIMARY KEY,
@@ -113,6 +114,9 @@ class CommitBatch:
     writes: tuple[StateWrite, ...]
     events: tuple[BlockEvent, ...]
     result_root: Digest
+    # the app's stored bytes once the block is committed: the encoded size of every
+    # valid transaction so far (what the plan's storage quota bounds; see validate.py)
+    stored_bytes: int
     certificate: bytes = b""  # the consensus commit certificate (canonical JSON)
 
 
@@ -140,6 +144,7 @@ class LedgerStore(Protocol):
     def get_tx(self, tx_id: str) -> TxLocation | None: ...
     def known_tx_ids(self, tx_ids: Sequence[str], *, writer: bool = False) -> set[str]: ...
     def commit_block(self, batch: CommitBatch) -> None: ...
+    def stored_bytes(self, *, writer: bool = False) -> int: ...
     def get(self, ns: str, key: str, *, writer: bool = False) -> tuple[Any, Version] | None: ...
     def get_range(
         self, ns: str, start: str, end: str, limit: int, *, writer: bool = False
@@ -253,11 +258,20 @@ class SqliteLedger:
         )
         return None if row is None else bytes(row[0])
 
-    def iter_raw_blocks(self) -> Iterator[tuple[int, bytes, bytes, bytes, bytes, bytes, bytes]]:
-        """(number, hash, header, body, codes, result_root, certificate) in order."""
+    def stored_bytes(self, *, writer: bool = False) -> int:
+        """The app's stored bytes after the last committed block (0 before any)."""
+        conn = self._writer if writer else self.reader()
+        row = conn.execute("SELECT stored FROM blocks ORDER BY number DESC LIMIT 1").fetchone()
+        return 0 if row is None else int(row[0])
+
+    def iter_raw_blocks(
+        self,
+    ) -> Iterator[tuple[int, bytes, bytes, bytes, bytes, bytes, bytes, int]]:
+        """(number, hash, header, body, codes, result_root, certificate, stored) in
+        order."""
         yield from self.reader().execute(
-            "SELECT number, hash, header, body, codes, result_root, certificate FROM blocks "
-            "ORDER BY number"
+            "SELECT number, hash, header, body, codes, result_root, certificate, stored "
+            "FROM blocks ORDER BY number"
         )
 
     def get_tx(self, tx_id: str) -> TxLocation | None:
@@ -286,7 +300,7 @@ class SqliteLedger:
         number = block.header.number
         with self._atomic() as conn:
             conn.execute(
-                "INSERT INTO blocks VALUES (?,?,?,?,?,?,?)",
+                "INSERT INTO blocks VALUES (?,?,?,?,?,?,?,?)",
                 (
                     number,
                     block.header.hash,
@@ -295,6 +309,7 @@ class SqliteLedger:
                     codec.encode([int(c) for c in batch.codes]),
                     batch.result_root,
                     batch.certificate,
+                    batch.stored_bytes,
                 ),
             )
             conn.executemany(

@@ -93,6 +93,9 @@ class WriterState:
     def committed_among(self, tx_ids: Sequence[str]) -> set[str]:
         return self.ledger.known_tx_ids(tx_ids, writer=True)
 
+    def stored_bytes(self) -> int:
+        return self.ledger.stored_bytes(writer=True)
+
 
 RulesFor = Callable[[BlockHeader], Awaitable[AppRules]]
 Committed = Callable[[CommitBatch], Awaitable[None]]

@@ -51,6 +51,7 @@ def compute_rules(view: NetworkConfig, app: AppConfig) -> AppRules:
         readers=frozenset(app.members),
         system=system,
         revoked=view.revoked,
+        storage_limit=view.plan(app.plan).storage_bytes if app.plan else None,
     )
 
 

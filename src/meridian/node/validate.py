@@ -29,9 +29,20 @@ Checks, in order, for each transaction (first failure wins):
     re-running the call here gives exactly the endorsed
     result: one endorser cannot forge approvals or
     configuration                                            SYSTEM_CONTRACT_MISMATCH
+12. the app's stored bytes plus this transaction's encoded
+    size stay within its plan's storage quota (at the
+    block's configuration height)                            STORAGE_QUOTA_EXCEEDED
 
 Step 3 also refuses a user certificate made for another app (attribute ``app``) and
 any certificate the governance channel revoked by the block's configuration height.
+
+Step 12 measures what an app stores as the encoded size of its valid transactions
+(their write sets, events and proofs stay in every hosting node's ledger for good):
+a running total the committed state carries (:meth:`CommittedState.stored_bytes`) and
+each batch advances. Invalid transactions are not counted; a transaction refused by
+step 12 writes nothing. The total never shrinks (deleting a key appends a
+transaction), so an app at its quota moves to a larger plan; the gateway refuses
+new transactions of an app already at its quota before they are ordered.
 """
 
 from __future__ import annotations
@@ -80,6 +91,10 @@ class CommittedState(Protocol):
         """The subset of ``tx_ids`` already in a committed block."""
         ...
 
+    def stored_bytes(self) -> int:
+        """The app's stored bytes after the last committed block (step 12)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class AppRules:
@@ -100,6 +115,7 @@ class AppRules:
     # unit tests of the other steps: production rules always name them (node/rules.py)
     system: Mapping[str, Callable[[], Any]] | None = None
     revoked: frozenset[tuple[str, int]] = frozenset()  # (org, serial) revoked by governance
+    storage_limit: int | None = None  # the plan's storage quota in bytes; None: no plan
 
     def is_usable(self, identity: Identity) -> bool:
         """Not revoked by governance, and not a user certificate of another app."""
@@ -200,6 +216,7 @@ class BlockValidator:
         self._writes: list[StateWrite] = []
         self._events: list[BlockEvent] = []
         self._time = datetime.fromtimestamp(block.header.timestamp_ms / 1000, UTC)
+        self._stored = state.stored_bytes()
 
     def step(self, count: int) -> bool:
         """Validate up to ``count`` more transactions; False once all are done."""
@@ -218,7 +235,12 @@ class BlockValidator:
         number = self.block.header.number
         if code is TxCode.VALID:
             code, tx_writes = _compute_writes(tx, self._overlay, Version(number, index))
+            size = len(tx.encode())
+            limit = self._rules.storage_limit
+            if code is TxCode.VALID and limit is not None and self._stored + size > limit:
+                code = TxCode.STORAGE_QUOTA_EXCEEDED
             if code is TxCode.VALID:
+                self._stored += size
                 for write in tx_writes:
                     self._overlay.put(write)
                 self._writes.extend(tx_writes)
@@ -234,7 +256,12 @@ class BlockValidator:
             raise ValueError("finish() before every transaction was validated")
         root = compute_result_root(self._codes, self._writes)
         return CommitBatch(
-            self.block, tuple(self._codes), tuple(self._writes), tuple(self._events), root
+            self.block,
+            tuple(self._codes),
+            tuple(self._writes),
+            tuple(self._events),
+            root,
+            self._stored,
         )
 
 

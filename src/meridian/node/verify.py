@@ -91,7 +91,8 @@ def _verify_blocks(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     prev_hash, prev_root, prev_config = ZERO_DIGEST, ZERO_DIGEST, 0
-    for number, stored_hash, header_raw, body_raw, codes_raw, root, cert in store.iter_raw_blocks():
+    for row in store.iter_raw_blocks():
+        number, stored_hash, header_raw, body_raw, codes_raw, root, cert, stored = row
         where = f"block {number}"
         header = BlockHeader.from_dict(orjson.loads(header_raw))
         txs = tuple(Transaction.from_dict(t) for t in orjson.loads(body_raw))
@@ -125,6 +126,8 @@ def _verify_blocks(
             report.problems.append(f"{where}: re-validation gives different verdicts")
         if batch.result_root != root:
             report.problems.append(f"{where}: re-validation gives a different result root")
+        if batch.stored_bytes != stored:
+            report.problems.append(f"{where}: re-validation gives different stored bytes")
         if report.problems:
             return
         replay.commit_block(batch)
