@@ -51,7 +51,11 @@ class RunningNetwork:
     def start(self, sandbox: str = "auto") -> None:
         """(Re)start every node process and wait until healthy."""
         self.procs = [self._spawn(entry, sandbox) for entry in self.config.nodes]
-        wait_healthy(self.procs, timeout_s=60)
+        try:
+            wait_healthy(self.procs, timeout_s=60)
+        except BaseException:
+            self.stop()  # a fixture that fails to start leaves no process behind
+            raise
 
     def _spawn(self, entry: NodeEntry, sandbox: str = "auto") -> NodeProcess:
         return NodeProcess(
@@ -91,7 +95,11 @@ class RunningNetwork:
         """Restart one node and wait until it answers."""
         started = self._spawn(self.config.node(node_id))
         self.procs = [started if p.entry.id == node_id else p for p in self.procs]
-        wait_healthy([started], timeout_s=60)
+        try:
+            wait_healthy([started], timeout_s=60)
+        except BaseException:
+            self.stop()
+            raise
 
     def kill(self) -> None:
         """SIGKILL every node (no clean shutdown)."""

@@ -110,6 +110,20 @@ def test_cli_usage_and_invoice(net: RunningNetwork, acme: Path) -> None:
         ).stdout
     )  # fmt: skip
     assert used["app"] == APP and used["transactions"] == 0
+    assert used["scope"] == "network" and used["complete"] is True  # every hosting node
+    assert set(used["by_node"]) == {"node1", "node2"}
+    local = json.loads(
+        meridian(
+            "--url", net.url, "--app", APP, "--json", "app", "usage", "--local",
+            network=net.layout.root, who="acme/admin",
+        ).stdout
+    )  # fmt: skip
+    assert local["scope"] == "local" and local["node"] == "node1" and "by_node" not in local
+    human = meridian(
+        "--url", net.url, "--app", APP, "app", "usage",
+        network=net.layout.root, who="acme/admin",
+    ).stdout  # fmt: skip
+    assert "on every hosting node" in human and "node2" in human
 
 
 def test_cli_webhooks(net: RunningNetwork, acme: Path) -> None:

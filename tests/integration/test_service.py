@@ -2,9 +2,10 @@
 
 A developer registers through an operator's portal, creates apps on two of the four
 nodes (one with key custody, one with own keys), deploys the example contract, issues
-users, runs transactions, exceeds its plan's rate, reads its invoice, receives signed
-webhooks; the regulator (admitted by the operators' majority) reads the app and the
-audit log.
+users, runs transactions through both hosting nodes, reads the network-wide usage and
+invoice from either, exceeds its plan's rate and (network-wide) monthly requests,
+receives signed webhooks; the regulator (admitted by the operators' majority) reads
+the app and the audit log.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -26,9 +28,10 @@ from cryptography.x509.oid import NameOID
 
 from meridian.client import Gateway, Identity, connect
 from meridian.client.lifecycle import deploy
+from meridian.client.onboarding import invoice_text
 from meridian.crypto.certs import CertificateAuthority, Membership, Role, load_cert_der
 from meridian.crypto.suites import load_signer
-from meridian.errors import Busy, Forbidden, InvalidInput, MeridianError
+from meridian.errors import Busy, Conflict, Forbidden, InvalidInput, MeridianError
 from meridian.gateway.webhooks import verify_delivery
 
 from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers
@@ -63,8 +66,8 @@ def approve(gw: Gateway, proposal_id: str) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
     running = make_network(tmp_path_factory.mktemp("service"), orgs=4, nodes=4)
-    running.start()
     try:
+        running.start()  # inside: nodes that did start are stopped if another did not
         yield running
     finally:
         running.stop()
@@ -125,6 +128,18 @@ def custody_app(net: RunningNetwork, developer: dict[str, Any]) -> str:
     return "shop"
 
 
+@pytest.fixture(scope="module")
+def own_key_app(net: RunningNetwork, developer: dict[str, Any]) -> str:
+    create_app(net, developer, "ledgerbook", "own", "free")
+    return "ledgerbook"
+
+
+def as_node(net: RunningNetwork, node_id: str, node: int) -> Gateway:
+    """Node ``node_id``'s own identity, talking to the gateway of node index ``node``."""
+    identity = Identity.from_dir(net.layout.node_dir(node_id))
+    return connect(net.config.nodes[node].url, identity, network=net.config.network)
+
+
 def test_app_is_hosted_only_on_its_nodes(
     net: RunningNetwork, developer: dict[str, Any], custody_app: str
 ) -> None:
@@ -178,8 +193,9 @@ def _swapped_key_csr() -> str:
     return swapped.public_bytes(serialization.Encoding.PEM).decode()
 
 
-def test_own_key_user_sends_a_csr(net: RunningNetwork, developer: dict[str, Any]) -> None:
-    create_app(net, developer, "ledgerbook", "own", "free")
+def test_own_key_user_sends_a_csr(
+    net: RunningNetwork, developer: dict[str, Any], own_key_app: str
+) -> None:
     key = ed25519.Ed25519PrivateKey.generate()
     with as_acme(net, developer) as gw:
         with pytest.raises(InvalidInput) as info:  # own-key apps need a CSR
@@ -212,20 +228,137 @@ def test_own_key_user_sends_a_csr(net: RunningNetwork, developer: dict[str, Any]
         assert receipt.code == "VALID"
 
 
+def _own_key_user(net: RunningNetwork, developer: dict[str, Any], app: str, name: str) -> Identity:
+    key = ed25519.Ed25519PrivateKey.generate()
+    with as_acme(net, developer) as gw:
+        body = {"name": name, "csr": _csr(key, name, "acme")}
+        issued = gw.request("POST", f"/v1/apps/{app}/users", body)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return Identity(load_cert_der(issued["cert"].encode()), load_signer(pem))
+
+
+def test_usage_and_invoice_sum_every_hosting_gateway(
+    net: RunningNetwork, developer: dict[str, Any], own_key_app: str
+) -> None:
+    """ledgerbook is hosted on node1 and node2 and its user sends through both: the
+    usage and the invoice from either gateway show the sum, and each node's share."""
+    app, path = own_key_app, f"/v1/apps/{own_key_app}/usage"
+    erin = _own_key_user(net, developer, app, "erin")
+
+    def local(node: int) -> dict[str, Any]:
+        """A node's own count, read as the other hosting node (which is not metered)."""
+        with as_node(net, "node2" if node == 0 else "node1", node) as peer:
+            result: dict[str, Any] = peer.request("GET", path, params={"scope": "local"})
+            return result
+
+    before = [local(0), local(1)]
+    time.sleep(1.1)  # a fresh rate-limit second
+    for node, count in ((0, 3), (1, 2)):
+        with connect(net.config.nodes[node].url, erin, network=net.config.network) as gw:
+            book = gw.app(app).contract("asset-transfer")
+            for i in range(count):
+                assert book.submit_receipt("create", f"n{node}-{i}", "erin", 1).code == "VALID"
+    after = [local(0), local(1)]
+    assert after[0]["scope"] == "local" and after[0]["node"] == "node1"
+    for key in ("transactions", "requests"):  # each gateway counted what it served
+        assert [a[key] - b[key] for a, b in zip(after, before, strict=True)] == [3, 2], key
+    transactions = after[0]["transactions"] + after[1]["transactions"]
+    for node, here, there in ((0, "node1", "node2"), (1, "node2", "node1")):
+        with as_acme(net, developer, node) as gw:
+            total = gw.request("GET", path)  # scope=network is the default
+            bill = gw.request("GET", f"/v1/apps/{app}/invoice")
+            text = invoice_text(gw, app)
+        assert total["scope"] == "network" and total["complete"] is True
+        assert total["missing"] == [] and set(total["by_node"]) == {"node1", "node2"}
+        assert total["transactions"] == transactions
+        assert total["by_node"][there]["transactions"] == after[1 - node]["transactions"]
+        assert total["requests"] == sum(row["requests"] for row in total["by_node"].values())
+        assert total["by_node"][here]["requests"] > after[node]["requests"]  # this request
+        assert bill["transactions"] == transactions and bill["complete"] is True
+        assert bill["total_fen"] == 0 and set(bill["by_node"]) == {"node1", "node2"}
+        assert "Metered by node1, node2" in text and "INCOMPLETE" not in text
+    # the peers' calls were not billed: node2 counts only acme's three reads through it
+    assert local(1)["requests"] == after[1]["requests"] + 3
+    with as_acme(net, developer) as gw, pytest.raises(InvalidInput) as info:
+        gw.request("GET", path, params={"scope": "everywhere"})
+    assert info.value.code == "bad_scope"
+    with as_node(net, "node3", 0) as outsider, pytest.raises(Forbidden) as denied:
+        outsider.request("GET", path, params={"scope": "local"})  # node3 does not host it
+    assert denied.value.code == "not_a_member"
+    with as_node(net, "node2", 0) as peer, pytest.raises(Forbidden):
+        peer.request("GET", path)  # a node is let in for its peers' local view only
+
+
+def test_requests_quota_counts_every_gateway(
+    net: RunningNetwork, developer: dict[str, Any], own_key_app: str
+) -> None:
+    """A plan whose monthly requests node1 alone has not used up, but node1 and node2
+    together have: node1 refuses once its background refresh learnt node2's count."""
+    app, path, margin = own_key_app, f"/v1/apps/{own_key_app}/usage", 50
+    with as_node(net, "node2", 0) as peer:
+        used_on_node1 = peer.request("GET", path, params={"scope": "local"})["requests"]
+    with as_acme(net, developer, 1) as gw:
+        for _ in range(2 * margin):  # node2 serves more than the margin
+            gw.app(app).block("latest")
+    limit = used_on_node1 + margin
+    plan = {
+        "id": "metered",
+        "name": "Metered",
+        "price_fen": 100,
+        "tps": 5,
+        "storage_bytes": 64 * 2**20,
+        "requests_per_month": limit,
+    }
+    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
+        proposal = propose(org1, {"kind": "set_plan", "plan": plan})
+        org2.seen.merge(org1.seen)
+        assert approve(org2, proposal["id"])["status"] == "open"
+        with net.gateway("org3/admin") as org3:
+            org3.seen.merge(org2.seen)
+            assert approve(org3, proposal["id"])["status"] == "executed"
+            seen = org3.seen
+    refused: Busy | None = None
+    with as_acme(net, developer) as gw:
+        gw.seen.merge(seen)
+        change = {"kind": "set_app_plan", "app": app, "plan": "metered"}
+        assert propose(gw, change)["status"] == "executed"
+        deadline = time.monotonic() + 30  # the refresh runs every 10 s
+        while refused is None and time.monotonic() < deadline:
+            try:
+                gw.app(app).block("latest")  # a read that asks no peer
+            except Busy as exc:
+                refused = exc
+            time.sleep(1.0)  # each poll is a request on node1: stay well under the margin
+    assert refused is not None, "node1 never applied the network-wide quota"
+    assert refused.code == "quota_exhausted"
+    assert refused.details["limit"] == limit and refused.details["used"] >= limit
+    with as_node(net, "node2", 0) as peer:  # node1 alone is still under the limit
+        assert peer.request("GET", path, params={"scope": "local"})["requests"] < limit
+
+
 def test_rate_limit_then_invoice(
     net: RunningNetwork, developer: dict[str, Any], custody_app: str
 ) -> None:
     """The free plan allows 5 tx/s: a burst beyond it gets 429 with Retry-After."""
-    with as_acme(net, developer) as gw:
-        refused = None
-        for i in range(12):
-            body = {"contract": "asset-transfer", "function": "create", "args": [f"b{i}", "x", 1]}
+
+    def send(i: int) -> Busy | None:  # 12 at once: however slow commits are, > 5 in 1 s
+        body = {"contract": "asset-transfer", "function": "create", "args": [f"b{i}", "x", 1]}
+        with as_acme(net, developer) as one:
             try:
-                gw.request("POST", f"/v1/apps/{custody_app}/users/alice/transactions", body)
+                one.request("POST", f"/v1/apps/{custody_app}/users/alice/transactions", body)
             except Busy as exc:
-                refused = exc
-                break
-        assert refused is not None and refused.code == "rate_limited"
+                return exc
+        return None
+
+    with ThreadPoolExecutor(12) as pool:
+        outcomes = list(pool.map(send, range(12)))
+    refusals = [o for o in outcomes if o is not None]
+    assert refusals, "12 submits at once, and none over a 5 tx/s plan?"
+    assert {r.code for r in refusals} == {"rate_limited"}
+    refused = refusals[0]
+    with as_acme(net, developer) as gw:
         assert refused.retry_after_s > 0
         invoice = gw.request("GET", f"/v1/apps/{custody_app}/invoice")
         assert invoice["currency"] == "CNY" and invoice["total_fen"] == 0  # the free plan
@@ -329,12 +462,78 @@ def test_suspended_app_refuses_transactions_until_resumed(
         assert out["receipt"]["block"] > height
 
 
+def test_storage_quota_is_checked_at_commit(net: RunningNetwork, developer: dict[str, Any]) -> None:
+    """An app on a 1 MiB plan: the transaction that would take its ledger past the
+    quota is ordered but refused at commit (every hosting node decides the same), with
+    a typed error naming the remedy; nothing of it is written; a larger plan lifts it."""
+    tiny = {
+        "id": "tiny",
+        "name": "Tiny",
+        "price_fen": 1000,
+        "tps": 100,
+        "storage_bytes": 2**20,
+        "requests_per_month": 1_000_000,
+    }
+    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
+        proposal = propose(org1, {"kind": "set_plan", "plan": tiny})
+        org2.seen.merge(org1.seen)
+        assert approve(org2, proposal["id"])["status"] == "open"
+        with net.gateway("org3/admin") as org3:
+            org3.seen.merge(org2.seen)
+            assert approve(org3, proposal["id"])["status"] == "executed"
+    with as_acme(net, developer) as gw:
+        wait_for(
+            lambda: "tiny" in [p["id"] for p in gw.request("GET", "/v1/plans")["plans"]],
+            what="the tiny plan",
+        )
+    create_app(net, developer, "archive", "own", "tiny")
+    big = "x" * 60_000  # ~180 KB a transaction: argument, written value and event
+    with as_acme(net, developer) as gw:
+        contract = gw.app("archive").contract("asset-transfer")
+        refused = None
+        for i in range(12):
+            try:
+                contract.submit("create", f"doc{i}", big, 1)
+            except Conflict as exc:
+                refused = (i, exc)
+                break
+        assert refused is not None, "twelve 180 KB transactions fit a 1 MiB quota"
+        last, exc = refused
+        assert 3 <= last <= 7, last
+        assert exc.code == "storage_quota_exceeded", exc
+        assert exc.details["receipt"]["code"] == "STORAGE_QUOTA_EXCEEDED"
+        assert "set_app_plan" in (exc.hint or "")
+        assert contract.evaluate("read", f"doc{last}") is None  # it wrote nothing
+        assert contract.evaluate("read", f"doc{last - 1}")["owner"] == big
+        assert contract.submit("create", "note", "small", 1)["id"] == "note"  # still fits
+        change = {"kind": "set_app_plan", "app": "archive", "plan": "basic"}
+        assert propose(gw, change)["status"] == "executed"  # ANY owner
+
+        def upgraded() -> bool:
+            try:
+                contract.submit("create", f"doc{last}", big, 1)
+            except Conflict as again:
+                assert again.code == "storage_quota_exceeded", again
+                return False
+            return True
+
+        wait_for(upgraded, what="the basic plan's storage")
+        with as_acme(net, developer, 1) as gw2:  # the other hosting node agrees
+            gw2.seen.merge(gw.seen)  # reads after the block node1 committed it in
+            assert gw2.app("archive").contract("asset-transfer").evaluate("read", f"doc{last}")
+
+
 def test_restarted_node_rejoins_under_the_governed_configuration(
     net: RunningNetwork, developer: dict[str, Any], custody_app: str
 ) -> None:
     """node2 restarts after governance registered acme and created shop: it hosts shop
     again, trusts acme's CA, and keeps validating and ordering like the others."""
     net.kill_node("node2")
+    with as_acme(net, developer) as gw:  # node2 is down: node1's invoice says what is missing
+        bill = gw.request("GET", f"/v1/apps/{custody_app}/invoice")
+        assert bill["complete"] is False and bill["missing"] == ["node2"]
+        assert list(bill["by_node"]) == ["node1"] and bill["total_fen"] == 0
+        assert "INCOMPLETE" in invoice_text(gw, custody_app)
     net.start_node("node2")
     with as_acme(net, developer, 1) as gw:
         wait_for(

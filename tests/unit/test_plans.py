@@ -18,13 +18,16 @@ from meridian.network.plans import (
     DEFAULT_PLANS,
     GIB,
     MAX_TIMESTAMP_MS,
+    MAX_USAGE_COUNT,
     MIB,
     MIN_TIMESTAMP_MS,
+    NetworkUsage,
     Plan,
     Usage,
     billing_date,
     billing_month,
     compute_invoice,
+    compute_network_usage,
     compute_percent,
     days_in_month,
     format_bytes,
@@ -302,6 +305,134 @@ def test_empty_usage_has_a_zero_for_every_day() -> None:
     assert empty.daily_requests == (0,) * 28 and empty.requests == 0
 
 
+def test_usage_dict_round_trip_ignores_extra_keys() -> None:
+    u = usage()
+    assert Usage.from_dict(orjson.loads(orjson.dumps(u.to_dict()))) == u
+    assert Usage.from_dict({**u.to_dict(), "scope": "local", "node": "node2"}) == u
+
+
+MISSING = object()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"requests": MISSING},
+        {"requests": True},
+        {"transactions": "5"},
+        {"daily_requests": "0" * 31},
+        {"daily_requests": [0] * 32},
+        {"daily_requests": [0.0] * 31},
+        {"month": "2026-13"},
+        {"app": "Shop"},
+    ],
+)
+def test_invalid_usage_from_dict(change: dict[str, Any]) -> None:
+    d = {k: v for k, v in {**usage().to_dict(), **change}.items() if v is not MISSING}
+    with pytest.raises(InvalidInput) as err:
+        Usage.from_dict(d)
+    assert err.value.code in ("bad_usage", "bad_month")
+
+
+@pytest.mark.parametrize("value", [None, [], "usage"])
+def test_invalid_usage_from_non_object(value: Any) -> None:
+    with pytest.raises(InvalidInput) as err:
+        Usage.from_dict(value)
+    assert err.value.code == "bad_usage"
+
+
+# --------------------------------------------------------------------------- usage across nodes
+
+
+def day_counts(month: str = "2026-12", **days: int) -> tuple[int, ...]:
+    counts = [0] * days_in_month(month)
+    for day, n in days.items():
+        counts[int(day[1:]) - 1] = n
+    return tuple(counts)
+
+
+NODE1 = usage(
+    requests=100,
+    transactions=40,
+    throttled=3,
+    peak_tps=5,
+    storage_bytes=10 * MIB,
+    storage_peak_bytes=12 * MIB,
+    daily_requests=day_counts(d1=60, d2=40),
+)
+NODE2 = usage(
+    requests=30,
+    transactions=20,
+    throttled=1,
+    peak_tps=4,
+    storage_bytes=11 * MIB,
+    storage_peak_bytes=11 * MIB,
+    daily_requests=day_counts(d2=25, d31=5),
+)
+
+
+def test_network_usage_adds_counts_and_takes_the_largest_storage_and_peak() -> None:
+    merged = compute_network_usage("shop", "2026-12", {"node2": NODE2, "node1": NODE1})
+    total = merged.total
+    assert (total.requests, total.transactions, total.throttled) == (130, 60, 4)
+    assert total.daily_requests == day_counts(d1=60, d2=65, d31=5)
+    # the same ledger measured by each node: never added up
+    assert total.storage_bytes == 11 * MIB and total.storage_peak_bytes == 12 * MIB
+    assert total.peak_tps == 5  # per-gateway peak (the quota's unit), not 9
+    assert merged.complete and merged.missing == ()
+    assert [node for node, _ in merged.by_node] == ["node1", "node2"]
+    doc = merged.to_dict()
+    assert doc["scope"] == "network" and doc["complete"] is True and doc["missing"] == []
+    assert doc["requests"] == 130 and doc["daily_requests"] == list(total.daily_requests)
+    assert doc["by_node"]["node2"] == {
+        "requests": 30,
+        "transactions": 20,
+        "throttled": 1,
+        "peak_tps": 4,
+        "storage_bytes": 11 * MIB,
+        "storage_peak_bytes": 11 * MIB,
+    }
+    assert orjson.loads(orjson.dumps(doc)) == doc
+
+
+def test_network_usage_with_a_missing_node_is_incomplete_and_sums_the_others() -> None:
+    merged = compute_network_usage("shop", "2026-12", {"node1": NODE1}, ["node3", "node2"])
+    assert not merged.complete and merged.missing == ("node2", "node3")
+    assert merged.total.requests == 100 and merged.total.transactions == 40
+    doc = merged.to_dict()
+    assert doc["complete"] is False and doc["missing"] == ["node2", "node3"]
+    assert list(doc["by_node"]) == ["node1"]
+
+
+def test_network_usage_of_no_answer_at_all_is_zero_and_incomplete() -> None:
+    merged = compute_network_usage("shop", "2026-12", {}, ["node1"])
+    assert merged.total == Usage.empty("shop", "2026-12")
+    assert not merged.complete and merged.by_node == ()
+
+
+def test_network_usage_saturates_instead_of_overflowing() -> None:
+    huge = usage(requests=MAX_USAGE_COUNT, daily_requests=day_counts(d1=MAX_USAGE_COUNT))
+    merged = compute_network_usage("shop", "2026-12", {"node1": huge, "node2": huge})
+    assert merged.total.requests == MAX_USAGE_COUNT
+    assert merged.total.daily_requests[0] == MAX_USAGE_COUNT
+
+
+@pytest.mark.parametrize(
+    ("by_node", "missing"),
+    [
+        ({"node1": usage(app="other")}, ()),  # another app's usage
+        ({"node1": usage(month="2026-11", daily_requests=(0,) * 30)}, ()),  # another month
+        ({"node1": NODE1}, ("node1",)),  # reported and missing at once
+        ({"Node 1": NODE1}, ()),  # not a node id
+        ({"node1": NODE1}, ("",)),
+    ],
+)
+def test_invalid_network_usage(by_node: dict[str, Usage], missing: tuple[str, ...]) -> None:
+    with pytest.raises(InvalidInput) as err:
+        compute_network_usage("shop", "2026-12", by_node, missing)
+    assert err.value.code == "bad_usage"
+
+
 # --------------------------------------------------------------------------- invoices
 
 
@@ -379,6 +510,46 @@ def test_text_invoice_is_aligned_and_shows_the_total() -> None:
     assert "Issued     2027-01-01 00:05 CST" in text
     assert re.search(r"Requests this month +1,234,567 +5,000,000 +25%", text)
     assert all(len(line) <= 72 for line in lines)
+
+
+def network_invoice(missing: tuple[str, ...] = ()) -> dict[str, Any]:
+    by_node = {"node1": NODE1} if missing else {"node1": NODE1, "node2": NODE2}
+    merged: NetworkUsage = compute_network_usage("shop", "2026-12", by_node, missing)
+    return invoice("basic", usage=merged)
+
+
+def test_network_invoice_bills_the_flat_fee_over_the_summed_usage() -> None:
+    inv = network_invoice()
+    assert inv["total_fen"] == 9_900 and inv["lines"][0]["amount_fen"] == 9_900
+    assert inv["transactions"] == 60 and inv["throttled"] == 4
+    assert {row["resource"]: row["used"] for row in inv["usage"]}["requests"] == 130
+    assert inv["scope"] == "network" and inv["complete"] is True and inv["missing"] == []
+    assert list(inv["by_node"]) == ["node1", "node2"]
+    text = render_invoice_text(inv)
+    assert "Metered by node1, node2" in text and "INCOMPLETE" not in text
+    assert re.search(r"node2 +30 +20 +1", text)
+    assert all(len(line) <= 72 for line in text.splitlines())
+    assert all(isinstance(leaf, (str, int)) for leaf in walk(inv))
+
+
+def test_incomplete_network_invoice_says_so_and_bills_the_same() -> None:
+    inv = network_invoice(missing=("node2",))
+    assert inv["complete"] is False and inv["missing"] == ["node2"]
+    assert inv["total_fen"] == network_invoice()["total_fen"]  # the amount never depends on it
+    text = render_invoice_text(inv)
+    assert "INCOMPLETE" in text and "node2" in text.split("INCOMPLETE", 1)[1]
+    assert "Metered by node1 (no answer from node2)" in text
+    assert re.search(r"node2 +not reached", text)
+    assert all(len(line) <= 72 for line in text.splitlines())
+    page = render_invoice_html(inv)
+    assert 'class="incomplete"' in page and "not reached" in page
+    assert 'class="incomplete"' not in render_invoice_html(network_invoice())
+
+
+def test_plain_invoice_has_no_coverage_fields() -> None:
+    inv = invoice("basic")
+    assert {"scope", "complete", "missing", "by_node"}.isdisjoint(inv)
+    assert "Metered by" not in render_invoice_text(inv)
 
 
 def hostile_invoice() -> dict[str, Any]:

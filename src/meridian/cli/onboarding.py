@@ -210,24 +210,47 @@ def user_add(
     output(s, data, human)
 
 
+USAGE_COUNTERS = (
+    "requests",
+    "transactions",
+    "throttled",
+    "peak_tps",
+    "storage_bytes",
+    "storage_peak_bytes",
+)
+
+
 @app.command("usage")
 def usage_cmd(
     ctx: typer.Context,
     month: str | None = typer.Option(None, "--month", help=MONTH_HELP),
+    local: bool = typer.Option(
+        False, "--local", help="Only what this gateway served (default: every hosting node)."
+    ),
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
-    """The app's metered usage of a month on this gateway."""
+    """The app's metered usage of a month: summed over every node hosting it (--local:
+    this gateway's share only)."""
     s = settings(ctx)
     with handle_errors(s.json):
         gw, app_name = _connect(s, who)
         with gw:
-            data = sdk.usage(gw, app_name, month)
+            data = sdk.usage(gw, app_name, month, scope="local" if local else "network")
 
     def human() -> None:
-        console.print(f"usage of [bold]{escape(app_name)}[/] in {data.get('month')}")
-        for key, value in data.items():
-            if key not in ("app", "month", "daily_requests"):
-                console.print(f"  {key:<20} {value}")
+        where = f"on {data.get('node')}" if local else "on every hosting node"
+        console.print(f"usage of [bold]{escape(app_name)}[/] in {data.get('month')}, {where}")
+        for key in USAGE_COUNTERS:
+            console.print(f"  {key:<20} {data.get(key)}")
+        if data.get("complete") is False:
+            missing = ", ".join(data.get("missing", []))
+            console.print(
+                f"[bold red]incomplete[/]: no answer from {escape(missing)}; "
+                "the totals leave out what they served"
+            )
+        for node, row in (data.get("by_node") or {}).items():
+            counts = ", ".join(f"{k} {row.get(k)}" for k in ("requests", "transactions"))
+            console.print(f"  {escape(node):<20} {counts}")
 
     output(s, data, human)
 

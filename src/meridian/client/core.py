@@ -211,16 +211,23 @@ def encode_body(value: Any) -> bytes:
 
 
 class SseParser:
-    """Turns the lines of a server-sent-events stream into block events."""
+    """Turns the lines of a server-sent-events stream into block events; an ``error``
+    event (the gateway ends a stream whose caller lost access) raises its typed error."""
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        self._event = ""
 
     def feed(self, line: str) -> BlockEvent | None:
         if line.startswith("data:"):
             self._data.append(line[5:].lstrip())
+        elif line.startswith("event:"):
+            self._event = line[6:].strip()
         elif line == "" and self._data:
             text, self._data = "\n".join(self._data), []
+            event, self._event = self._event, ""
+            if event == "error":
+                _raise_stream_error(text)
             return _block_event(text)
         return None
 
@@ -231,6 +238,18 @@ def parse_sse(lines: Iterator[str]) -> Iterator[BlockEvent]:
         event = parser.feed(line)
         if event is not None:
             yield event
+
+
+def _raise_stream_error(text: str) -> None:
+    body = orjson.loads(text)
+    err = body.get("error") or {}
+    cls = error_class_for(int(body.get("status", 500)), err.get("code"))
+    raise cls(
+        err.get("message", "the gateway ended the event stream"),
+        code=err.get("code"),
+        hint=err.get("hint"),
+        details=err.get("details"),
+    )
 
 
 def _block_event(text: str) -> BlockEvent:

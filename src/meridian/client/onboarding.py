@@ -35,6 +35,7 @@ from .sync import DEFAULT_TIMEOUT_S, Gateway
 
 ORG_TYPES = ("developer", "enterprise")
 INVOICE_FORMATS = ("json", "text", "html")
+USAGE_SCOPES = ("network", "local")
 DELIVERY_STATES = ("pending", "delivered", "failed")
 
 
@@ -155,14 +156,25 @@ def submit_as(
 # ------------------------------------------------------------------ usage, invoices
 
 
-def usage(gateway: Gateway, app: str, month: str | None = None) -> dict[str, Any]:
-    """Metered usage of ``month`` (``YYYY-MM``, default the current one) on this gateway."""
-    result: dict[str, Any] = gateway.request("GET", f"/v1/apps/{app}/usage", params=_month(month))
+def usage(
+    gateway: Gateway, app: str, month: str | None = None, *, scope: str = "network"
+) -> dict[str, Any]:
+    """Metered usage of ``month`` (``YYYY-MM``, default the current one).
+
+    ``scope="network"`` (the default): the app's usage on every hosting node, summed
+    by the gateway, with ``complete``, ``missing`` (nodes that did not answer) and
+    ``by_node``; ``scope="local"``: what this gateway alone served."""
+    if scope not in USAGE_SCOPES:
+        raise InvalidInput(f"scope must be one of {', '.join(USAGE_SCOPES)}", code="bad_scope")
+    params = {**_month(month), "scope": scope}
+    result: dict[str, Any] = gateway.request("GET", f"/v1/apps/{app}/usage", params=params)
     return result
 
 
 def invoice(gateway: Gateway, app: str, month: str | None = None) -> dict[str, Any]:
-    """The invoice of ``month`` (amounts in integer fen)."""
+    """The invoice of ``month`` (amounts in integer fen), over the app's usage on every
+    hosting node (``complete`` is false, and ``missing`` names them, if some did not
+    answer)."""
     result: dict[str, Any] = gateway.request(
         "GET", f"/v1/apps/{app}/invoice", params={**_month(month), "format": "json"}
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -372,7 +372,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         response_class=StreamingResponse,
     )
     async def events(app_name: str, request: Request, from_block: int | None = None) -> Any:
-        await caller(request, app_name)
+        identity = await caller(request, app_name)
         channel = node.channel(app_name)
         start = from_block
         if start is None:
@@ -380,8 +380,13 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             start = int(last) + 1 if last and last.isdigit() else channel.height
         if start < 0:
             raise InvalidInput("from_block must be >= 0", code="malformed")
+
+        def check() -> None:  # access is judged again before every message
+            node.check_usable(identity, app_name)
+            node.check_access(app_name, identity.org, read=True)
+
         return StreamingResponse(
-            _sse(channel, start),
+            _sse(channel, start, check),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
@@ -512,12 +517,30 @@ def _block_message(channel: Any, number: int) -> bytes:
     return b"id: %d\nevent: block\ndata: %s\n\n" % (number, orjson.dumps(data))
 
 
-async def _sse(channel: Any, start: int) -> AsyncIterator[bytes]:
+async def _sse(channel: Any, start: int, check: Callable[[], None]) -> AsyncIterator[bytes]:
+    """Block messages from ``start`` on. ``check`` runs before each message: a caller
+    whose certificate is revoked, or whose org leaves the app, gets one ``error``
+    event with the typed error, and the stream ends."""
     next_block = start
     yield b": connected\n\n"
     while True:
         while next_block < channel.height:
+            if (refusal := _refusal(check)) is not None:
+                yield refusal
+                return
             yield _block_message(channel, next_block)
             next_block += 1
         if not await channel.wait_for_block(next_block, SSE_HEARTBEAT_S):
+            if (refusal := _refusal(check)) is not None:
+                yield refusal
+                return
             yield b": heartbeat\n\n"
+
+
+def _refusal(check: Callable[[], None]) -> bytes | None:
+    try:
+        check()
+    except MeridianError as exc:
+        body = {"status": exc.http_status, "error": exc.to_dict()}
+        return b"event: error\ndata: %s\n\n" % orjson.dumps(body)
+    return None

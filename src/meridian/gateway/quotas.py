@@ -11,6 +11,9 @@
   (:func:`meridian.network.plans.compute_invoice`).
 
 Everything here is per node: each gateway limits and meters what it serves itself.
+The requests quota is the app's across its hosting nodes: the gateway passes
+:func:`check_requests_quota` its own count plus the other gateways' (see
+:mod:`meridian.gateway.peer_usage`); the rate limit stays per gateway.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ by the deciding orgs' admins. What lives here is what a node does *for* its user
   a user (``POST /v1/apps/{app}/users/{name}/transactions``) after authenticating.
 * **Plans**: every app request is metered; submits are rate limited to the plan's TPS
   (429 + Retry-After), monthly requests and storage are capped; invoices per month.
+  Usage and invoices cover every hosting node's gateway (:mod:`.peer_usage`), and the
+  requests quota counts them too (refreshed in the background, so eventually
+  consistent); the TPS limit stays per gateway.
 * **Webhooks**: contract events and block notices POSTed to the developer, signed by
   this node, retried with back-off; failures can be listed and redelivered.
 * **Audit**: the regulator (and operators) read every administrative action.
@@ -51,14 +54,23 @@ from ..errors import (
 from ..network.config import GOVERNANCE_APP
 from ..network.governance import GOVERNANCE
 from ..network.plans import (
+    NetworkUsage,
     billing_month,
     compute_invoice,
+    compute_network_usage,
     render_invoice_html,
     render_invoice_text,
 )
 from ..node.channel import Channel
 from ..node.node import Node
 from .custody import KeyVault, validate_csr_for
+from .peer_usage import (
+    PEER_REFRESH_EVERY_S,
+    SCOPE_LOCAL,
+    PeerRequests,
+    PeerUsageClient,
+    parse_scope,
+)
 from .quotas import RateLimiter, UsageMeter, check_requests_quota, check_storage_quota
 from .webhooks import Dispatcher, WebhookStore
 
@@ -86,6 +98,7 @@ class _Stores:
     webhooks: WebhookStore
     dispatcher: Dispatcher
     registrar: ClientIdentity | None
+    peers: PeerUsageClient
 
 
 class Services:
@@ -99,6 +112,8 @@ class Services:
         self._registrations: list[float] = []  # monotonic times of recent sign-ups
         self._stores: _Stores | None = None
         self._tasks: tuple[asyncio.Task[None], ...] = ()
+        self.peer_requests = PeerRequests()  # other gateways' counts, for the quota
+        self._refresh_now = asyncio.Event()
 
     def open(self) -> None:
         node = self.node
@@ -116,6 +131,7 @@ class Services:
             webhooks=webhooks,
             dispatcher=Dispatcher(webhooks, node.signer, config.network),
             registrar=registrar,
+            peers=PeerUsageClient(node.signer, node.cert_der, config.network),
         )
 
     @property
@@ -144,12 +160,17 @@ class Services:
     def registrar(self) -> ClientIdentity | None:
         return self.stores.registrar
 
+    @property
+    def peers(self) -> PeerUsageClient:
+        return self.stores.peers
+
     def start(self) -> None:
         self.open()
         self._tasks = (
             asyncio.create_task(self.dispatcher.run(), name="webhook-dispatcher"),
             asyncio.create_task(self._feed_webhooks(), name="webhook-feeder"),
             asyncio.create_task(self._flush_meter(), name="usage-flush"),
+            asyncio.create_task(self._refresh_peer_requests(), name="peer-usage"),
         )
 
     async def stop(self) -> None:
@@ -159,6 +180,7 @@ class Services:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._stores is not None:
+            await self.peers.aclose()
             self.meter.close()
             self.webhooks.close()
             self.vault.close()
@@ -181,8 +203,10 @@ class Services:
             self._record(app, now, transactions)
             return
         plan = config.plan(app_config.plan)
+        if self.peer_requests.note_traffic(app):
+            self._refresh_now.set()  # busy again: fetch the peers' counts at once
         try:
-            check_requests_quota(self.meter.get_requests(app, billing_month(now)), plan)
+            check_requests_quota(self.get_network_requests(app, billing_month(now)), plan)
             if transactions:
                 self.limiter.check(app, plan.tps, cost=transactions)
                 channel = self.node.channel(app)
@@ -210,6 +234,79 @@ class Services:
                 self.meter.flush()
             except Exception:
                 log.exception("usage meter flush failed")
+
+    # ---------------------------------------------------- usage across nodes
+
+    def get_network_requests(self, app: str, month: str) -> int:
+        """The app's requests of ``month`` here plus what the other hosting nodes'
+        gateways last reported (at most PEER_REFRESH_EVERY_S old while it is busy)."""
+        return self.meter.get_requests(app, month) + self.peer_requests.get(
+            app, month, self._peer_ids(app)
+        )
+
+    def _peer_ids(self, app: str) -> list[str]:
+        config = self.node.config
+        return [n for n in config.hosting_nodes(config.app(app)) if n != self.node.id]
+
+    async def get_network_usage(self, app: str, month: str) -> NetworkUsage:
+        """``app``'s usage of ``month`` on every hosting node: this gateway's meter and
+        each other node's local view, asked in parallel; nodes that do not answer
+        within PEER_USAGE_TIMEOUT_S are reported missing."""
+        local = self.meter.get_usage(app, month)  # validates app and month first
+        config = self.node.config
+        entries = [config.node(n) for n in self._peer_ids(app)]
+        found, missing = await self.peers.gather(entries, app, month)
+        for node, usage in found.items():
+            self.peer_requests.update(app, node, month, usage.requests)
+        return compute_network_usage(app, month, {self.node.id: local, **found}, missing)
+
+    def is_hosting_node(self, app: str, identity: Identity) -> bool:
+        """Whether ``identity`` is the certificate of a node hosting ``app`` (a gateway
+        asking for this one's share of the app's usage)."""
+        if identity.role is not Role.NODE:
+            return False
+        config = self.node.config
+        try:
+            entry = config.node(identity.name)
+            hosts = entry.id in config.hosting_nodes(config.app(app))
+        except NotFound:
+            return False
+        return (
+            hosts
+            and entry.org == identity.org
+            and load_cert_der(entry.cert_pem) == identity.cert_der
+        )
+
+    async def _refresh_peer_requests(self) -> None:
+        """Every PEER_REFRESH_EVERY_S (or at once when an app gets busy again), fetch
+        the other gateways' request counts of the planned apps busy here."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._refresh_now.wait(), PEER_REFRESH_EVERY_S)
+            self._refresh_now.clear()
+            try:
+                await self._refresh_peer_counts()
+            except Exception:
+                log.exception("refreshing the peers' request counts failed")
+
+    async def _refresh_peer_counts(self) -> None:
+        config = self.node.config
+        month = billing_month(_now_ms())
+        jobs = []
+        for app in self.peer_requests.active_apps():
+            try:
+                app_config = config.app(app)
+            except NotFound:
+                continue
+            entries = [config.node(n) for n in self._peer_ids(app)]
+            if app_config.plan and app in self.node.channels and entries:
+                jobs.append((app, entries))
+        answers = await asyncio.gather(
+            *(self.peers.gather(entries, app, month) for app, entries in jobs)
+        )
+        for (app, _), (found, _) in zip(jobs, answers, strict=True):
+            for node, usage in found.items():
+                self.peer_requests.update(app, node, month, usage.requests)
 
     # --------------------------------------------------------------- webhooks
 
@@ -431,13 +528,14 @@ class Services:
 
     # -------------------------------------------------------------- invoices
 
-    def invoice(self, app: str, month: str | None) -> dict[str, Any]:
+    async def invoice(self, app: str, month: str | None) -> dict[str, Any]:
+        """The invoice of ``app`` for ``month``, over its usage on every hosting node."""
         config = self.node.config
         app_config = config.app(app)
         if not app_config.plan:
             raise NotFound(f"app {app} has no plan: nothing is billed", code="no_plan")
         now = _now_ms()
-        usage = self.meter.get_usage(app, month or billing_month(now))
+        usage = await self.get_network_usage(app, month or billing_month(now))
         return compute_invoice(
             network=config.network,
             app=app,
@@ -474,14 +572,8 @@ class Services:
 
 
 def _ledger_bytes(channel: Channel) -> int:
-    path = getattr(channel.ledger, "path", None)
-    if path is None:
-        return 0
-    total = 0
-    for suffix in ("", "-wal"):
-        with contextlib.suppress(OSError):
-            total += (path.parent / (path.name + suffix)).stat().st_size
-    return total
+    """The app's stored bytes as validation counts them against the storage quota."""
+    return channel.ledger.stored_bytes()
 
 
 def _text(body: Any, key: str, max_chars: int) -> str:
@@ -557,11 +649,22 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         receipt = await node.submit(app_name, signed, wait=True)
         return {"receipt": receipt.to_dict()}
 
-    @app.get("/v1/apps/{app_name}/usage", tags=["plans"], summary="Metered usage of a month")
-    async def usage(app_name: str, request: Request, month: str | None = None) -> Any:
-        await caller(request, app_name)
+    @app.get(
+        "/v1/apps/{app_name}/usage",
+        tags=["plans"],
+        summary="Metered usage of a month (scope=network: every hosting node; local: this one)",
+    )
+    async def usage(
+        app_name: str, request: Request, month: str | None = None, scope: str | None = None
+    ) -> Any:
+        # another hosting node's gateway may ask for this one's share (unmetered)
+        await caller(request, app_name, peer=scope == SCOPE_LOCAL)
+        where = parse_scope(scope)
         when = month or billing_month(_now_ms())
-        return services.meter.get_usage(app_name, when).to_dict()
+        if where == SCOPE_LOCAL:
+            local = services.meter.get_usage(app_name, when).to_dict()
+            return {**local, "scope": SCOPE_LOCAL, "node": node.id}
+        return (await services.get_network_usage(app_name, when)).to_dict()
 
     @app.get(
         "/v1/apps/{app_name}/invoice",
@@ -572,13 +675,13 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         app_name: str, request: Request, month: str | None = None, format: str = "json"
     ) -> Any:
         await caller(request, app_name)
-        bill = services.invoice(app_name, month)
+        if format not in ("json", "text", "html"):
+            raise InvalidInput("format is json, text or html", code="malformed")
+        bill = await services.invoice(app_name, month)
         if format == "text":
             return PlainTextResponse(render_invoice_text(bill))
         if format == "html":
             return HTMLResponse(render_invoice_html(bill))
-        if format != "json":
-            raise InvalidInput("format is json, text or html", code="malformed")
         return bill
 
     @app.post("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="Register a webhook")

@@ -22,7 +22,7 @@ import calendar
 import html
 import re
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any, NewType
@@ -48,6 +48,7 @@ MIN_PLAN_STORAGE_BYTES = MIB
 MAX_PLAN_STORAGE_BYTES = PIB
 MAX_REQUESTS_PER_MONTH = 10**12
 MAX_USAGE_COUNT = 2**62  # any usage counter; SQLite integers are 64-bit signed
+MAX_USAGE_NODES = 1_000  # hosting nodes whose usage one network-wide view sums
 
 CST_OFFSET_MS = 8 * 3_600_000  # China Standard Time is UTC+8 all year round
 DAY_MS = 86_400_000
@@ -77,7 +78,8 @@ class Plan:
     ``tps`` is the sustained rate of transactions one gateway admits for the app (its
     burst is one second's worth); ``storage_bytes`` bounds the app's state plus
     ledger; ``requests_per_month`` counts every gateway request (submits, evaluates,
-    reads) in a billing month. Constructing a plan validates it.
+    reads) in a billing month, on all the app's hosting nodes together. Constructing a
+    plan validates it.
     """
 
     id: str
@@ -260,7 +262,8 @@ def month_bounds_ms(month: str) -> tuple[int, int]:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What one app used in one billing month, as metered by a gateway.
+    """What one app used in one billing month, as metered by a gateway (or, merged by
+    :func:`compute_network_usage`, by all its hosting nodes' gateways).
 
     ``storage_bytes`` is the latest storage sample of the month (carried over from an
     earlier month if the month has none yet), ``storage_peak_bytes`` the month's
@@ -320,12 +323,139 @@ class Usage:
             "daily_requests": list(self.daily_requests),
         }
 
+    @classmethod
+    def from_dict(cls, d: Any) -> Usage:
+        """A usage from its JSON form (another gateway's answer): every field of
+        :meth:`to_dict` with its exact type, checked like a constructed one; other
+        keys (``scope``, ``node``) are ignored. ``InvalidInput(code="bad_usage")``."""
+        if not isinstance(d, Mapping):
+            raise InvalidInput("usage must be a JSON object", code="bad_usage")
+        missing = [f for f in _USAGE_FIELDS if f not in d]
+        if missing:
+            raise InvalidInput(f"usage is missing field(s) {', '.join(missing)}", code="bad_usage")
+        daily = d["daily_requests"]
+        if not isinstance(daily, list) or len(daily) > 31:
+            raise InvalidInput("daily_requests must be a list of day counts", code="bad_usage")
+        fields = {f: d[f] for f in _USAGE_FIELDS}
+        return cls(**{**fields, "daily_requests": tuple(daily)})
+
+
+_USAGE_FIELDS = (
+    "app",
+    "month",
+    "requests",
+    "transactions",
+    "storage_bytes",
+    "peak_tps",
+    "throttled",
+    "daily_requests",
+    "storage_peak_bytes",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkUsage:
+    """An app's usage of a month across its hosting nodes (:func:`compute_network_usage`).
+
+    ``total`` is the merged usage, ``by_node`` what each node that answered metered
+    (sorted by node id), ``missing`` the hosting nodes that could not be asked: while
+    any is missing the totals are lower bounds and ``complete`` is false.
+    """
+
+    total: Usage
+    by_node: tuple[tuple[str, Usage], ...]
+    missing: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.total.to_dict(),
+            "scope": "network",
+            "complete": self.complete,
+            "missing": list(self.missing),
+            "by_node": {node: _node_counters(usage) for node, usage in self.by_node},
+        }
+
+
+def _node_counters(usage: Usage) -> dict[str, int]:
+    return {
+        "requests": usage.requests,
+        "transactions": usage.transactions,
+        "throttled": usage.throttled,
+        "peak_tps": usage.peak_tps,
+        "storage_bytes": usage.storage_bytes,
+        "storage_peak_bytes": usage.storage_peak_bytes,
+    }
+
+
+def compute_network_usage(
+    app: str, month: str, by_node: Mapping[str, Usage], missing: Iterable[str] = ()
+) -> NetworkUsage:
+    """Merge what each hosting node's gateway metered for ``app`` in ``month``.
+
+    Each gateway counts only the requests it served, so ``requests``,
+    ``transactions``, ``throttled`` and the daily counts **add up** (saturating at
+    ``MAX_USAGE_COUNT``). Every node holds the same ledger and measures it itself, so
+    storage is **not** added: the latest sample and the peak are the largest any node
+    reported. ``peak_tps`` is the **largest** per-gateway peak: the plan's TPS is a
+    per-gateway limit (each gateway admits it), so this is the figure the quota
+    compares with; the network-wide rate in one second may have been up to the sum of
+    the per-node peaks, which ``by_node`` keeps. ``missing`` names hosting nodes that
+    did not answer. Pure; ``InvalidInput(code="bad_usage")`` for a usage of another app
+    or month, a bad node id, or a node both reported and missing.
+    """
+    days = days_in_month(month)
+    missing_nodes = tuple(sorted(set(missing)))
+    nodes = sorted(by_node)
+    if len(nodes) + len(missing_nodes) > MAX_USAGE_NODES:
+        raise InvalidInput(f"usage of more than {MAX_USAGE_NODES} nodes", code="bad_usage")
+    for node in (*nodes, *missing_nodes):
+        if not isinstance(node, str) or not NAME_RE.fullmatch(node):
+            raise InvalidInput(f"{node!r} is not a node id", code="bad_usage")
+    both = set(nodes) & set(missing_nodes)
+    if both:
+        raise InvalidInput(
+            f"node(s) {', '.join(sorted(both))} both reported and missing", code="bad_usage"
+        )
+    parts = [by_node[node] for node in nodes]
+    for node, usage in zip(nodes, parts, strict=True):
+        if usage.app != app or usage.month != month:
+            raise InvalidInput(
+                f"{node} reported usage of {usage.app} in {usage.month}, not {app} in {month}",
+                code="bad_usage",
+            )
+
+    def total(values: Iterable[int]) -> int:
+        return min(MAX_USAGE_COUNT, sum(values))
+
+    merged = Usage(
+        app=app,
+        month=month,
+        requests=total(u.requests for u in parts),
+        transactions=total(u.transactions for u in parts),
+        storage_bytes=max((u.storage_bytes for u in parts), default=0),
+        peak_tps=max((u.peak_tps for u in parts), default=0),
+        throttled=total(u.throttled for u in parts),
+        daily_requests=tuple(total(u.daily_requests[day] for u in parts) for day in range(days)),
+        storage_peak_bytes=max((u.storage_peak_bytes for u in parts), default=0),
+    )
+    return NetworkUsage(merged, tuple(zip(nodes, parts, strict=True)), missing_nodes)
+
 
 # --------------------------------------------------------------------------- invoices
 
 
 def compute_invoice(
-    *, network: str, app: str, owner: str, plan: Plan, usage: Usage, issued_ms: int
+    *,
+    network: str,
+    app: str,
+    owner: str,
+    plan: Plan,
+    usage: Usage | NetworkUsage,
+    issued_ms: int,
 ) -> dict[str, Any]:
     """The JSON invoice of ``app`` for ``usage.month``: integers and strings only.
 
@@ -335,7 +465,14 @@ def compute_invoice(
     month ends is a ``"preview"``; from the first instant of the next month it is
     ``"final"``. The number ``{network}-{app}-{month}`` is deterministic, so issuing
     twice gives the same invoice.
+
+    With a :class:`NetworkUsage` (the gateways' invoices) the usage is the app's
+    across its hosting nodes, and the invoice also says ``complete``, which nodes are
+    ``missing`` and what each node metered (``by_node``). The amount never depends on
+    usage, so an incomplete invoice bills the same; only its usage report is partial.
     """
+    coverage = usage if isinstance(usage, NetworkUsage) else None
+    usage = usage.total if isinstance(usage, NetworkUsage) else usage
     for what, name in (("network", network), ("app", app), ("owner", owner)):
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             raise InvalidInput(f"{what} {name!r} is not a valid name", code="bad_invoice")
@@ -373,7 +510,13 @@ def compute_invoice(
         "subtotal_fen": subtotal,
         "total_fen": subtotal,
         "note": NO_OVERAGE_NOTE,
+        **(_compute_coverage(coverage) if coverage is not None else {}),
     }
+
+
+def _compute_coverage(usage: NetworkUsage) -> dict[str, Any]:
+    doc = usage.to_dict()
+    return {key: doc[key] for key in ("scope", "complete", "missing", "by_node")}
 
 
 def _compute_usage_lines(plan: Plan, usage: Usage) -> list[dict[str, Any]]:
@@ -423,6 +566,11 @@ def render_invoice_text(invoice: Mapping[str, Any]) -> str:
     ]
     out = ["MERIDIAN INVOICE".center(width), ""]
     out += [f"{key:<11}{value}" for key, value in header]
+    if "by_node" in invoice:
+        metered = _metered_by(invoice)
+        out += textwrap.wrap(f"{'Metered by':<11}{metered}", width, subsequent_indent=" " * 11)
+    if invoice.get("complete") is False:
+        out += ["", *textwrap.wrap(_incomplete_warning(invoice), width)]
     out += ["", f"{'Description':<56}{'Amount':>16}", "-" * width]
     for line in invoice["lines"]:
         out.append(f"{line['description'][:55]:<56}{format_cny(line['amount_fen']):>16}")
@@ -434,6 +582,7 @@ def render_invoice_text(invoice: Mapping[str, Any]) -> str:
         used = _format_quantity(row["used"], row["unit"])
         limit = _format_quantity(row["limit"], row["unit"])
         out.append(f"{row['label']:<32}{used:>16}{limit:>16}{row['percent']:>7}%")
+    out += _render_nodes_text(invoice, width)
     out += [
         "",
         f"Transactions committed: {invoice['transactions']:,}",
@@ -445,6 +594,40 @@ def render_invoice_text(invoice: Mapping[str, Any]) -> str:
     return "\n".join(line.rstrip() for line in out) + "\n"
 
 
+def _metered_by(invoice: Mapping[str, Any]) -> str:
+    """The nodes whose usage a network-wide invoice sums, and those that did not answer."""
+    text = ", ".join(invoice["by_node"]) or "no node"
+    if invoice["missing"]:
+        text += f" (no answer from {', '.join(invoice['missing'])})"
+    return text
+
+
+def _incomplete_warning(invoice: Mapping[str, Any]) -> str:
+    missing = ", ".join(invoice["missing"])
+    return (
+        f"INCOMPLETE: the usage below leaves out what {missing} metered (not reachable "
+        "when this invoice was issued); it is a lower bound. The amount is not affected."
+    )
+
+
+def _render_nodes_text(invoice: Mapping[str, Any], width: int) -> list[str]:
+    """The per-node breakdown of a network-wide invoice (none for a plain one)."""
+    if "by_node" not in invoice:
+        return []
+    out = [
+        "",
+        f"{'Metered by node':<24}{'Requests':>16}{'Transactions':>16}{'Refused (429)':>16}",
+        "-" * width,
+    ]
+    for node, row in invoice["by_node"].items():
+        out.append(
+            f"{node[:23]:<24}{row['requests']:>16,}{row['transactions']:>16,}"
+            f"{row['throttled']:>16,}"
+        )
+    out += [f"{node[:23]:<24}{'not reached':>16}" for node in invoice["missing"]]
+    return out
+
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;color:#1f2933;max-width:760px;margin:2em auto;padding:0 1em}
 h1{font-size:1.4em;margin-bottom:0}.muted{color:#616e7c}
@@ -453,6 +636,8 @@ th,td{text-align:left;padding:.3em .5em;border-bottom:1px solid #e4e7eb}
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}
 tr.total td{font-weight:bold;border-top:2px solid #1f2933}
 .preview{color:#b44d12;font-weight:bold}
+.incomplete{color:#ab091e;font-weight:bold;border:2px solid #ab091e;padding:.5em}
+tr.missing td{color:#ab091e}
 """
 _CHART_W, _CHART_H, _BAR_W = 640, 160, 480
 
@@ -512,6 +697,29 @@ def _render_quota_bar(row: Mapping[str, Any]) -> str:
     )
 
 
+def _render_nodes_html(invoice: Mapping[str, Any]) -> str:
+    """The per-node breakdown of a network-wide invoice as a table (none for a plain one)."""
+    if "by_node" not in invoice:
+        return ""
+    keys = ("requests", "transactions", "throttled")
+    rows = "".join(
+        f"<tr><td>{_esc(node)}</td>"
+        + "".join(f'<td class="num">{_esc(f"{row[key]:,}")}</td>' for key in keys)
+        + "</tr>"
+        for node, row in invoice["by_node"].items()
+    )
+    rows += "".join(
+        f'<tr class="missing"><td>{_esc(node)}</td>'
+        '<td colspan="3">not reached: its usage is missing</td></tr>'
+        for node in invoice["missing"]
+    )
+    return (
+        '<h2>Usage by node</h2><table><tr><th>Node</th><th class="num">Requests</th>'
+        '<th class="num">Transactions</th><th class="num">Refused (429)</th></tr>'
+        f"{rows}</table>"
+    )
+
+
 def render_invoice_html(invoice: Mapping[str, Any]) -> str:
     """The invoice as one self-contained HTML page, every value escaped."""
     plan = invoice["plan"]
@@ -533,7 +741,14 @@ def render_invoice_html(invoice: Mapping[str, Any]) -> str:
         ("Issued", _format_timestamp(invoice["issued_ms"])),
         ("Plan", f"{plan['name']} ({plan['id']}), {format_cny(plan['price_fen'])} a month"),
     ]
+    if "by_node" in invoice:
+        facts.append(("Metered by", _metered_by(invoice)))
     facts_html = "".join(f"<tr><th>{_esc(k)}</th><td>{_esc(v)}</td></tr>" for k, v in facts)
+    incomplete = (
+        f'<p class="incomplete">{_esc(_incomplete_warning(invoice))}</p>'
+        if invoice.get("complete") is False
+        else ""
+    )
     quota_bars = "".join(_render_quota_bar(row) for row in invoice["usage"])
     total = _esc(format_cny(invoice["total_fen"]))
     return f"""<!DOCTYPE html>
@@ -542,6 +757,7 @@ def render_invoice_html(invoice: Mapping[str, Any]) -> str:
 <body>
 <h1>Meridian invoice {_esc(invoice["invoice"])}</h1>
 {preview}
+{incomplete}
 <table>{facts_html}</table>
 <table><tr><th>Description</th><th class="num">Amount</th></tr>{lines}
 <tr><td>Subtotal</td><td class="num">{_esc(format_cny(invoice["subtotal_fen"]))}</td></tr>
@@ -549,6 +765,7 @@ def render_invoice_html(invoice: Mapping[str, Any]) -> str:
 </table>
 <h2>Usage against quotas</h2>
 {quota_bars}
+{_render_nodes_html(invoice)}
 <p>Transactions committed: {_esc(f"{invoice['transactions']:,}")} &middot;
 Requests refused (429): {_esc(f"{invoice['throttled']:,}")} &middot;
 Storage at last sample: {_esc(format_bytes(invoice["storage_bytes"]))}</p>
