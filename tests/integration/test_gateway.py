@@ -70,6 +70,7 @@ ROUTES = {
     ("POST", "/v1/developers"),
     ("POST", "/v1/apps/{app_name}/users"),
     ("POST", "/v1/apps/{app_name}/users/{user}/transactions"),
+    ("POST", "/v1/apps/{app_name}/users/{user}/revoke"),
     ("GET", "/v1/apps/{app_name}/usage"),
     ("GET", "/v1/apps/{app_name}/invoice"),
     ("POST", "/v1/apps/{app_name}/webhooks"),

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from cryptography.x509.oid import NameOID
 from meridian.client import Identity, connect
 from meridian.client.governance import Governance, wait_hosted
 from meridian.client.onboarding import invoice, invoice_html, register, usage
+from meridian.errors import CertificateError
 
 from .conftest import RunningNetwork, make_network
 from .test_cli import meridian
@@ -86,6 +89,47 @@ def test_cli_issues_an_own_key_user(net: RunningNetwork, acme: Path, tmp_path: P
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "carol"
     assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "acme"
     Identity.from_dir(out)  # the key and certificate load together
+
+
+def test_cli_revokes_an_own_key_user(net: RunningNetwork, acme: Path, tmp_path: Path) -> None:
+    def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return meridian(
+            "--url", net.url, "--app", APP, *args,
+            network=net.layout.root, who="acme/admin", check=check,
+        )  # fmt: skip
+
+    assert "governance" in cli("app", "user", "revoke", "--help").stdout
+    for name in ("erin", "fay"):
+        cli("app", "user", "add", name, "--generate-key", "--out", str(tmp_path / name))
+    erin, fay = (Identity.from_dir(tmp_path / name) for name in ("erin", "fay"))
+    serial = x509.load_der_x509_certificate(erin.cert_der).serial_number
+    hosts = [net.config.node(node).url for node in ("node1", "node2")]
+    for url in hosts:
+        with connect(url, erin, network=net.config.network) as gw:
+            assert gw.app(APP).contracts() == []  # erin may read shop
+
+    done = json.loads(cli("--json", "app", "user", "revoke", "erin").stdout)
+    assert (done["user"], done["serials"]) == (f"erin@{APP}", [str(serial)])
+    assert done["proposal"]["status"] == "executed"
+    assert done["proposal"]["change"]["kind"] == "revoke"
+    for url in hosts:
+        with connect(url, erin, network=net.config.network) as gw:
+            deadline = time.monotonic() + 30
+            while True:  # node2 applies the governance block a moment later, maybe
+                try:
+                    gw.app(APP).contracts()
+                except CertificateError as exc:
+                    assert exc.code == "certificate_revoked"
+                    break
+                assert time.monotonic() < deadline, f"{url} still serves erin"
+                time.sleep(0.1)
+        with connect(url, fay, network=net.config.network) as gw:
+            assert gw.app(APP).contracts() == []  # the other user goes on
+
+    again = cli("app", "user", "revoke", "erin", check=False)
+    assert again.returncode == 1 and "already_revoked" in again.stderr
+    missing = cli("--json", "app", "user", "revoke", "nobody", check=False)
+    assert json.loads(missing.stdout)["error"]["code"] == "unknown_user"
 
 
 def test_invalid_own_key_user_without_csr(net: RunningNetwork, acme: Path) -> None:

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from meridian.client import Gateway, Identity, connect
+from meridian.client.governance import Governance
 from meridian.client.lifecycle import deploy
 from meridian.client.onboarding import invoice_text
 from meridian.crypto.certs import CertificateAuthority, Membership, Role, load_cert_der
@@ -614,6 +615,42 @@ def test_an_auditor_member_reads_but_does_not_write(
             auditor.app(custody_app).contract("asset-transfer").submit("create", "q", "q", 1)
         assert denied.value.code == "not_a_member"
         assert auditor.app(custody_app).block("latest")["block"]["header"]["number"] == height
+
+
+def test_real_name_details_stay_with_operators_and_the_regulator(
+    net: RunningNetwork, developer: dict[str, Any]
+) -> None:
+    """A second developer signs up with real-name details: acme (another developer)
+    reads neither them nor the governance ledger that holds them; operators read both."""
+    details = {"registration_no": "91440300MA5FB0002Y", "contact": "it@beta.example"}
+    body = {"org": "beta", "type": "developer", "name": "Beta Ltd", "details": details}
+    r = httpx.post(f"{net.config.nodes[1].url}/v1/developers", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    proposal_id = r.json()["proposal"]["id"]
+    with (
+        as_acme(net, developer, 1) as gw,
+        net.gateway("org2/admin", url=net.config.nodes[1].url) as op,
+    ):
+        gov = gw.app(GOV).contract("_governance")
+        seen = gov.evaluate("proposal", proposal_id)
+        assert seen["status"] == "executed" and seen["change"]["details"] == {}
+        [beta] = [o for o in gov.evaluate("config")["orgs"] if o["id"] == "beta"]
+        assert beta["details"] == {} and beta["name"] == "Beta Ltd"
+        network = gw.request("GET", "/v1/network")
+        assert [o["details"] for o in network["config"]["orgs"] if o["id"] == "beta"] == [{}]
+        for read in (
+            lambda: gw.app(GOV).block("latest"),
+            lambda: gw.app(GOV).transaction(proposal_id),
+            lambda: next(iter(gw.app(GOV).events(start=0))),
+        ):
+            with pytest.raises(Forbidden) as refused:
+                read()
+            assert refused.value.code == "governance_ledger", refused.value
+        assert Governance(gw).height() == network["height"] > 0
+        operator = op.app(GOV).contract("_governance")
+        assert operator.evaluate("proposal", proposal_id)["change"]["details"] == details
+        assert op.app(GOV).transaction(proposal_id).code == "VALID"
+        assert op.app(GOV).block("latest")["block"]["header"]["app"] == GOV
 
 
 def test_every_ledger_verifies_at_the_end(net: RunningNetwork) -> None:

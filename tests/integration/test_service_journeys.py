@@ -7,6 +7,9 @@
 * **Key custody** through the SDK (``meridian.client.onboarding.submit_as``): the
   owner's back-end submits for a custodial user, whose certificate is the committed
   transaction's creator; other orgs, the owner's app users and own-key apps are refused.
+* **Revoking app users** through the SDK (``meridian.client.onboarding.revoke_user``):
+  the owner's home node signs its CA's CRL, the owner's admin proposes it; a custodial
+  user is refused at once, an own-key user by every hosting gateway once executed.
 * **Removal** of a participant (``remove_member``) decided by the other members:
   refused on every hosting node, for writes and reads, its relayed proposals too, and
   its webhooks go.
@@ -45,16 +48,18 @@ from meridian.client.onboarding import (
     issue_user,
     list_webhooks,
     register,
+    revoke_user,
     submit_as,
 )
 from meridian.crypto.certs import CertificateAuthority, Membership, Role, load_cert_der
 from meridian.crypto.suites import load_signer
-from meridian.errors import CertificateError, Forbidden, MeridianError, NotFound
+from meridian.errors import CertificateError, Conflict, Forbidden, MeridianError, NotFound
 
 from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers
 
 pytestmark = pytest.mark.slow
 APP = "shop"
+FORUM = "forum"  # acme's own-key app on the same hosts (revoking app users)
 CONTRACT = "asset-transfer"
 HOSTS = ("node1", "node2")  # shop's hosting nodes (node1 is acme's home node)
 TIMEOUT_S = 30.0
@@ -101,10 +106,14 @@ def height(gw: Gateway, app: str = APP) -> int:
 
 
 def heights(net: RunningNetwork, identity: Identity) -> dict[str, int]:
+    return heights_of(net, identity, APP)
+
+
+def heights_of(net: RunningNetwork, identity: Identity, app: str) -> dict[str, int]:
     found = {}
     for node in HOSTS:
         with as_identity(net, identity, node) as gw:
-            found[node] = height(gw)
+            found[node] = height(gw, app)
     return found
 
 
@@ -167,6 +176,17 @@ def csr_for(key: ed25519.Ed25519PrivateKey, cn: str, org: str) -> bytes:
     )
     csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, None)
     return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def own_key_user(backend: Gateway, app: str, name: str) -> tuple[Identity, int]:
+    """Issue own-key user ``name@app`` of acme from a CSR; the identity and its serial."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = issue_user(backend, app, name, csr=csr_for(key, name, "acme"))["cert"].encode()
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    serial = x509.load_pem_x509_certificate(cert).serial_number
+    return Identity(load_cert_der(cert), load_signer(key_pem)), serial
 
 
 def carry(proposal: dict[str, Any], deciders: Iterable[Governance]) -> dict[str, Any]:
@@ -334,6 +354,99 @@ def test_custody_submit_as_signs_for_the_user(
     assert height(backend) == before  # nothing of the refused requests was ordered
     assert backend.app(APP).contract(CONTRACT).evaluate("read", "car-x") is None
     assert backend.app(APP).contract(CONTRACT).evaluate("read", "car-1")["owner"] == "alice"
+
+
+# --------------------------------------------------- 2b. revoking app users
+
+
+def test_owner_revokes_app_users_end_to_end(net: RunningNetwork, acme: Acme, shop: str) -> None:
+    """acme revokes custodial user heidi of shop and own-key user judy of forum (both
+    apps on node1 and node2) through the SDK; ivan and ken, the other users, go on."""
+    dev, backend = acme.gov, acme.gov.gateway  # acme's admin at node1, its home node
+    created = dev.propose(dev.create_app(FORUM, plan="basic", nodes=list(HOSTS), key_mode="own"))
+    assert created["status"] == "executed"
+    node2 = as_identity(net, acme.identity, "node2")
+    judy_gws: dict[str, Gateway] = {}
+    try:
+        for gw in (backend, node2):
+            wait_hosted(gw, FORUM, TIMEOUT_S)
+        deploy([backend], FORUM, EXAMPLE, policy="ANY", install_on=[backend, node2])
+
+        heidi_cert = issue_user(backend, APP, "heidi")["cert"].encode()
+        heidi = x509.load_pem_x509_certificate(heidi_cert).serial_number
+        issue_user(backend, APP, "ivan")
+        judy, judy_serial = own_key_user(backend, FORUM, "judy")
+        ken, _ = own_key_user(backend, FORUM, "ken")
+        judy_gws = {node: as_identity(net, judy, node) for node in HOSTS}
+        as_heidi = (CONTRACT, "create", "h-after", "heidi", 1)
+        assert submit_as(backend, APP, "heidi", CONTRACT, "create", "h1", "heidi", 1)["valid"]
+        for node, gw in judy_gws.items():
+            receipt = gw.app(FORUM).contract(CONTRACT).submit_receipt("create", f"j-{node}", "j", 1)
+            assert receipt.code == "VALID"
+
+        # only the owner's admin, only at the home node that keeps acme's CA
+        path = f"/v1/apps/{APP}/users/heidi/revoke"
+        with net.gateway("org2/admin", url=node_url(net, "node1")) as stranger:
+            expect(Forbidden, "not_admin", lambda: stranger.request("POST", path))
+        with as_identity(net, judy, "node1") as app_user:
+            expect(Forbidden, "not_admin", lambda: app_user.request("POST", path))
+        elsewhere = expect(Conflict, "ca_not_here", lambda: node2.request("POST", path))
+        assert elsewhere.details["home_node"] == "node1" and "node1" in (elsewhere.hint or "")
+        expect(NotFound, "unknown_user", lambda: revoke_user(backend, APP, "nobody"))
+        assert submit_as(backend, APP, "heidi", CONTRACT, "create", "h2", "heidi", 1)["valid"]
+
+        # the gateway's half alone (as if the governance proposal never got through):
+        # heidi's custodial key signs no more at once, though the network has no CRL yet
+        signed = backend.request("POST", path)
+        assert signed["serials"] == [str(heidi)] and signed["change"]["kind"] == "revoke"
+        assert ("acme", heidi) not in revoked_on(backend)
+        expect(Forbidden, "user_revoked", lambda: submit_as(backend, APP, "heidi", *as_heidi))
+
+        # the SDK continues: a fresh CRL (next number), proposed by acme's admin
+        custody = revoke_user(backend, APP, "heidi")
+        assert custody.executed and custody.serials == (heidi,)
+        assert custody.crl_number == signed["crl_number"] + 1
+        assert (custody.proposal["approvals"], custody.proposal["proposer"]["org"]) == (
+            ["acme"],
+            "acme",
+        )
+        own = revoke_user(backend, FORUM, "judy")
+        assert own.executed and own.serials == (judy_serial,)
+        crl = x509.load_pem_x509_crl(own.crl_pem.encode())  # cumulative: heidi's too
+        assert {e.serial_number for e in crl} == {heidi, judy_serial}
+        expect(Conflict, "already_revoked", lambda: revoke_user(backend, FORUM, "judy"))
+        for serial in (heidi, judy_serial):
+            wait_revoked(net, acme.identity, "acme", serial)
+        before = {app: heights_of(net, acme.identity, app) for app in (APP, FORUM)}
+
+        for node, gw in judy_gws.items():  # every hosting gateway, writes and reads
+            forum = gw.app(FORUM).contract(CONTRACT)
+            expect(
+                CertificateError,
+                "certificate_revoked",
+                lambda c=forum, n=node: c.submit("create", f"j2-{n}", "j", 1),
+            )
+            expect(CertificateError, "certificate_revoked", lambda c=forum: c.evaluate("read", "j"))
+        expect(Forbidden, "user_revoked", lambda: submit_as(backend, APP, "heidi", *as_heidi))
+        # node2 keeps no custodial keys: it never signs for heidi, and enforces the CRL
+        expect(NotFound, "unknown_user", lambda: submit_as(node2, APP, "heidi", *as_heidi))
+        again = csr_for(ed25519.Ed25519PrivateKey.generate(), "judy", "acme")
+        expect(Forbidden, "user_revoked", lambda: issue_user(backend, FORUM, "judy", csr=again))
+        assert {app: heights_of(net, acme.identity, app) for app in (APP, FORUM)} == before
+
+        # the other users go on, on both hosts
+        assert submit_as(backend, APP, "ivan", CONTRACT, "create", "i1", "ivan", 1)["valid"]
+        for node in HOSTS:
+            with as_identity(net, ken, node) as gw:
+                contract = gw.app(FORUM).contract(CONTRACT)
+                assert contract.submit_receipt("create", f"k-{node}", "ken", 1).code == "VALID"
+                assert contract.evaluate("read", "j-node1")["created_by"] == "judy@acme"
+        shop_ = backend.app(APP).contract(CONTRACT)
+        assert shop_.evaluate("read", "h-after") is None
+        assert shop_.evaluate("read", "h2")["created_by"] == "heidi@acme"
+    finally:
+        for gw in (node2, *judy_gws.values()):
+            gw.close()
 
 
 # -------------------------------------------------------------- 1. revocation

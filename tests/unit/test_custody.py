@@ -17,9 +17,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from meridian.crypto.certs import CertificateAuthority, Role, make_csr
-from meridian.crypto.suites import verify
-from meridian.errors import Conflict, Corruption, InvalidInput, NotFound, Unavailable
+from meridian.crypto.certs import CertificateAuthority, Membership, Role, make_csr
+from meridian.crypto.suites import get_suite, verify
+from meridian.errors import (
+    CertificateError,
+    Conflict,
+    Corruption,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Unavailable,
+)
 from meridian.gateway.custody import KEY_FILE, VAULT_FILE, KeyVault, validate_csr_for
 
 NETWORK = "testnet"
@@ -431,3 +439,190 @@ def test_delete_leaves_no_ciphertext_in_the_files(vault: KeyVault, tmp_path: Pat
     vault.delete("shop", "alice")
     assert sealed not in files()  # secure_delete zeroes it; the WAL is truncated
     assert vault.list_users("shop") == ["bob"]
+
+
+# --- the register of issued certificates and revocation ---------------------------------
+
+
+def _never(_serial: int) -> bool:
+    return False
+
+
+def _custody_user(vault: KeyVault, ca: CertificateAuthority, app: str, user: str) -> int:
+    """Issue custodial ``user@app`` as the gateway does; its certificate's serial."""
+    signer = get_suite("ed25519").generate()
+    public_key = signer.crypto_key.public_key()
+    cert = ca.issue(user, Role.CLIENT, attrs={"app": app}, public_key=public_key).cert_pem
+    vault.import_user(app, user, signer, cert)
+    return x509.load_pem_x509_certificate(cert).serial_number
+
+
+def _own_key_user(vault: KeyVault, ca: CertificateAuthority, app: str, user: str) -> int:
+    """Issue own-key ``user@app`` from a CSR, as the gateway does; its serial."""
+    key = ed25519.Ed25519PrivateKey.generate()
+    cert = ca.sign_csr(make_csr(key, user, ca.org), Role.CLIENT, {"app": app})
+    return vault.record_issued(app, user, cert).serial
+
+
+def _crl_serials(crl_pem: bytes, ca: CertificateAuthority) -> set[int]:
+    crl = x509.load_pem_x509_crl(crl_pem)
+    assert crl.is_signature_valid(ca.cert.public_key())  # type: ignore[arg-type]
+    return {entry.serial_number for entry in crl}
+
+
+@pytest.fixture
+def acme() -> CertificateAuthority:
+    return CertificateAuthority.create("acme")
+
+
+def test_issued_certificates_are_found_by_user(vault: KeyVault, acme: CertificateAuthority) -> None:
+    alice = _custody_user(vault, acme, "shop", "alice")
+    first = _own_key_user(vault, acme, "notes", "bob")
+    second = _own_key_user(vault, acme, "notes", "bob")  # a new key: both are bob's
+    assert [(c.org, c.serial, c.revoked_ms) for c in vault.get_issued("shop", "alice")] == [
+        ("acme", alice, None)
+    ]
+    assert {c.serial for c in vault.get_issued("notes", "bob")} == {first, second}
+    assert vault.get_issued("shop", "bob") == []  # per app
+    assert vault.get_certificate("shop", "alice") == vault.get_issued("shop", "alice")[0].cert_pem
+
+
+def test_revoked_custody_user_signs_no_more(vault: KeyVault, acme: CertificateAuthority) -> None:
+    serial = _custody_user(vault, acme, "shop", "alice")
+    _custody_user(vault, acme, "shop", "carol")
+    vault.sign("shop", "alice", MESSAGE)  # its signer is cached now
+    done = vault.revoke_user("shop", "alice", acme, is_published=_never)
+    assert (done.org, done.serials, done.crl_number) == ("acme", (serial,), 1)
+    assert _crl_serials(done.crl_pem, acme) == {serial}
+    assert vault.is_revoked("shop", "alice") and not vault.is_revoked("shop", "carol")
+    for refused in (
+        lambda: vault.sign("shop", "alice", MESSAGE),
+        lambda: vault.get_signer("shop", "alice"),
+    ):
+        with pytest.raises(Forbidden) as info:
+            refused()
+        assert info.value.code == "user_revoked"
+    vault.sign("shop", "carol", MESSAGE)  # the other users keep working
+    # the network's membership check accepts the CRL and refuses the certificate
+    membership = Membership({"acme": acme.cert_pem})
+    membership.update_crl("acme", done.crl_pem)
+    assert membership.is_revoked("acme", serial)
+
+
+def test_crl_is_cumulative_with_rising_numbers(
+    vault: KeyVault, acme: CertificateAuthority, tmp_path: Path
+) -> None:
+    alice = _custody_user(vault, acme, "shop", "alice")
+    bob = _own_key_user(vault, acme, "notes", "bob")
+    other = CertificateAuthority.create("globex")
+    _own_key_user(vault, other, "shop", "gina")
+    vault.revoke_user("shop", "gina", other, is_published=_never)  # another CA's list
+
+    first = vault.revoke_user("shop", "alice", acme, is_published=_never)
+    second = vault.revoke_user("notes", "bob", acme, is_published=_never)
+    assert (first.crl_number, second.crl_number) == (1, 2)
+    assert _crl_serials(second.crl_pem, acme) == {alice, bob} == second.revoked_serials
+    assert vault.get_revoked_serials("acme") == {alice, bob}
+    dates = {e.serial_number: e.revocation_date_utc for e in x509.load_pem_x509_crl(second.crl_pem)}
+    (earlier,) = x509.load_pem_x509_crl(first.crl_pem)
+    assert dates[alice] == earlier.revocation_date_utc  # alice keeps her revocation date
+
+    # a node that took the newer CRL refuses the older one: the numbers only rise
+    membership = Membership({"acme": acme.cert_pem})
+    membership.update_crl("acme", second.crl_pem)
+    with pytest.raises(CertificateError) as info:
+        membership.update_crl("acme", first.crl_pem)
+    assert info.value.code == "crl_stale"
+
+    # the list and its number survive a restart
+    folder = _folder(vault, tmp_path)
+    with _reopen(folder) as again:
+        carol = _custody_user(again, acme, "shop", "carol")
+        third = again.revoke_user("shop", "carol", acme, is_published=_never)
+        assert third.crl_number == 3
+        assert _crl_serials(third.crl_pem, acme) == {alice, bob, carol}
+        assert again.is_revoked("shop", "alice")
+
+
+def test_revoke_covers_every_certificate_of_the_user(
+    vault: KeyVault, acme: CertificateAuthority
+) -> None:
+    serials = {_own_key_user(vault, acme, "notes", "bob") for _ in range(2)}
+    done = vault.revoke_user("notes", "bob", acme, is_published=_never)
+    assert set(done.serials) == serials == _crl_serials(done.crl_pem, acme)
+    assert all(c.revoked_ms is not None for c in vault.get_issued("notes", "bob"))
+
+
+def test_revoke_again_continues_until_published(
+    vault: KeyVault, acme: CertificateAuthority
+) -> None:
+    """A CRL signed but never proposed (or refused by governance): a second call signs
+    it again, with the next number; only once published is it already_revoked."""
+    serial = _custody_user(vault, acme, "shop", "alice")
+    first = vault.revoke_user("shop", "alice", acme, is_published=_never)
+    again = vault.revoke_user("shop", "alice", acme, is_published=_never)
+    assert again.serials == first.serials == (serial,)
+    assert again.crl_number == first.crl_number + 1
+    assert _crl_serials(again.crl_pem, acme) == {serial}
+
+    published = {serial}
+    with pytest.raises(Conflict) as info:
+        vault.revoke_user("shop", "alice", acme, is_published=published.__contains__)
+    assert info.value.code == "already_revoked"
+    assert info.value.details["serials"] == [str(serial)]
+    # published but never marked here (a vault restored from an older backup): revoke
+    fresh = _custody_user(vault, acme, "shop", "dora")
+    done = vault.revoke_user("shop", "dora", acme, is_published=lambda s: s == fresh)
+    assert done.serials == (fresh,) and vault.is_revoked("shop", "dora")
+
+
+def test_invalid_revoke_unknown_user(vault: KeyVault, acme: CertificateAuthority) -> None:
+    _custody_user(vault, acme, "shop", "alice")
+    other = CertificateAuthority.create("globex")
+    for app, user, ca in (
+        ("shop", "nobody", acme),
+        ("notes", "alice", acme),
+        ("shop", "alice", other),
+    ):
+        with pytest.raises(NotFound) as info:
+            vault.revoke_user(app, user, ca, is_published=_never)
+        assert info.value.code == "unknown_user"
+    assert not vault.is_revoked("shop", "alice")
+    assert vault.get_revoked_serials("acme") == frozenset()
+
+
+def test_invalid_revoked_name_is_not_issued_again(
+    vault: KeyVault, acme: CertificateAuthority
+) -> None:
+    _custody_user(vault, acme, "shop", "alice")
+    _own_key_user(vault, acme, "notes", "bob")
+    vault.revoke_user("shop", "alice", acme, is_published=_never)
+    vault.revoke_user("notes", "bob", acme, is_published=_never)
+    vault.delete("shop", "alice")  # even once its key is gone, the name stays revoked
+    for issue in (
+        lambda: _custody_user(vault, acme, "shop", "alice"),
+        lambda: _own_key_user(vault, acme, "notes", "bob"),
+    ):
+        with pytest.raises(Forbidden) as info:
+            issue()
+        assert info.value.code == "user_revoked"
+    assert [c.user for c in vault.get_issued("shop", "alice")] == ["alice"]
+
+
+def test_invalid_failed_revocation_keeps_nothing(
+    vault: KeyVault, acme: CertificateAuthority
+) -> None:
+    """A CRL that cannot be signed (here: a CA of the same name but another key, which
+    cannot adopt the stored CRL) leaves no mark, no CRL and no number behind."""
+    alice = _custody_user(vault, acme, "shop", "alice")
+    bob = _custody_user(vault, acme, "shop", "bob")
+    vault.revoke_user("shop", "alice", acme, is_published=_never)
+    impostor = CertificateAuthority.create("acme")
+    with pytest.raises(InvalidInput) as info:
+        vault.revoke_user("shop", "bob", impostor, is_published=_never)
+    assert info.value.code == "bad_crl"
+    assert not vault.is_revoked("shop", "bob")
+    vault.sign("shop", "bob", MESSAGE)
+    assert vault.get_revoked_serials("acme") == {alice}
+    done = vault.revoke_user("shop", "bob", acme, is_published=_never)
+    assert done.crl_number == 2 and _crl_serials(done.crl_pem, acme) == {alice, bob}

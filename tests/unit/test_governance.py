@@ -51,7 +51,7 @@ from .test_lifecycle import DictState
 OPERATORS = ("op1", "op2", "op3", "op4")
 T0 = 1_900_000_000_000  # ms
 LABEL = f"{GOVERNANCE}@0"
-OTHER_ORGS = ("dev", "ent", "newdev", "bank1")  # newdev and bank1 are not in the genesis
+OTHER_ORGS = ("dev", "ent", "newdev", "bank1", "csrc")  # only dev and ent are in the genesis
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,6 +367,47 @@ def test_register_org_proposed_by_a_developer_waits_for_an_operator(chain: Chain
     assert (proposal["status"], proposal["approvals"]) == ("open", [])
     chain.refused(Forbidden, "not_an_approver", "ent", "approve", proposal["id"])
     assert chain.call("op2", "approve", proposal["id"])["status"] == "executed"
+
+
+def test_real_name_details_are_read_by_operators_the_regulator_and_the_org(
+    chain: Chain, cas: Cas
+) -> None:
+    details = {"registration_no": "91310000MA1FL0001X", "contact": "ops@newdev.example"}
+    change = {
+        "kind": "register_org",
+        "id": "newdev",
+        "ca": cas.pem("newdev"),
+        "type": "developer",
+        "details": details,
+    }
+    proposal = chain.propose("op3", change)
+    assert proposal["change"]["details"] == details  # the proposer's own answer
+    regulator = {"kind": "add_org", "id": "csrc", "ca": cas.pem("csrc"), "type": "regulator"}
+    for org in ("op1", "op2", "op3"):
+        decided = chain.propose(org, regulator) if org == "op1" else None
+        if decided is None:
+            open_ = [p for p in chain.call("op1", "proposals") if p["change"]["id"] == "csrc"]
+            decided = chain.call(org, "approve", open_[0]["id"])
+    assert decided["status"] == "executed"
+
+    def seen_by(org: str) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
+        config = chain.call(org, "config")
+        [row] = [o for o in config["orgs"] if o["id"] == "newdev"]
+        return (
+            row["details"],
+            chain.call(org, "proposal", proposal["id"])["change"]["details"],
+            next(
+                p["change"]["details"]
+                for p in chain.call(org, "proposals", "all")
+                if p["id"] == proposal["id"]
+            ),
+        )
+
+    for org in ("op2", "csrc", "newdev"):  # an operator, the regulator, the org itself
+        assert seen_by(org) == (details, details, details), org
+    assert seen_by("dev") == ({}, {}, {})  # another developer sees no one's details
+    stored = chain.state.rows[("_governance", f"proposal/{proposal['id']}")][0]
+    assert stored["change"]["details"] == details  # left out of answers, not of state
 
 
 def test_create_app_needs_its_owner(chain: Chain) -> None:

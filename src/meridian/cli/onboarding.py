@@ -3,6 +3,7 @@ usage, invoices and webhooks)::
 
     meridian developer register --org acme --name "Acme Ltd" --detail contact=dev@acme.example
     meridian --as acme/admin --app shop app user add carol --generate-key --out ./carol
+    meridian --as acme/admin --app shop app user revoke carol
     meridian --as acme/admin --app shop app invoice --month 2025-06
     meridian --as acme/admin --app shop app webhook add https://hooks.acme.example/m
     meridian --as acme/admin --app shop app webhook deliveries --state failed
@@ -41,7 +42,9 @@ app = typer.Typer(
     help="Your app (global --app): issue users, read usage and invoices, manage webhooks.",
     no_args_is_help=True,
 )
-user_app = typer.Typer(help="Issue the app's users (as its owner's admin).", no_args_is_help=True)
+user_app = typer.Typer(
+    help="Issue and revoke the app's users (as its owner's admin).", no_args_is_help=True
+)
 webhook_app = typer.Typer(
     help="Webhooks: signed POSTs of the app's blocks and contract events.", no_args_is_help=True
 )
@@ -206,6 +209,47 @@ def user_add(
             console.print(f"{files} written to {escape(str(out))}")
         else:
             sys.stdout.write(issued["cert"])
+
+    output(s, data, human)
+
+
+@user_app.command("revoke")
+def user_revoke(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="The user to revoke (NAME of NAME@APP)."),
+    who: str | None = typer.Option(None, "--as", help=AS_HELP),
+) -> None:
+    """Revoke a user of the app, as its owner's admin, at the org's home node (--url):
+    the node signs the org CA's revocation list (custodial signing for the user stops
+    at once) and you propose it as a governance 'revoke' change, signed as --as; once
+    executed, every node refuses the user's certificates. Safe to run again if the
+    proposal failed; 'already_revoked' once the network enforces it."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        gw, app_name = _connect(s, who)
+        with gw:
+            done = sdk.revoke_user(gw, app_name, name)
+    proposal = done.proposal
+    data = {
+        "user": done.user,
+        "org": done.org,
+        "serials": [str(serial) for serial in done.serials],
+        "crl_number": done.crl_number,
+        "proposal": proposal,
+    }
+
+    def human() -> None:
+        serials = ", ".join(str(serial) for serial in done.serials)
+        console.print(f"revoked [bold]{escape(done.user)}[/]: certificate serial(s) {serials}")
+        console.print(
+            f"governance proposal {proposal.get('id', '?')} "
+            f"[bold]{escape(str(proposal.get('status')))}[/]"
+        )
+        if not done.executed:
+            console.print(
+                "the network enforces the revocation once the proposal executes "
+                "(meridian gov proposals)"
+            )
 
     output(s, data, human)
 

@@ -125,9 +125,9 @@ class Governance:
         return result
 
     def height(self) -> int:
-        """Governance blocks committed on this gateway's node."""
-        latest = self.gateway.app(GOVERNANCE_APP).block("latest")
-        return int(latest["block"]["header"]["number"]) + 1
+        """Governance blocks committed on this gateway's node (readable by every org:
+        the governance ledger itself is for operators and the regulator)."""
+        return int(self.gateway.request("GET", "/v1/network")["height"])
 
     def wait_decided(self, proposal_id: str, timeout_s: float = 30.0) -> dict[str, Any]:
         """Poll until the proposal is no longer open; the last state seen if it still

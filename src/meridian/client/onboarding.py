@@ -13,7 +13,8 @@ The calls of a developer's journey (``docs/service-network.md``)::
         print(invoice_text(gw, "shop"))
         add_webhook(gw, "shop", "https://hooks.acme.example/meridian")
 
-Each function is one gateway request (``docs/gateway-api.md``); errors are the typed
+Each function is one gateway request (``docs/gateway-api.md``), except
+:func:`revoke_user`, which also proposes the governance change; errors are the typed
 exceptions of :mod:`meridian.errors`, as everywhere in the SDK.
 """
 
@@ -31,6 +32,7 @@ from ..crypto.suites import load_signer
 from ..errors import Forbidden, InvalidInput
 from ..network.config import write_file
 from .core import Identity, raise_for_error
+from .governance import Governance
 from .sync import DEFAULT_TIMEOUT_S, Gateway
 
 ORG_TYPES = ("developer", "enterprise")
@@ -153,6 +155,54 @@ def submit_as(
     return receipt
 
 
+@dataclass(frozen=True, slots=True)
+class UserRevocation:
+    """A revoked app user: its certificates' ``serials``, the owner CA's cumulative
+    ``crl_pem`` that lists them, and the governance ``proposal`` that published it
+    (``proposal["status"] == "executed"`` once the network enforces it)."""
+
+    user: str
+    org: str
+    serials: tuple[int, ...]
+    crl_pem: str
+    crl_number: int
+    proposal: dict[str, Any]
+
+    @property
+    def executed(self) -> bool:
+        return self.proposal.get("status") == "executed"
+
+
+def revoke_user(gateway: Gateway, app: str, name: str) -> UserRevocation:
+    """Revoke user ``name`` of ``app``, end to end, as its owner's admin at the owner's
+    home node (the node that keeps the org's CA key).
+
+    1. ``POST /v1/apps/{app}/users/{name}/revoke``: the home node marks every
+       certificate of ``name@app`` revoked (a custodial user's key signs no more, at
+       once) and signs the owner CA's CRL, which lists every serial that CA revoked;
+    2. the caller proposes the governance ``revoke`` change with that CRL, signed by
+       its own admin identity. Under the default policy (``ANY subject``) the org's
+       own approval executes it in that transaction, and the call returns once the
+       gateway's node has committed it: from then on every gateway refuses the
+       certificates (``certificate_revoked``) and validation marks them invalid. Under
+       a stricter policy the proposal stays ``open`` for the other approvers.
+
+    If step 2 fails (the error is raised), call again: until the network enforces the
+    revocation the gateway signs a fresh CRL with the same serials; afterwards it is
+    Conflict(code="already_revoked")."""
+    signed: dict[str, Any] = gateway.request("POST", f"/v1/apps/{app}/users/{name}/revoke")
+    gov = Governance(gateway)
+    proposal = gov.propose(gov.revoke(signed["org"], signed["crl"]))
+    return UserRevocation(
+        user=signed["user"],
+        org=signed["org"],
+        serials=tuple(int(serial) for serial in signed["serials"]),
+        crl_pem=signed["crl"],
+        crl_number=int(signed["crl_number"]),
+        proposal=proposal,
+    )
+
+
 # ------------------------------------------------------------------ usage, invoices
 
 
@@ -254,6 +304,7 @@ def redeliver(gateway: Gateway, app: str, delivery_id: str) -> dict[str, Any]:
 
 __all__ = [
     "Registration",
+    "UserRevocation",
     "add_webhook",
     "delete_webhook",
     "deliveries",
@@ -265,6 +316,7 @@ __all__ = [
     "list_webhooks",
     "redeliver",
     "register",
+    "revoke_user",
     "submit_as",
     "usage",
 ]

@@ -176,13 +176,19 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         )
 
     async def caller(
-        request: Request, app_name: str | None = None, *, read: bool = True, peer: bool = False
+        request: Request,
+        app_name: str | None = None,
+        *,
+        read: bool = True,
+        peer: bool = False,
+        ledger: bool = False,
     ) -> Identity:
         """The authenticated caller; with ``app_name``, also a member org of that app
         (or, for reads, the regulator), and the request is metered on the app's plan.
         With ``peer``, a node hosting the app (another gateway collecting the app's
         usage) is let through as well, unmetered: the network's own bookkeeping is
-        not the app's traffic."""
+        not the app's traffic. ``ledger``: the route reads the raw ledger (see
+        :meth:`Node.check_access`)."""
         body = await _read_body(request)
         headers = {k.lower(): v for k, v in request.headers.items()}
         identity = auth.authenticate(
@@ -193,7 +199,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             node.channel(app_name)  # hosted here, else 404 unknown_app
             return identity
         if app_name is not None:
-            node.check_access(app_name, identity.org, read=read)
+            node.check_access(app_name, identity.org, read=read, ledger=ledger)
             if read:
                 services.admit(app_name, org=identity.org)
         return identity
@@ -299,7 +305,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ReceiptOut}},
     )
     async def tx_status(app_name: str, tx_id: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, ledger=True)
         receipt = node.channel(app_name).get_receipt(tx_id)
         if receipt is None:
             raise NotFound(f"no transaction {tx_id} on app {app_name}", code="tx_not_found")
@@ -312,7 +318,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ProofOut}},
     )
     async def tx_proof(app_name: str, tx_id: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, ledger=True)
         channel = node.channel(app_name)
         loc = channel.ledger.get_tx(tx_id)
         block = channel.ledger.get_block(loc.block) if loc else None
@@ -336,7 +342,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.BlockOut}},
     )
     async def get_block(app_name: str, number: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, ledger=True)
         channel = node.channel(app_name)
         n = channel.height - 1 if number == "latest" else _block_number(number)
         block = channel.ledger.get_block(n) if n >= 0 else None
@@ -372,7 +378,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         response_class=StreamingResponse,
     )
     async def events(app_name: str, request: Request, from_block: int | None = None) -> Any:
-        identity = await caller(request, app_name)
+        identity = await caller(request, app_name, ledger=True)
         channel = node.channel(app_name)
         start = from_block
         if start is None:
@@ -383,7 +389,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
 
         def check() -> None:  # access is judged again before every message
             node.check_usable(identity, app_name)
-            node.check_access(app_name, identity.org, read=True)
+            node.check_access(app_name, identity.org, read=True, ledger=True)
 
         return StreamingResponse(
             _sse(channel, start, check),

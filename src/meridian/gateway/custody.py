@@ -31,6 +31,18 @@ users; keys are written once, so this is nowhere near.
 
 A key acknowledged by :meth:`KeyVault.create` has been committed with
 ``synchronous=FULL``: it survives ``kill -9`` and power loss.
+
+**Issued certificates and revocation.** The vault also records every app-user
+certificate the gateway issues (``issued``: org, serial, app, user, certificate), for
+custodial and own-key users alike, so that the owner can revoke a user later without
+the user's help. :meth:`KeyVault.revoke_user` marks every certificate of ``user@app``
+revoked and signs, with the owner org's CA, a CRL listing *every* serial that CA has
+revoked so far (a CRL is cumulative), with the next CRL number (``crls`` keeps the
+last one per org) — all in one transaction, so a failure leaves neither a marked
+serial without a CRL nor a CRL without its serials. A revoked custodial user's key no
+longer signs (:class:`~meridian.errors.Forbidden` ``user_revoked``), and a revoked
+name is not issued again. The network learns of the CRL only through a governance
+``revoke`` change, which the owner's admin proposes (``docs/service-network.md``).
 """
 
 from __future__ import annotations
@@ -44,7 +56,8 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -54,6 +67,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
 from .. import codec
+from ..crypto.certs import CertificateAuthority
 from ..crypto.suites import (
     ED25519,
     Signer,
@@ -62,14 +76,16 @@ from ..crypto.suites import (
     load_signer,
     suite_of_public_key,
 )
-from ..errors import Conflict, Corruption, InvalidInput, NotFound, Unavailable
+from ..errors import Conflict, Corruption, Forbidden, InvalidInput, NotFound, Unavailable
 from ..types import NAME_RE
 
 __all__ = [
     "DEFAULT_SIGNER_CACHE_SIZE",
     "KEY_FILE",
     "VAULT_FILE",
+    "IssuedCert",
     "KeyVault",
+    "Revocation",
     "validate_csr_for",
 ]
 
@@ -107,7 +123,54 @@ CREATE TABLE IF NOT EXISTS keys (
     created_ms INTEGER NOT NULL,
     PRIMARY KEY (app, user)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS issued (
+    org TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    app TEXT NOT NULL,
+    user TEXT NOT NULL,
+    cert_pem BLOB NOT NULL,
+    issued_ms INTEGER NOT NULL,
+    revoked_ms INTEGER,
+    PRIMARY KEY (org, serial)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS issued_by_user ON issued (app, user);
+CREATE TABLE IF NOT EXISTS crls (
+    org TEXT PRIMARY KEY,
+    number INTEGER NOT NULL,
+    crl_pem BLOB NOT NULL,
+    signed_ms INTEGER NOT NULL
+) WITHOUT ROWID;
 """
+# issued.serial is decimal text: X.509 serials reach 159 bits, beyond SQLite's INTEGER.
+# issued.revoked_ms is set when a CRL listing the serial is signed; crls holds the
+# last CRL signed per org, whose number the next one must exceed.
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    """An app-user certificate the gateway issued, as the vault records it."""
+
+    org: str
+    serial: int
+    app: str
+    user: str
+    cert_pem: bytes
+    issued_ms: int
+    revoked_ms: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """What :meth:`KeyVault.revoke_user` signed: ``user@app``'s serials and the owner
+    CA's cumulative CRL (every serial it has revoked so far) with its number."""
+
+    org: str
+    app: str
+    user: str
+    serials: tuple[int, ...]
+    crl_pem: bytes
+    crl_number: int
+    revoked_serials: frozenset[int]  # every serial the CRL lists
 
 
 class KeyVault:
@@ -123,7 +186,8 @@ class KeyVault:
     process memory for as long as they stay hot, where a core dump, swap or a memory
     disclosure bug could expose them. Python cannot reliably wipe memory anyway (the
     decrypted PEM is an immutable ``bytes``), so "uncached" narrows the window rather
-    than closing it. :meth:`delete` and :meth:`close` drop cached signers.
+    than closing it. :meth:`delete`, :meth:`revoke_user` and :meth:`close` drop cached
+    signers.
     """
 
     __slots__ = ("_aesgcm", "_cache", "_cache_size", "_conn", "_folder", "_lock", "_network")
@@ -161,31 +225,124 @@ class KeyVault:
         """Store an existing key (e.g. a CA key the gateway made) sealed, as ``create``,
         with its certificate if given — key and certificate in one transaction, so a
         crash never leaves a user with a key but no certificate."""
-        key = _check_app(app), _check_user(user)
-        if cert_pem is not None and _certified_key(cert_pem) != (
-            signer.suite,
-            signer.public_key_bytes(),
-        ):
-            raise InvalidInput(
-                f"the certificate does not certify {user}@{app}'s key", code="key_mismatch"
-            )
-        nonce = secrets.token_bytes(NONCE_BYTES)
-        sealed = self._aesgcm.encrypt(nonce, signer.private_pem(), self._aad(*key, signer.suite))
-        row = (*key, signer.suite, signer.public_key_bytes(), nonce, sealed, _now_ms())
+        row = self._seal(app, user, signer, cert_pem)
         with self._lock, self._atomic() as conn:
-            try:
-                conn.execute(
-                    "INSERT INTO keys (app, user, suite, public_key, nonce, sealed, created_ms,"
-                    " cert_pem) VALUES (?,?,?,?,?,?,?,?)",
-                    (*row, None if cert_pem is None else bytes(cert_pem)),
-                )
-            except sqlite3.IntegrityError:
-                raise Conflict(
-                    f"user {user}@{app} already has a key",
-                    code="user_exists",
-                    hint="use the existing user, or delete it first to replace its key",
-                ) from None
+            _insert_key(conn, row, cert_pem)
         return signer
+
+    def import_user(self, app: str, user: str, signer: Signer, cert_pem: bytes) -> Signer:
+        """Store custodial app user ``user@app``: its sealed key, its certificate, and
+        the certificate in the register of issued ones, in one transaction.
+
+        Forbidden(code="user_revoked") if ``user@app`` was revoked (a revoked name is
+        not issued again); Conflict(code="user_exists") if it already has a key."""
+        row = self._seal(app, user, signer, cert_pem)
+        issued = _issued_row(app, user, cert_pem)
+        with self._lock, self._atomic() as conn:
+            _validate_not_revoked(conn, app, user)
+            _insert_key(conn, row, cert_pem)
+            _insert_issued(conn, issued)
+        return signer
+
+    def record_issued(self, app: str, user: str, cert_pem: bytes) -> IssuedCert:
+        """Register an app-user certificate the gateway issued for a key it does not
+        hold (own-key users), so that :meth:`revoke_user` finds it later.
+
+        Forbidden(code="user_revoked") if ``user@app`` was revoked."""
+        issued = _issued_row(app, _check_user(user), cert_pem)
+        with self._lock, self._atomic() as conn:
+            _validate_not_revoked(conn, app, user)
+            _insert_issued(conn, issued)
+        return _to_issued(issued)
+
+    def get_issued(self, app: str, user: str) -> list[IssuedCert]:
+        """Every certificate issued to ``user@app``, oldest first (empty if none)."""
+        key = _check_app(app), _check_user(user)
+        with self._lock:
+            rows = (
+                self._get_conn()
+                .execute(
+                    f"SELECT {_ISSUED_COLUMNS} FROM issued WHERE app=? AND user=?"
+                    " ORDER BY issued_ms, serial",
+                    key,
+                )
+                .fetchall()
+            )
+        return [_to_issued(row) for row in rows]
+
+    def get_revoked_serials(self, org: str) -> frozenset[int]:
+        """Every serial of ``org``'s CA this vault has signed into a CRL."""
+        with self._lock:
+            return _get_revoked_serials(self._get_conn(), org)
+
+    def is_revoked(self, app: str, user: str) -> bool:
+        """Whether ``user@app`` was revoked (:meth:`revoke_user`)."""
+        key = _check_app(app), _check_user(user)
+        with self._lock:
+            return _is_user_revoked(self._get_conn(), *key)
+
+    def revoke_user(
+        self,
+        app: str,
+        user: str,
+        ca: CertificateAuthority,
+        *,
+        is_published: Callable[[int], bool],
+    ) -> Revocation:
+        """Revoke every certificate ``ca`` issued to ``user@app`` and sign ``ca``'s
+        cumulative CRL: every serial it has revoked so far, the next CRL number.
+
+        ``is_published(serial)`` tells whether the network already enforces a revoked
+        serial (a governance ``revoke`` executed). The call is idempotent until then:
+        revoking a user again whose certificates are all marked revoked signs a fresh
+        CRL (the same serials, the next number), so a caller whose governance change
+        never got through can continue. Once every serial is published it is
+        Conflict(code="already_revoked"). NotFound(code="unknown_user") if ``ca``
+        issued nothing to ``user@app`` here. The marks, the CRL and its number are
+        written in one transaction, after the CRL was signed: a failure keeps nothing.
+        """
+        key = _check_app(app), _check_user(user)
+        now = _now_ms()
+        with self._lock, self._atomic() as conn:
+            issued = [
+                _to_issued(row)
+                for row in conn.execute(
+                    f"SELECT {_ISSUED_COLUMNS} FROM issued WHERE app=? AND user=? AND org=?",
+                    (*key, ca.org),
+                )
+            ]
+            if not issued:
+                raise NotFound(
+                    f"{ca.org}'s CA issued no certificate to {user}@{app} on this node",
+                    code="unknown_user",
+                    hint="check the user name; users are issued with POST /v1/apps/{app}/users",
+                )
+            serials = tuple(sorted(c.serial for c in issued))
+            if all(c.revoked_ms is not None and is_published(c.serial) for c in issued):
+                raise Conflict(
+                    f"{user}@{app} is already revoked, and the network enforces it",
+                    code="already_revoked",
+                    details={"serials": [str(s) for s in serials]},
+                )
+            conn.execute(
+                "UPDATE issued SET revoked_ms=? WHERE app=? AND user=? AND org=?"
+                " AND revoked_ms IS NULL",
+                (now, *key, ca.org),
+            )
+            revoked = _get_revoked_serials(conn, ca.org)
+            previous = conn.execute("SELECT crl_pem FROM crls WHERE org=?", (ca.org,)).fetchone()
+            if previous is not None:
+                ca.load_crl(bytes(previous[0]))  # its revocation dates and number
+            crl_pem = ca.revoke(sorted(revoked))
+            number = _crl_number_of(crl_pem)
+            conn.execute(
+                "INSERT INTO crls (org, number, crl_pem, signed_ms) VALUES (?,?,?,?)"
+                " ON CONFLICT (org) DO UPDATE SET number=excluded.number,"
+                " crl_pem=excluded.crl_pem, signed_ms=excluded.signed_ms",
+                (ca.org, number, crl_pem, now),
+            )
+            self._cache.pop(key, None)  # a revoked custodial key signs no more
+        return Revocation(ca.org, app, user, serials, crl_pem, number, revoked)
 
     def get_signer(self, app: str, user: str) -> Signer:
         """``user@app``'s signer; NotFound(code="unknown_user") if the vault has none."""
@@ -195,15 +352,14 @@ class KeyVault:
             if cached is not None:
                 self._cache.move_to_end(key)
                 return cached
-            row = (
-                self._get_conn()
-                .execute(
-                    "SELECT suite, public_key, nonce, sealed FROM keys WHERE app=? AND user=?", key
-                )
-                .fetchone()
-            )
+            conn = self._get_conn()
+            row = conn.execute(
+                "SELECT suite, public_key, nonce, sealed FROM keys WHERE app=? AND user=?", key
+            ).fetchone()
             if row is None:
                 raise _unknown_user(*key)
+            if _is_user_revoked(conn, *key):
+                raise _user_revoked(*key)
             signer = self._unseal(key[0], key[1], row)
             self._remember(key, signer)
         return signer
@@ -271,7 +427,8 @@ class KeyVault:
         return [row[0] for row in rows]
 
     def delete(self, app: str, user: str) -> None:
-        """Forget ``user@app``'s key and certificate; NotFound if there is none.
+        """Forget ``user@app``'s key and certificate; NotFound if there is none. The
+        register of issued certificates keeps it (a user can still be revoked).
 
         The connection runs with ``PRAGMA secure_delete=ON`` (Debian's SQLite builds
         default to it, stock builds do not): SQLite overwrites the deleted row's bytes
@@ -306,6 +463,23 @@ class KeyVault:
         self.close()
 
     # ------------------------------------------------------------------ internals
+
+    def _seal(
+        self, app: str, user: str, signer: Signer, cert_pem: bytes | None
+    ) -> tuple[object, ...]:
+        """The ``keys`` row of ``signer`` sealed for ``user@app`` (checks the names and
+        that ``cert_pem``, if given, certifies the key)."""
+        key = _check_app(app), _check_user(user)
+        if cert_pem is not None and _certified_key(cert_pem) != (
+            signer.suite,
+            signer.public_key_bytes(),
+        ):
+            raise InvalidInput(
+                f"the certificate does not certify {user}@{app}'s key", code="key_mismatch"
+            )
+        nonce = secrets.token_bytes(NONCE_BYTES)
+        sealed = self._aesgcm.encrypt(nonce, signer.private_pem(), self._aad(*key, signer.suite))
+        return (*key, signer.suite, signer.public_key_bytes(), nonce, sealed, _now_ms())
 
     def _get_conn(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -424,6 +598,101 @@ class KeyVault:
         ]
         with self._atomic() as conn:
             conn.executemany("INSERT INTO meta (name, value) VALUES (?,?)", rows)
+
+
+# --- rows ----------------------------------------------------------------------------
+
+_ISSUED_COLUMNS = "org, serial, app, user, cert_pem, issued_ms, revoked_ms"
+
+
+def _insert_key(conn: sqlite3.Connection, row: tuple[object, ...], cert_pem: bytes | None) -> None:
+    app, user = row[0], row[1]
+    try:
+        conn.execute(
+            "INSERT INTO keys (app, user, suite, public_key, nonce, sealed, created_ms,"
+            " cert_pem) VALUES (?,?,?,?,?,?,?,?)",
+            (*row, None if cert_pem is None else bytes(cert_pem)),
+        )
+    except sqlite3.IntegrityError:
+        raise Conflict(
+            f"user {user}@{app} already has a key",
+            code="user_exists",
+            hint="use the existing user, or delete it first to replace its key",
+        ) from None
+
+
+def _issued_row(app: str, user: str, cert_pem: bytes) -> tuple[object, ...]:
+    """The ``issued`` row of an app-user certificate (org from its subject)."""
+    cert = _load_certificate(cert_pem)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if len(orgs) != 1 or not isinstance(orgs[0].value, str):
+        raise InvalidInput("the certificate names no single org (O=)", code="bad_certificate")
+    serial = str(cert.serial_number)
+    return orgs[0].value, serial, _check_app(app), _check_user(user), bytes(cert_pem), _now_ms()
+
+
+def _insert_issued(conn: sqlite3.Connection, row: tuple[object, ...]) -> None:
+    try:
+        conn.execute(
+            "INSERT INTO issued (org, serial, app, user, cert_pem, issued_ms) VALUES (?,?,?,?,?,?)",
+            row,
+        )
+    except sqlite3.IntegrityError:
+        raise Conflict(
+            f"certificate {row[1]} of {row[0]} is already registered",
+            code="duplicate_certificate",
+        ) from None
+
+
+def _to_issued(row: tuple[object, ...]) -> IssuedCert:
+    org, serial, app, user, cert_pem, issued_ms, *rest = row
+    revoked_ms = rest[0] if rest else None
+    if not (
+        isinstance(org, str)
+        and isinstance(serial, str)
+        and serial.isdigit()
+        and isinstance(app, str)
+        and isinstance(user, str)
+        and isinstance(cert_pem, bytes)
+        and isinstance(issued_ms, int)
+        and (revoked_ms is None or isinstance(revoked_ms, int))
+    ):
+        _raise_vault_corrupt("an issued certificate's row has fields of the wrong type")
+    return IssuedCert(org, int(serial), app, user, cert_pem, issued_ms, revoked_ms)
+
+
+def _is_user_revoked(conn: sqlite3.Connection, app: str, user: str) -> bool:
+    found = conn.execute(
+        "SELECT 1 FROM issued WHERE app=? AND user=? AND revoked_ms IS NOT NULL LIMIT 1",
+        (app, user),
+    ).fetchone()
+    return found is not None
+
+
+def _validate_not_revoked(conn: sqlite3.Connection, app: str, user: str) -> None:
+    if _is_user_revoked(conn, app, user):
+        raise _user_revoked(app, user)
+
+
+def _get_revoked_serials(conn: sqlite3.Connection, org: str) -> frozenset[int]:
+    rows = conn.execute(
+        "SELECT serial FROM issued WHERE org=? AND revoked_ms IS NOT NULL", (org,)
+    ).fetchall()
+    return frozenset(int(row[0]) for row in rows)
+
+
+def _crl_number_of(crl_pem: bytes) -> int:
+    crl = x509.load_pem_x509_crl(crl_pem)
+    number: int = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    return number
+
+
+def _user_revoked(app: str, user: str) -> Forbidden:
+    return Forbidden(
+        f"user {user}@{app} was revoked",
+        code="user_revoked",
+        hint="issue a new user under another name",
+    )
 
 
 # --- the master key file ----------------------------------------------------------------
@@ -572,23 +841,33 @@ def _check_user(user: object) -> str:
 
 def _certified_key(cert_pem: object) -> tuple[str, bytes]:
     """(suite, raw public key) of a certificate PEM; InvalidInput if unreadable."""
+    try:
+        public_key = _load_certificate(cert_pem).public_key()
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise InvalidInput(
+            f"the certificate's key is not readable: {exc}", code="bad_certificate"
+        ) from exc
+    try:
+        return suite_of_public_key(public_key)
+    except InvalidInput as exc:
+        raise InvalidInput(exc.message, code="key_mismatch", hint=exc.hint) from exc
+
+
+def _load_certificate(cert_pem: object) -> x509.Certificate:
+    """One PEM certificate of bounded size; InvalidInput(code="bad_certificate") if not."""
     if not isinstance(cert_pem, bytes) or len(cert_pem) > MAX_CERT_BYTES:
         raise InvalidInput(
             f"the certificate must be PEM bytes of at most {MAX_CERT_BYTES} bytes",
             code="bad_certificate",
         )
     try:
-        public_key = x509.load_pem_x509_certificate(cert_pem).public_key()
+        return x509.load_pem_x509_certificate(cert_pem)
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise InvalidInput(
             f"not a readable certificate PEM: {exc}",
             code="bad_certificate",
             hint="pass the cert_pem the CA issued",
         ) from exc
-    try:
-        return suite_of_public_key(public_key)
-    except InvalidInput as exc:
-        raise InvalidInput(exc.message, code="key_mismatch", hint=exc.hint) from exc
 
 
 def _unknown_user(app: str, user: str) -> NotFound:

@@ -14,6 +14,10 @@ by the deciding orgs' admins. What lives here is what a node does *for* its user
   node that registered it (its *home node*). Own-key apps send a CSR; key-custody apps
   get a key made and sealed here, and their back-end then has transactions signed for
   a user (``POST /v1/apps/{app}/users/{name}/transactions``) after authenticating.
+  The key vault registers every certificate issued, so the owner's admin can revoke a
+  user there (``POST /v1/apps/{app}/users/{name}/revoke``): the home node signs the
+  owner CA's cumulative CRL and returns it; the admin then proposes the governance
+  ``revoke`` change itself (the gateway holds no key of the org's admins).
 * **Plans**: every app request is metered; submits are rate limited to the plan's TPS
   (429 + Retry-After), monthly requests and storage are capped; invoices per month.
   Usage and invoices cover every hosting node's gateway (:mod:`.peer_usage`), and the
@@ -52,6 +56,7 @@ from ..errors import (
     Unavailable,
 )
 from ..network.config import GOVERNANCE_APP
+from ..network.contract import proposal_key
 from ..network.governance import GOVERNANCE
 from ..network.plans import (
     NetworkUsage,
@@ -77,6 +82,7 @@ from .webhooks import Dispatcher, WebhookStore
 log = logging.getLogger("meridian.gateway")
 
 CA_USER_PREFIX = "ca."  # the vault keeps a registered org's CA key as governance/ca.<org>
+REGISTRAR_PREFIX = "registrar-"  # a node's registrar identity is CN registrar-<node>
 FEED_EVERY_S = 0.2
 REGISTRATION_WAIT_S = 30.0
 PRUNE_EVERY_S = 3600.0
@@ -452,12 +458,44 @@ class Services:
             cert = self.vault.get_certificate(GOVERNANCE_APP, user)
             key = self.vault.get_signer(GOVERNANCE_APP, user).private_pem()
         except NotFound as exc:
+            home = self._find_home_node(org)
+            hint = (
+                f"issue and revoke {org}'s app users through its home node {home}"
+                if home
+                else f"no node registered {org}, so none keeps its CA key: {org} issues its"
+                " identities and signs its CRLs with its own CA (docs/identity.md)"
+            )
             raise Conflict(
                 f"{org}'s CA is not kept on node {self.node.id}",
                 code="ca_not_here",
-                hint="issue app users through the node that registered the org",
+                hint=hint,
+                details={"home_node": home} if home else None,
             ) from exc
         return CertificateAuthority.load(cert, key)
+
+    def _find_home_node(self, org: str) -> str | None:
+        """The node whose registrar proposed ``org``'s executed ``register_org`` (its
+        home node), from this node's governance ledger; None if there is none (an org
+        admitted with ``add_org`` has its CA key off the network)."""
+        channel = self.node.channels.get(GOVERNANCE_APP)
+        if channel is None:
+            return None
+        ledger = channel.ledger
+        for event in reversed(ledger.get_events(0, channel.height)):
+            payload = event.payload if isinstance(event.payload, dict) else {}
+            if event.contract != GOVERNANCE or event.name != "executed":
+                continue
+            if payload.get("kind") != "register_org":
+                continue
+            found = ledger.get(GOVERNANCE, proposal_key(str(payload.get("proposal"))))
+            proposal = found[0] if found is not None else None
+            if not isinstance(proposal, dict) or proposal.get("change", {}).get("id") != org:
+                continue
+            name = str(proposal.get("proposer", {}).get("name", ""))
+            node = name.removeprefix(REGISTRAR_PREFIX)
+            known = {n.id for n in self.node.config.nodes}
+            return node if name.startswith(REGISTRAR_PREFIX) and node in known else None
+        return None
 
     async def _submit_governance(
         self, identity: ClientIdentity, function: str, args: list[Any]
@@ -500,6 +538,7 @@ class Services:
                 )
             validate_csr_for(csr.encode(), org=app_config.owner, user=name)
             cert = ca.sign_csr(csr.encode(), Role.CLIENT, attrs)
+            self.vault.record_issued(app, name, cert)  # to find it if the user is revoked
             return {"user": f"{name}@{app}", "cert": cert.decode(), "key_mode": "own"}
         if csr is not None:
             raise InvalidInput(
@@ -509,8 +548,38 @@ class Services:
         signer = get_suite(ED25519).generate()
         public_key = signer.crypto_key.public_key()
         cert = ca.issue(name, Role.CLIENT, attrs=attrs, public_key=public_key).cert_pem
-        self.vault.import_signer(app, name, signer, cert)  # key and certificate at once
+        self.vault.import_user(app, name, signer, cert)  # key and certificate at once
         return {"user": f"{name}@{app}", "cert": cert.decode(), "key_mode": "custody"}
+
+    def revoke_user(self, app: str, caller: Identity, name: str) -> dict[str, Any]:
+        """Revoke app user ``name`` as an admin of the app's owner: every certificate
+        the owner's CA issued to ``name@app`` is marked revoked in the vault (custodial
+        signing for it stops at once) and the CA's cumulative CRL is signed and
+        returned, for the caller's admin to propose as a governance ``revoke``.
+
+        Idempotent until the network enforces it (see :meth:`KeyVault.revoke_user`):
+        then 409 ``already_revoked``."""
+        app_config = self.node.config.app(app)
+        owner = app_config.owner
+        if caller.role != Role.ADMIN or caller.org != owner or "app" in caller.attrs:
+            raise Forbidden(
+                f"only an admin of {app}'s owner ({owner or 'none'}) revokes its users",
+                code="not_admin",
+            )
+        ca = self._get_ca(owner)  # 409 ca_not_here elsewhere than its home node
+
+        def is_published(serial: int) -> bool:
+            return (owner, serial) in self.node.config.revoked
+
+        done = self.vault.revoke_user(app, name, ca, is_published=is_published)
+        return {
+            "user": f"{name}@{app}",
+            "org": done.org,
+            "serials": [str(serial) for serial in done.serials],
+            "crl": done.crl_pem.decode(),
+            "crl_number": done.crl_number,
+            "change": {"kind": "revoke", "org": done.org, "crl": done.crl_pem.decode()},
+        }
 
     def custody_identity(self, app: str, caller: Identity, name: str) -> ClientIdentity:
         """The custodial user ``name`` of ``app``, for a caller of its owner org."""
@@ -604,13 +673,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
     @app.get("/v1/network", tags=["network"], summary="The current network configuration")
     async def network(request: Request) -> Any:
         identity = await caller(request)
-        config = node.config
-        doc = config.to_dict()
-        if not (config.is_regulator(identity.org) or identity.org in config.operators):
-            for org in doc["orgs"]:  # real-name details: operators, the regulator, the org
-                if org["id"] != identity.org:
-                    org["details"] = {}
-        return {"height": node.history.height, "config": doc}
+        return {"height": node.history.height, "config": node.config.to_dict_for(identity.org)}
 
     @app.get("/v1/plans", tags=["network"], summary="Resource plans (prices in fen, CNY)")
     async def plans(request: Request) -> Any:
@@ -629,6 +692,15 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
     async def issue_user(app_name: str, request: Request) -> Any:
         identity = await caller(request)
         return services.issue_user(app_name, identity, await body_of(request))
+
+    @app.post(
+        "/v1/apps/{app_name}/users/{user}/revoke",
+        tags=["onboarding"],
+        summary="Revoke an app user: sign the owner CA's CRL (the owner's admin proposes it)",
+    )
+    async def revoke_user(app_name: str, user: str, request: Request) -> Any:
+        identity = await caller(request)
+        return services.revoke_user(app_name, identity, user)
 
     @app.post(
         "/v1/apps/{app_name}/users/{user}/transactions",
@@ -686,7 +758,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
 
     @app.post("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="Register a webhook")
     async def add_webhook(app_name: str, request: Request) -> Any:
-        identity = await caller(request, app_name, read=False)  # participants only
+        identity = await caller(request, app_name, read=False, ledger=True)  # participants only
         body = await body_of(request)
         kinds = body.get("kinds", ["event", "block"]) if isinstance(body, dict) else None
         if not isinstance(kinds, list):
@@ -705,14 +777,14 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
 
     @app.get("/v1/apps/{app_name}/webhooks", tags=["webhooks"], summary="List webhooks")
     async def list_webhooks(app_name: str, request: Request) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, ledger=True)
         return {"webhooks": [h.to_dict() for h in services.webhooks.list(app_name)]}
 
     @app.delete(
         "/v1/apps/{app_name}/webhooks/{webhook_id}", tags=["webhooks"], summary="Remove one"
     )
     async def delete_webhook(app_name: str, webhook_id: str, request: Request) -> Any:
-        identity = await caller(request, app_name, read=False)
+        identity = await caller(request, app_name, read=False, ledger=True)
         hook = services.webhooks.get(app_name, webhook_id)
         owner = hook.owner.split("/")[0]
         if identity.org not in (owner, node.config.app(app_name).owner):
@@ -730,7 +802,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         summary="Deliveries (state=pending|delivered|failed)",
     )
     async def deliveries(app_name: str, request: Request, state: str | None = None) -> Any:
-        await caller(request, app_name)
+        await caller(request, app_name, ledger=True)
         rows = services.webhooks.deliveries(app_name, state=state)
         return {"deliveries": [d.to_dict() for d in rows]}
 
@@ -740,7 +812,7 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
         summary="Try a failed delivery again",
     )
     async def redeliver(app_name: str, delivery_id: str, request: Request) -> Any:
-        await caller(request, app_name, read=False)
+        await caller(request, app_name, read=False, ledger=True)
         delivery = services.webhooks.redeliver(app_name, delivery_id, _now_ms())
         services.dispatcher.wake()
         return delivery.to_dict()

@@ -199,6 +199,21 @@ class NetworkConfig:
         """The regulator reads every channel and the audit log, and is not billed."""
         return any(o.id == org_id and o.type == "regulator" for o in self.orgs)
 
+    def sees_everything(self, org_id: str) -> bool:
+        """Operators and the regulator read the governance ledger and every org's
+        real-name details; other orgs see their own details only."""
+        return org_id in self.operators or self.is_regulator(org_id)
+
+    def to_dict_for(self, viewer: str) -> dict[str, Any]:
+        """:meth:`to_dict` as the org ``viewer`` may read it: other orgs' real-name
+        details left out unless :meth:`sees_everything`."""
+        doc = self.to_dict()
+        if not self.sees_everything(viewer):
+            for org in doc["orgs"]:
+                if org["id"] != viewer:
+                    org["details"] = {}
+        return doc
+
     def orgs_of_type(self, *types: str) -> tuple[str, ...]:
         return tuple(o.id for o in self.orgs if o.type in types)
 

@@ -208,27 +208,37 @@ class Governance(Contract):
 
     @query
     def config(self, ctx: SimulationContext) -> dict[str, Any]:
-        """The current network configuration."""
-        return self._config(ctx).to_dict()
+        """The current network configuration, as the caller's org may read it."""
+        return self._config(ctx).to_dict_for(ctx.caller.org)
 
     @query
     def proposal(self, ctx: SimulationContext, proposal_id: str) -> dict[str, Any]:
         found = ctx.get_state(proposal_key(proposal_id))
         if found is None:
             raise NotFound(f"no proposal {proposal_id}", code="unknown_proposal")
-        return _with_expiry(found, ctx.timestamp_ms)
+        return _as_seen(found, self._config(ctx), ctx)
 
     @query
     def proposals(self, ctx: SimulationContext, status: str = "open") -> list[dict[str, Any]]:
         """Proposals with ``status`` (open, executed, rejected, withdrawn, expired, all)."""
+        config = self._config(ctx)
         rows = [
-            _with_expiry(v, ctx.timestamp_ms)
-            for _, v in ctx.get_range("proposal/", "proposal0", 10_000)
+            _as_seen(v, config, ctx) for _, v in ctx.get_range("proposal/", "proposal0", 10_000)
         ]
         return [p for p in rows if status == "all" or p["status"] == status]
 
 
-def _with_expiry(proposal: dict[str, Any], now_ms: int) -> dict[str, Any]:
-    if proposal["status"] == "open" and now_ms > proposal["expires_ms"]:
-        return {**proposal, "status": "expired"}
-    return proposal
+def _as_seen(
+    proposal: dict[str, Any], config: NetworkConfig, ctx: SimulationContext
+) -> dict[str, Any]:
+    """A stored proposal as the caller reads it: expired once past its time, and the
+    real-name details of an org it registers left out unless the caller is that org,
+    an operator or the regulator."""
+    seen = dict(proposal)
+    if seen["status"] == "open" and ctx.timestamp_ms > seen["expires_ms"]:
+        seen["status"] = "expired"
+    change = seen["change"]
+    viewer = ctx.caller.org
+    if "details" in change and change.get("id") != viewer and not config.sees_everything(viewer):
+        seen["change"] = {**change, "details": {}}
+    return seen

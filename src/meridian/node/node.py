@@ -632,9 +632,22 @@ class Node:
         rules = self.channel(app).rules
         return org in rules.members or org in rules.readers or self.config.is_regulator(org)
 
-    def check_access(self, app: str, org: str, *, read: bool) -> None:
+    def check_access(self, app: str, org: str, *, read: bool, ledger: bool = False) -> None:
         """Forbidden unless ``org`` may use ``app`` (write) or read it; Unavailable for a
-        write through a node that is handing the app over to other nodes."""
+        write through a node that is handing the app over to other nodes.
+
+        ``ledger``: the request reads the channel's raw ledger (blocks, transactions
+        with their arguments and results, the event stream, webhooks). Every org uses
+        the governance channel, but its raw ledger holds every org's real-name details:
+        only operators and the regulator read it; the others read proposals and the
+        configuration through the ``_governance`` queries, which leave those out."""
+        if ledger and app == GOVERNANCE_APP and not self.config.sees_everything(org):
+            raise Forbidden(
+                f"org {org} may not read the governance ledger (operators and the regulator only)",
+                code="governance_ledger",
+                hint="read proposals and the configuration with the _governance queries "
+                "(meridian gov proposals, meridian gov config) or GET /v1/network",
+            )
         if not read and app in self._leaving:
             raise Unavailable(
                 f"node {self.id} is handing app {app} over to other nodes",
