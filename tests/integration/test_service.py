@@ -647,6 +647,9 @@ def test_real_name_details_stay_with_operators_and_the_regulator(
                 read()
             assert refused.value.code == "governance_ledger", refused.value
         assert Governance(gw).height() == network["height"] > 0
+        own = gov.submit("propose", {"kind": "add_zone", "id": "wuhan", "name": "Wuhan"}, 3600)
+        assert own["status"] == "open"  # an operators' decision; acme may propose it
+        assert gw.app(GOV).transaction(own["id"]).code == "VALID"  # its own receipt
         operator = op.app(GOV).contract("_governance")
         assert operator.evaluate("proposal", proposal_id)["change"]["details"] == details
         assert op.app(GOV).transaction(proposal_id).code == "VALID"

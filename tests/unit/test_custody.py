@@ -28,6 +28,7 @@ from meridian.errors import (
     NotFound,
     Unavailable,
 )
+from meridian.gateway import custody
 from meridian.gateway.custody import KEY_FILE, VAULT_FILE, KeyVault, validate_csr_for
 
 NETWORK = "testnet"
@@ -509,7 +510,7 @@ def test_revoked_custody_user_signs_no_more(vault: KeyVault, acme: CertificateAu
     assert membership.is_revoked("acme", serial)
 
 
-def test_crl_is_cumulative_with_rising_numbers(
+def test_crl_lists_unenforced_revocations_with_rising_numbers(
     vault: KeyVault, acme: CertificateAuthority, tmp_path: Path
 ) -> None:
     alice = _custody_user(vault, acme, "shop", "alice")
@@ -542,6 +543,34 @@ def test_crl_is_cumulative_with_rising_numbers(
         assert third.crl_number == 3
         assert _crl_serials(third.crl_pem, acme) == {alice, bob, carol}
         assert again.is_revoked("shop", "alice")
+
+
+def test_crl_leaves_out_what_the_network_already_enforces(
+    vault: KeyVault, acme: CertificateAuthority
+) -> None:
+    """Governance adds a CRL's serials to those it enforces, so a CRL carries only the
+    ones not yet published: a revoke change stays small however many came before."""
+    alice = _custody_user(vault, acme, "shop", "alice")
+    bob = _own_key_user(vault, acme, "notes", "bob")
+    first = vault.revoke_user("shop", "alice", acme, is_published=_never)
+    second = vault.revoke_user("notes", "bob", acme, is_published={alice}.__contains__)
+    assert _crl_serials(second.crl_pem, acme) == {bob}
+    assert second.revoked_serials == {alice, bob}  # what the vault has revoked in all
+    assert second.crl_number == first.crl_number + 1
+
+
+def test_invalid_too_many_revocations_waiting_for_governance(
+    vault: KeyVault, acme: CertificateAuthority, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(custody, "MAX_PENDING_SERIALS", 1)
+    _custody_user(vault, acme, "shop", "alice")
+    _custody_user(vault, acme, "shop", "bob")
+    vault.revoke_user("shop", "alice", acme, is_published=_never)
+    with pytest.raises(Conflict) as info:
+        vault.revoke_user("shop", "bob", acme, is_published=_never)
+    assert info.value.code == "too_many_pending"
+    assert not vault.is_revoked("shop", "bob")  # nothing kept
+    vault.sign("shop", "bob", MESSAGE)
 
 
 def test_revoke_covers_every_certificate_of_the_user(

@@ -7,10 +7,12 @@ from __future__ import annotations
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from meridian import codec
 from meridian.client.core import Identity as ClientIdentity
 from meridian.client.core import SeenBlocks
 from meridian.client.governance import Governance as SdkGovernance
@@ -19,6 +21,8 @@ from meridian.contracts.api import CallerIdentity
 from meridian.contracts.simulation import Simulation
 from meridian.crypto.certs import CertificateAuthority, Role, load_cert_der, load_signer
 from meridian.errors import Conflict, Forbidden, InvalidInput, MeridianError, NotFound
+from meridian.ledger.merkle import compute_root
+from meridian.ledger.store import CommitBatch, SqliteLedger, StateWrite
 from meridian.network.config import (
     GOVERNANCE_APP,
     AppConfig,
@@ -30,12 +34,15 @@ from meridian.network.config import (
 from meridian.network.contract import Governance, proposal_key
 from meridian.network.governance import (
     CHANGE_KINDS,
-    CONFIG_KEY,
     DEFAULT_POLICIES,
     GOVERNANCE,
     MAX_TTL_S,
+    VERSION_KEY,
     apply_change,
+    compute_config_entries,
+    compute_config_writes,
     compute_subject,
+    compute_view_after,
     get_approvers,
     get_group,
     get_policy,
@@ -43,8 +50,9 @@ from meridian.network.governance import (
     is_still_possible,
     parse_requirement,
 )
+from meridian.network.history import ConfigHistory
 from meridian.network.plans import DEFAULT_PLANS
-from meridian.types import TxResult
+from meridian.types import ZERO_DIGEST, Block, BlockHeader, TxResult, Version
 
 from .test_lifecycle import DictState
 
@@ -128,6 +136,7 @@ class Chain:
     (its own id and time) whose writes commit only if it returns."""
 
     def __init__(self, genesis: NetworkConfig) -> None:
+        self.view = genesis
         self.contract = Governance(genesis)
         self.state = DictState()
         self.now_ms = T0
@@ -148,6 +157,16 @@ class Chain:
         response = getattr(self.contract, function)(sim.context(GOVERNANCE), *args)
         self.last = sim.result(response, LABEL)
         self.state.apply(self.last)
+        writes = [
+            (w.key, None if w.delete else w.value)
+            for rw in self.last.rwsets
+            if rw.namespace == GOVERNANCE
+            for w in rw.writes
+        ]
+        view = compute_view_after(self.view, writes)  # as a node does once it commits
+        if view is not None:
+            self.view = view
+            self.contract = Governance(view)
         return response
 
     def propose(self, who: str, change: dict[str, Any], ttl_s: int = 3600) -> dict[str, Any]:
@@ -313,6 +332,146 @@ def test_every_change_kind_applies_and_validates(genesis: NetworkConfig, cas: Ca
     assert genesis == Chain(genesis).config()  # applying never touched the genesis
 
 
+def test_a_change_writes_only_the_entries_it_changes(genesis: NetworkConfig, cas: Cas) -> None:
+    """Each kind's writes, applied to the view before, give the view after (as nodes
+    build it), and name only what changed."""
+    touched = {
+        "add_zone": {"config/zone/sz"},
+        "register_org": {"config/org/newdev"},
+        "create_app": {"config/app/mall"},
+        "revoke": {"config/revoked/op2"},
+        "set_policy": {"config/meta"},
+        "set_app_plan": {"config/app/shop"},
+    }
+    for change, _ in _changes(cas):
+        base = genesis
+        if change["kind"] == "activate_node":
+            joining = dataclasses.replace(genesis.node("n4"), status="joining")
+            base = dataclasses.replace(
+                genesis, nodes=tuple(joining if n.id == "n4" else n for n in genesis.nodes)
+            )
+        updated = apply_change(base, change)
+        writes = compute_config_writes(base, updated)
+        assert writes and all(k.startswith("config/") for k in writes), change
+        if change["kind"] in touched:
+            assert set(writes) == touched[change["kind"]], (change["kind"], set(writes))
+        view = compute_view_after(base, [*writes.items(), (VERSION_KEY, 1)])
+        assert view is not None and view.version == 1
+        assert view.to_dict() == updated.to_dict(), change
+        assert compute_entries_of(view) == compute_entries_of(updated)
+
+
+def compute_entries_of(config: NetworkConfig) -> dict[str, Any]:
+    return compute_config_entries(config)
+
+
+def test_a_removed_entry_is_deleted_and_the_rest_keep_their_place(genesis: NetworkConfig) -> None:
+    smaller = apply_change(genesis, {"kind": "remove_zone", "id": "z3"})
+    writes = compute_config_writes(genesis, smaller)
+    assert writes == {"config/zone/z3": None}
+    view = compute_view_after(genesis, [*writes.items(), (VERSION_KEY, 1)])
+    assert view is not None
+    assert [z.id for z in view.zones] == ["z1", "z2"]
+    assert [o.id for o in view.orgs] == [o.id for o in genesis.orgs]  # order kept
+
+
+@pytest.mark.parametrize(
+    ("writes", "message"),
+    [
+        ([("config/zone/z9", {"id": "z9", "name": "Nine", "kind": "city"})], "config/version"),
+        ([(VERSION_KEY, 0)], "config/version"),  # not newer than the view
+        ([(VERSION_KEY, True)], "config/version"),
+        ([("config/zone/z9", {"id": "z8", "name": "x", "kind": "city"}), (VERSION_KEY, 1)], "z9"),
+        ([("config/widget/w", {"id": "w"}), (VERSION_KEY, 1)], "unknown"),
+        ([("config/meta", {"network": "unit"}), (VERSION_KEY, 1)], "config/meta"),
+        ([("config/revoked/op1", "12"), (VERSION_KEY, 1)], "serials"),
+    ],
+)
+def test_configuration_writes_that_do_not_fit_are_refused(
+    genesis: NetworkConfig, writes: list[tuple[str, Any]], message: str
+) -> None:
+    with pytest.raises(InvalidInput) as err:
+        compute_view_after(genesis, writes)
+    assert err.value.code == "bad_config" and message in err.value.message
+
+
+def test_a_registration_writes_one_org_however_many_there_are(genesis: NetworkConfig) -> None:
+    """300 developers sign up (each register_org executes at once): the 300th
+    transaction writes what the first did — one org entry and the version."""
+    chain = Chain(genesis)
+    sizes = []
+    for i in range(150):
+        details = {"registration_no": f"9131{i:014d}", "contact": f"dev{i}@example.com"}
+        change = {
+            "kind": "register_org",
+            "id": f"dev-{i:03d}",
+            "ca": CertificateAuthority.create(f"dev-{i:03d}").cert_pem.decode(),
+            "type": "developer",
+            "details": details,
+        }
+        assert chain.propose("op1", change)["status"] == "executed"
+        assert chain.last is not None
+        [rw] = [rw for rw in chain.last.rwsets if rw.namespace == GOVERNANCE]
+        config_keys = {w.key for w in rw.writes if w.key.startswith("config/")}
+        assert config_keys == {f"config/org/dev-{i:03d}", VERSION_KEY}
+        sizes.append(len(codec.encode([w.value for w in rw.writes])))
+    assert len(chain.view.orgs) == len(genesis.orgs) + 150 and chain.view.version == 150
+    assert max(sizes) - min(sizes) < 64  # flat: ids and numbers grow by a few digits
+
+
+def test_blocks_without_configuration_writes_change_nothing(genesis: NetworkConfig) -> None:
+    assert compute_view_after(genesis, []) is None
+    assert compute_view_after(genesis, [("proposal/ab", {"status": "open"})]) is None
+
+
+def test_the_history_reloads_every_view_from_the_ledger(
+    genesis: NetworkConfig, cas: Cas, tmp_path: Path
+) -> None:
+    """Views a node built block by block come back the same from the ledger's history
+    (what a restarted node and `ledger verify` do)."""
+    chain = Chain(genesis)
+    ledger = SqliteLedger(tmp_path / "governance.sqlite")
+    live = ConfigHistory(genesis)
+    try:
+        steps = [zone("z7"), zone("z8"), {"kind": "remove_zone", "id": "z7"}]
+        for number, change in enumerate(steps):
+            proposal = chain.propose("op1", change)
+            for org in ("op2", "op3"):
+                if proposal["status"] == "open":
+                    proposal = chain.call(org, "approve", proposal["id"])
+            assert proposal["status"] == "executed" and chain.last is not None
+            writes = tuple(
+                StateWrite(GOVERNANCE, w.key, w.value, w.delete, Version(number, 0), "t")
+                for rw in chain.last.rwsets
+                for w in rw.writes
+            )
+            ledger.commit_block(_block_of(genesis, number, writes))
+            pairs = [(w.key, None if w.delete else w.value) for w in writes]
+            live.process_block(number, compute_view_after(live.latest, pairs))
+        assert live.latest == chain.view and live.latest.version == 3
+        reloaded = ConfigHistory(genesis)
+        reloaded.load(ledger)
+        assert reloaded.views() == live.views() and reloaded.height == 3
+        assert [z.id for z in reloaded.latest.zones] == ["z1", "z2", "z3", "z8"]
+    finally:
+        ledger.close()
+
+
+def _block_of(genesis: NetworkConfig, number: int, writes: tuple[StateWrite, ...]) -> CommitBatch:
+    header = BlockHeader(
+        genesis.network,
+        GOVERNANCE_APP,
+        number,
+        ZERO_DIGEST,
+        compute_root([]),
+        ZERO_DIGEST,
+        T0 + number,
+        0,
+        "n1",
+    )
+    return CommitBatch(Block(header, ()), (), writes, (), ZERO_DIGEST, 0)
+
+
 def test_every_change_kind_executes_through_the_contract(genesis: NetworkConfig, cas: Cas) -> None:
     """Each change, proposed and approved by whom its default policy names."""
     for change, check in _changes(cas):
@@ -341,7 +500,7 @@ def test_network_change_needs_a_majority_of_operators(chain: Chain) -> None:
     assert proposal["policy"] == ["MAJORITY operators"]
     assert proposal["expires_ms"] == T0 + 3600 * 1000
     assert chain.events() == ["proposed"]
-    assert chain.state.get(GOVERNANCE, CONFIG_KEY) is None  # still the genesis
+    assert chain.state.get(GOVERNANCE, VERSION_KEY) is None  # still the genesis
     proposal = chain.call("op2", "approve", proposal["id"])
     assert (proposal["status"], proposal["approvals"]) == ("open", ["op1", "op2"])
     assert "z9" not in {z.id for z in chain.config().zones}
@@ -527,7 +686,7 @@ def test_rejection_once_the_policy_cannot_be_met(chain: Chain) -> None:
     assert chain.events() == ["rejected_by", "rejected"]
     chain.refused(Conflict, "proposal_closed", "op4", "reject", proposal["id"])
     chain.refused(Conflict, "proposal_closed", "op4", "approve", proposal["id"])
-    assert chain.state.get(GOVERNANCE, CONFIG_KEY) is None
+    assert chain.state.get(GOVERNANCE, VERSION_KEY) is None
     assert [p["id"] for p in chain.call("op1", "proposals", "rejected")] == [proposal["id"]]
 
 
@@ -545,7 +704,7 @@ def test_withdraw(chain: Chain) -> None:
     assert chain.events() == ["withdrawn"]
     chain.refused(Conflict, "proposal_closed", "op3", "approve", proposal["id"])
     chain.refused(Conflict, "proposal_closed", "op1", "withdraw", proposal["id"])
-    assert chain.state.get(GOVERNANCE, CONFIG_KEY) is None
+    assert chain.state.get(GOVERNANCE, VERSION_KEY) is None
     assert chain.call("op1", "proposals", "withdrawn")[0]["id"] == proposal["id"]
 
 

@@ -14,6 +14,7 @@ from meridian.errors import InvalidInput
 from meridian.ledger.merkle import compute_root
 from meridian.ledger.pending import PendingStore
 from meridian.ledger.store import (
+    LEDGER_FORMAT,
     BlockEvent,
     CommitBatch,
     SqliteLedger,
@@ -323,6 +324,26 @@ def test_stored_bytes_are_committed_with_each_block(tmp_path: Path) -> None:
         assert second.stored_bytes() == 300
     finally:
         second.close()
+
+
+def test_a_ledger_of_another_format_is_refused_not_misread(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE blocks (number INTEGER PRIMARY KEY, hash BLOB)")  # format 1
+    conn.commit()
+    conn.close()
+    with pytest.raises(InvalidInput) as err:
+        SqliteLedger(old)
+    assert err.value.code == "ledger_format" and "format 1" in err.value.message
+    newer = tmp_path / "newer.db"
+    conn = sqlite3.connect(newer)
+    conn.execute(f"PRAGMA user_version={LEDGER_FORMAT + 1}")
+    conn.close()
+    with pytest.raises(InvalidInput):
+        SqliteLedger(newer)
+    fresh = SqliteLedger(tmp_path / "fresh.db")  # a new file is stamped, and reopens
+    fresh.close()
+    SqliteLedger(tmp_path / "fresh.db").close()
 
 
 # ---------------------------------------------------------------------------- pending

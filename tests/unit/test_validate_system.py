@@ -25,7 +25,7 @@ from meridian.crypto.suites import Signer
 from meridian.ledger.merkle import compute_root
 from meridian.network.config import GOVERNANCE_APP, NetworkConfig, NetworkLayout
 from meridian.network.contract import Governance
-from meridian.network.governance import CONFIG_KEY, GOVERNANCE
+from meridian.network.governance import GOVERNANCE, VERSION_KEY, compute_config_writes
 from meridian.network.init import InitOptions, init_network
 from meridian.node.policy import parse_policy
 from meridian.node.rules import compute_rules
@@ -182,13 +182,12 @@ def test_invalid_forged_configuration_by_one_endorser(net: Net) -> None:
     state = DictState()
     proposal = _proposal(GOVERNANCE_APP, GOVERNANCE, "propose", (ZONE, 3600), cert)
     honest = _simulate(net, state, proposal, Governance(net.config))
-    forged_config = replace(net.config, zones=()).to_dict()
-    forged_config["policies"] = {"add_node": ["ANY operators"]}
+    forged_config = replace(net.config, policies=(("add_node", ("ANY operators",)),))
+    entries = compute_config_writes(net.config, forged_config)
+    assert entries  # the policy entry (config/meta) changes
     [rwset] = honest.rwsets
-    forged = replace(
-        honest,
-        rwsets=(replace(rwset, writes=(*rwset.writes, KVWrite(CONFIG_KEY, forged_config))),),
-    )
+    writes = (*(KVWrite(k, v) for k, v in entries.items()), KVWrite(VERSION_KEY, 1))
+    forged = replace(honest, rwsets=(replace(rwset, writes=(*rwset.writes, *writes)),))
     tx = _transaction(proposal, signer, forged, net.node("node1"))
     code = _validate(net, GOVERNANCE_APP, tx, state, _governance_rules(net.config))
     assert code is TxCode.SYSTEM_CONTRACT_MISMATCH
@@ -213,7 +212,7 @@ def test_invalid_system_call_the_contract_refuses(net: Net) -> None:
     proposal = _proposal(GOVERNANCE_APP, GOVERNANCE, "propose", (ZONE, 3600), cert)
     result = TxResult(
         {"status": "executed"},
-        (NsRWSet(GOVERNANCE, writes=(KVWrite(CONFIG_KEY, net.config.to_dict()),)),),
+        (NsRWSet(GOVERNANCE, writes=(KVWrite(VERSION_KEY, 1),)),),
         (),
         f"{GOVERNANCE}@0",
     )

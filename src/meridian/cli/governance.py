@@ -16,6 +16,7 @@ it) and talk to the first node of that org (or ``--url``).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -299,9 +300,12 @@ def _open_add_node(gov: Governance, node_id: str) -> dict[str, Any] | None:
 def _write_bootstrap(layout: NetworkLayout, gov: Governance, node_id: str) -> Path:
     """The joining node's bootstrap: the configuration now, and the governance height
     it must sync to before it acts on its own ledger's view."""
-    config = gov.config()
+    snapshot = gov.gateway.request("GET", "/v1/network")  # height, version, view at once
+    config = dataclasses.replace(
+        NetworkConfig.from_dict(snapshot["config"]), version=int(snapshot["version"])
+    )
     config.node(node_id)
-    save_bootstrap(layout.data_dir(node_id), gov.height(), config)
+    save_bootstrap(layout.data_dir(node_id), int(snapshot["height"]), config)
     return layout.data_dir(node_id) / BOOTSTRAP_FILE
 
 

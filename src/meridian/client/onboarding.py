@@ -157,9 +157,10 @@ def submit_as(
 
 @dataclass(frozen=True, slots=True)
 class UserRevocation:
-    """A revoked app user: its certificates' ``serials``, the owner CA's cumulative
-    ``crl_pem`` that lists them, and the governance ``proposal`` that published it
-    (``proposal["status"] == "executed"`` once the network enforces it)."""
+    """A revoked app user: its certificates' ``serials``, the owner CA's ``crl_pem``
+    that lists them (with any other revocation not enforced yet), and the governance
+    ``proposal`` that published it (``proposal["status"] == "executed"`` once the
+    network enforces it)."""
 
     user: str
     org: str

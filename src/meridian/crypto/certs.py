@@ -453,18 +453,32 @@ class CertificateAuthority:
             self._revoked.setdefault(entry.serial_number, entry.revocation_date_utc)
         self._crl_number = max(self._crl_number, _crl_number(crl))
 
+    def continue_numbers(self, crl_pem: bytes) -> None:
+        """Number the next CRL after ``crl_pem`` (one this CA signed) without adopting
+        its serials: the next CRL lists only what :meth:`revoke` is given."""
+        crl = _verified_crl(crl_pem, self._cert)
+        self._crl_number = max(self._crl_number, _crl_number(crl))
+
     def revoke(self, serials: Iterable[int], *, now: datetime | None = None) -> bytes:
         """A CRL PEM listing every serial revoked so far plus ``serials``."""
         when = _utc(now)
         new_serials = list(serials)
-        if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in new_serials):
-            raise InvalidInput("serial numbers must be positive integers", code="bad_serial")
+        _check_serials(new_serials)
         for serial in new_serials:
             self._revoked.setdefault(serial, when)
         self._crl_number += 1
-        return self._build_crl(when).public_bytes(_PEM)
+        return self._build_crl(when, self._revoked).public_bytes(_PEM)
 
-    def _build_crl(self, when: datetime) -> x509.CertificateRevocationList:
+    def sign_crl(self, revoked: Mapping[int, datetime], *, now: datetime | None = None) -> bytes:
+        """A CRL PEM listing exactly ``revoked`` (serial -> when), numbered after every
+        CRL this CA signed or adopted; the CA's own list is left as it is."""
+        _check_serials(list(revoked))
+        self._crl_number += 1
+        return self._build_crl(_utc(now), revoked).public_bytes(_PEM)
+
+    def _build_crl(
+        self, when: datetime, revoked: Mapping[int, datetime]
+    ) -> x509.CertificateRevocationList:
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self._cert.subject)
@@ -472,11 +486,16 @@ class CertificateAuthority:
             .next_update(when + timedelta(days=CRL_NEXT_UPDATE_DAYS))
             .add_extension(x509.CRLNumber(self._crl_number), critical=False)
         )
-        for serial, revoked_at in sorted(self._revoked.items()):
+        for serial, revoked_at in sorted(revoked.items()):
             entry = x509.RevokedCertificateBuilder().serial_number(serial)
             builder = builder.add_revoked_certificate(entry.revocation_date(revoked_at).build())
         ca_key = self._signer.crypto_key
         return builder.sign(ca_key, _signature_hash(ca_key))
+
+
+def _check_serials(serials: list[int]) -> None:
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in serials):
+        raise InvalidInput("serial numbers must be positive integers", code="bad_serial")
 
 
 def _load_verified_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:

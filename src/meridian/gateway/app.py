@@ -18,6 +18,8 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
@@ -305,10 +307,15 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
         responses={200: {"model": schemas.ReceiptOut}},
     )
     async def tx_status(app_name: str, tx_id: str, request: Request) -> Any:
-        await caller(request, app_name, ledger=True)
-        receipt = node.channel(app_name).get_receipt(tx_id)
+        identity = await caller(request, app_name)
+        channel = node.channel(app_name)
+        receipt = channel.get_receipt(tx_id)
         if receipt is None:
             raise NotFound(f"no transaction {tx_id} on app {app_name}", code="tx_not_found")
+        if not node.may_read_ledger(app_name, identity.org) and (
+            receipt.status == "committed" and _creator_org(channel, tx_id) != identity.org
+        ):  # governance: an org reads the receipts of its own transactions only
+            node.check_access(app_name, identity.org, read=True, ledger=True)
         return {"receipt": receipt.to_dict()}
 
     @app.get(
@@ -388,6 +395,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
             raise InvalidInput("from_block must be >= 0", code="malformed")
 
         def check() -> None:  # access is judged again before every message
+            node.membership.validate(identity.cert_der)  # CA, dates, the org's CRL
             node.check_usable(identity, app_name)
             node.check_access(app_name, identity.org, read=True, ledger=True)
 
@@ -488,6 +496,17 @@ def _parse_or_error(item: Any) -> SignedProposal | MeridianError:
         return SignedProposal.from_dict(item)
     except MeridianError as exc:
         return exc
+
+
+def _creator_org(channel: Any, tx_id: str) -> str | None:
+    """The org named in the certificate of a committed transaction's creator."""
+    loc = channel.ledger.get_tx(tx_id)
+    block = channel.ledger.get_block(loc.block) if loc is not None else None
+    if block is None:
+        return None
+    cert = x509.load_der_x509_certificate(block.transactions[loc.index].proposal.creator)
+    orgs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(orgs[0].value) if orgs else None
 
 
 def _batch_item(res: Receipt | MeridianError) -> dict[str, Any]:

@@ -36,9 +36,10 @@ A key acknowledged by :meth:`KeyVault.create` has been committed with
 certificate the gateway issues (``issued``: org, serial, app, user, certificate), for
 custodial and own-key users alike, so that the owner can revoke a user later without
 the user's help. :meth:`KeyVault.revoke_user` marks every certificate of ``user@app``
-revoked and signs, with the owner org's CA, a CRL listing *every* serial that CA has
-revoked so far (a CRL is cumulative), with the next CRL number (``crls`` keeps the
-last one per org) — all in one transaction, so a failure leaves neither a marked
+revoked and signs, with the owner org's CA, a CRL listing every serial that CA has
+revoked and the network does not enforce yet (governance adds a CRL's serials to the
+ones it enforces, so the CRL need not repeat them), with the next CRL number (``crls``
+keeps the last one per org) — all in one transaction, so a failure leaves neither a marked
 serial without a CRL nor a CRL without its serials. A revoked custodial user's key no
 longer signs (:class:`~meridian.errors.Forbidden` ``user_revoked``), and a revoked
 name is not issued again. The network learns of the CRL only through a governance
@@ -58,6 +59,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import NoReturn
 
@@ -97,6 +99,7 @@ DEFAULT_SIGNER_CACHE_SIZE = 256
 MAX_SIGNER_CACHE_SIZE = 65_536
 MAX_CERT_BYTES = 16_384
 MAX_CSR_BYTES = 16_384
+MAX_PENDING_SERIALS = 500  # a CRL of them stays well under a governance change's 64 KiB
 MAX_NETWORK_CHARS = 64
 FORMAT_VERSION = b"1"
 
@@ -162,7 +165,8 @@ class IssuedCert:
 @dataclass(frozen=True, slots=True)
 class Revocation:
     """What :meth:`KeyVault.revoke_user` signed: ``user@app``'s serials and the owner
-    CA's cumulative CRL (every serial it has revoked so far) with its number."""
+    CA's CRL (every serial it revoked that the network does not enforce yet) with its
+    number; ``revoked_serials``: all the CA has revoked here."""
 
     org: str
     app: str
@@ -289,8 +293,12 @@ class KeyVault:
         *,
         is_published: Callable[[int], bool],
     ) -> Revocation:
-        """Revoke every certificate ``ca`` issued to ``user@app`` and sign ``ca``'s
-        cumulative CRL: every serial it has revoked so far, the next CRL number.
+        """Revoke every certificate ``ca`` issued to ``user@app`` and sign a CRL of
+        ``ca`` (the next CRL number) listing every serial it revoked that the network
+        does not enforce yet — this user's and any other whose governance change never
+        got through. Governance adds a CRL's serials to those it already enforces, so
+        the CRL need not repeat them, and a ``revoke`` change stays small however many
+        users an org has revoked over time.
 
         ``is_published(serial)`` tells whether the network already enforces a revoked
         serial (a governance ``revoke`` executed). The call is idempotent until then:
@@ -329,11 +337,25 @@ class KeyVault:
                 " AND revoked_ms IS NULL",
                 (now, *key, ca.org),
             )
-            revoked = _get_revoked_serials(conn, ca.org)
+            revoked_ms = _get_revocation_times(conn, ca.org)
+            revoked = frozenset(revoked_ms)
+            pending = sorted(s for s in revoked if not is_published(s))
+            if len(pending) > MAX_PENDING_SERIALS:  # the change must fit a transaction
+                raise Conflict(
+                    f"{len(pending)} revocations of {ca.org} wait for governance",
+                    code="too_many_pending",
+                    hint="propose the last CRL this route returned (governance 'revoke') "
+                    "before revoking more",
+                )
             previous = conn.execute("SELECT crl_pem FROM crls WHERE org=?", (ca.org,)).fetchone()
             if previous is not None:
-                ca.load_crl(bytes(previous[0]))  # its revocation dates and number
-            crl_pem = ca.revoke(sorted(revoked))
+                ca.continue_numbers(bytes(previous[0]))
+            crl_pem = ca.sign_crl(
+                {
+                    s: datetime.fromtimestamp(revoked_ms[s] / 1000, UTC).replace(microsecond=0)
+                    for s in pending
+                }
+            )
             number = _crl_number_of(crl_pem)
             conn.execute(
                 "INSERT INTO crls (org, number, crl_pem, signed_ms) VALUES (?,?,?,?)"
@@ -675,10 +697,17 @@ def _validate_not_revoked(conn: sqlite3.Connection, app: str, user: str) -> None
 
 
 def _get_revoked_serials(conn: sqlite3.Connection, org: str) -> frozenset[int]:
+    return frozenset(_get_revocation_times(conn, org))
+
+
+def _get_revocation_times(conn: sqlite3.Connection, org: str) -> dict[int, int]:
+    """Serial -> when it was revoked here (ms), of every revoked certificate of ``org``."""
     rows = conn.execute(
-        "SELECT serial FROM issued WHERE org=? AND revoked_ms IS NOT NULL", (org,)
+        "SELECT serial, MIN(revoked_ms) FROM issued WHERE org=? AND revoked_ms IS NOT NULL"
+        " GROUP BY serial",
+        (org,),
     ).fetchall()
-    return frozenset(int(row[0]) for row in rows)
+    return {int(row[0]): int(row[1]) for row in rows}
 
 
 def _crl_number_of(crl_pem: bytes) -> int:

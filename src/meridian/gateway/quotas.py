@@ -4,8 +4,9 @@
   ``rate_limited`` + ``Retry-After`` when over it).
 * :func:`check_requests_quota` refuses requests once the month's quota is used up
   (HTTP 429 ``quota_exhausted``, retry when the next billing month starts);
-  :func:`check_storage_quota` refuses writes that would grow the app past its storage
-  quota (HTTP 403 ``storage_quota_exceeded``). Both are pure.
+  :func:`check_storage_quota` refuses submits to an app that has used all of its
+  storage (HTTP 403 ``storage_quota_exceeded``; the binding check is validation's,
+  at commit). Both are pure.
 * :class:`UsageMeter` counts requests, transactions, refusals and storage per app and
   billing month in a small SQLite file, for quotas and invoices
   (:func:`meridian.network.plans.compute_invoice`).
@@ -160,31 +161,25 @@ def check_requests_quota(usage_requests: int, plan: Plan, *, now_ms: int | None 
     )
 
 
-def check_storage_quota(current_bytes: int, adding_bytes: int, plan: Plan) -> None:
-    """Raise ``Forbidden(code="storage_quota_exceeded")`` if a write grows storage too far.
-
-    Only growth is checked: a write that frees space (``adding_bytes <= 0``) is always
-    allowed, so an app over its quota (after a downgrade, say) can clean up. Reaching
-    the quota exactly is allowed. Pure: a caller that enforces this while validating a
-    block must pass sizes every node computes alike (from the ledger, not the meter).
+def check_storage_quota(stored_bytes: int, plan: Plan) -> None:
+    """Raise ``Forbidden(code="storage_quota_exceeded")`` once an app has stored all
+    its plan allows: the gateway's up-front refusal, before a transaction costs
+    endorsement and ordering. The binding check is validation's (step 12 in
+    :mod:`meridian.node.validate`), which refuses at commit, on every node alike, the
+    transaction that would take the app past its quota. What an app stores never
+    shrinks (a delete is one more transaction), so the way on is a larger plan.
     """
-    _check_count("current_bytes", current_bytes, low=0, high=2**63 - 1)
-    if not isinstance(adding_bytes, int) or isinstance(adding_bytes, bool):
-        raise InvalidInput(f"adding_bytes must be an integer, not {adding_bytes!r}")
-    if adding_bytes <= 0 or current_bytes + adding_bytes <= plan.storage_bytes:
+    _check_count("stored_bytes", stored_bytes, low=0, high=2**63 - 1)
+    if stored_bytes < plan.storage_bytes:
         return
     upgrade = get_upgrade(plan, "storage_bytes")
-    bigger = f" (e.g. to {upgrade.id!r}: {format_bytes(upgrade.storage_bytes)})" if upgrade else ""
+    bigger = f" (e.g. {upgrade.id!r}: {format_bytes(upgrade.storage_bytes)})" if upgrade else ""
     raise Forbidden(
-        f"this write needs {format_bytes(adding_bytes)} more, but the app already uses "
-        f"{format_bytes(current_bytes)} of its {format_bytes(plan.storage_bytes)} storage quota",
+        f"the app has stored {format_bytes(stored_bytes)}: all of its "
+        f"{format_bytes(plan.storage_bytes)} storage quota",
         code="storage_quota_exceeded",
-        hint=f"delete state the app no longer needs, or upgrade the plan{bigger}",
-        details={
-            "used_bytes": current_bytes,
-            "adding_bytes": adding_bytes,
-            "limit_bytes": plan.storage_bytes,
-        },
+        hint=f"its owner moves it to a larger plan{bigger} (governance set_app_plan)",
+        details={"used_bytes": stored_bytes, "limit_bytes": plan.storage_bytes},
     )
 
 

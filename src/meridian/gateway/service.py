@@ -16,7 +16,8 @@ by the deciding orgs' admins. What lives here is what a node does *for* its user
   a user (``POST /v1/apps/{app}/users/{name}/transactions``) after authenticating.
   The key vault registers every certificate issued, so the owner's admin can revoke a
   user there (``POST /v1/apps/{app}/users/{name}/revoke``): the home node signs the
-  owner CA's cumulative CRL and returns it; the admin then proposes the governance
+  owner CA's CRL of what the network does not enforce yet and returns it; the admin
+  then proposes the governance
   ``revoke`` change itself (the gateway holds no key of the org's admins).
 * **Plans**: every app request is metered; submits are rate limited to the plan's TPS
   (429 + Retry-After), monthly requests and storage are capped; invoices per month.
@@ -115,6 +116,8 @@ class Services:
         self.node = node
         self.limiter = RateLimiter()
         self._second: dict[str, tuple[int, int]] = {}  # app -> (second, transactions in it)
+        self._homes: dict[str, str] = {}  # org -> the node that registered it
+        self._homes_read = 0  # governance blocks _find_home_node has read
         self._registrations: list[float] = []  # monotonic times of recent sign-ups
         self._stores: _Stores | None = None
         self._tasks: tuple[asyncio.Task[None], ...] = ()
@@ -218,7 +221,7 @@ class Services:
                 channel = self.node.channel(app)
                 stored = _ledger_bytes(channel)
                 self.meter.set_storage(app, now, stored)
-                check_storage_quota(stored, 1, plan)
+                check_storage_quota(stored, plan)
         except MeridianError:
             self.meter.record_throttled(app, now)
             raise
@@ -335,7 +338,7 @@ class Services:
     def _feed(self, app: str, channel: Channel) -> bool:
         hooks = self.webhooks.list(app)
         for hook in hooks:  # an org that lost access to the app loses its webhooks too
-            if not self.node.may_read(app, hook.owner.split("/")[0]):
+            if not self.node.may_read_ledger(app, hook.owner.split("/")[0]):
                 log.warning("%s: removing webhook %s of %s (no access)", app, hook.id, hook.owner)
                 self.webhooks.delete(app, hook.id)
         if not self.webhooks.list(app):
@@ -476,12 +479,13 @@ class Services:
     def _find_home_node(self, org: str) -> str | None:
         """The node whose registrar proposed ``org``'s executed ``register_org`` (its
         home node), from this node's governance ledger; None if there is none (an org
-        admitted with ``add_org`` has its CA key off the network)."""
+        admitted with ``add_org`` has its CA key off the network). The ledger is read
+        once: each call looks only at the governance blocks committed since the last."""
         channel = self.node.channels.get(GOVERNANCE_APP)
         if channel is None:
             return None
-        ledger = channel.ledger
-        for event in reversed(ledger.get_events(0, channel.height)):
+        ledger, height = channel.ledger, channel.height
+        for event in ledger.get_events(self._homes_read, height):
             payload = event.payload if isinstance(event.payload, dict) else {}
             if event.contract != GOVERNANCE or event.name != "executed":
                 continue
@@ -489,13 +493,14 @@ class Services:
                 continue
             found = ledger.get(GOVERNANCE, proposal_key(str(payload.get("proposal"))))
             proposal = found[0] if found is not None else None
-            if not isinstance(proposal, dict) or proposal.get("change", {}).get("id") != org:
+            if not isinstance(proposal, dict):
                 continue
             name = str(proposal.get("proposer", {}).get("name", ""))
-            node = name.removeprefix(REGISTRAR_PREFIX)
-            known = {n.id for n in self.node.config.nodes}
-            return node if name.startswith(REGISTRAR_PREFIX) and node in known else None
-        return None
+            if name.startswith(REGISTRAR_PREFIX):
+                self._homes[str(proposal["change"]["id"])] = name.removeprefix(REGISTRAR_PREFIX)
+        self._homes_read = max(self._homes_read, height)
+        home = self._homes.get(org)
+        return home if home in {n.id for n in self.node.config.nodes} else None
 
     async def _submit_governance(
         self, identity: ClientIdentity, function: str, args: list[Any]
@@ -554,8 +559,9 @@ class Services:
     def revoke_user(self, app: str, caller: Identity, name: str) -> dict[str, Any]:
         """Revoke app user ``name`` as an admin of the app's owner: every certificate
         the owner's CA issued to ``name@app`` is marked revoked in the vault (custodial
-        signing for it stops at once) and the CA's cumulative CRL is signed and
-        returned, for the caller's admin to propose as a governance ``revoke``.
+        signing for it stops at once) and a CRL of the CA's revocations the network
+        does not enforce yet is signed and returned, for the caller's admin to propose
+        as a governance ``revoke``.
 
         Idempotent until the network enforces it (see :meth:`KeyVault.revoke_user`):
         then 409 ``already_revoked``."""
@@ -673,7 +679,12 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
     @app.get("/v1/network", tags=["network"], summary="The current network configuration")
     async def network(request: Request) -> Any:
         identity = await caller(request)
-        return {"height": node.history.height, "config": node.config.to_dict_for(identity.org)}
+        config = node.config
+        return {
+            "height": node.history.height,
+            "version": config.version,
+            "config": config.to_dict_for(identity.org),
+        }
 
     @app.get("/v1/plans", tags=["network"], summary="Resource plans (prices in fen, CNY)")
     async def plans(request: Request) -> Any:

@@ -31,6 +31,8 @@ from ..crypto.hashing import Digest
 from ..errors import Corruption, InvalidInput
 from ..types import Block, BlockHeader, Transaction, TxCode, Version
 
+# 2: blocks.stored (storage quotas); the governance configuration as one entry per item
+LEDGER_FORMAT = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS blocks (
     number INTEGER PRIMARY KEY,
@@ -153,6 +155,9 @@ class LedgerStore(Protocol):
         self, ns: str, selector: Mapping[str, Any], limit: int
     ) -> list[tuple[str, Any, Version]]: ...
     def get_history(self, ns: str, key: str, limit: int) -> list[HistoryEntry]: ...
+    def get_history_range(
+        self, ns: str, start: str, end: str
+    ) -> list[tuple[int, str, Any | None]]: ...
     def get_events(self, from_block: int, to_block: int) -> list[BlockEvent]: ...
     def close(self) -> None: ...
 
@@ -163,6 +168,26 @@ def _connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA busy_timeout=30000")
     return conn
+
+
+def _check_format(conn: sqlite3.Connection, path: Path) -> None:
+    """Stamp a new ledger with :data:`LEDGER_FORMAT`; refuse one of another format
+    (its tables or the meaning of its keys differ) instead of misreading it."""
+    found = conn.execute("PRAGMA user_version").fetchone()[0]
+    if found == LEDGER_FORMAT:
+        return
+    has_blocks = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type='table' AND name='blocks'"
+    ).fetchone()
+    if found == 0 and not has_blocks:
+        conn.execute(f"PRAGMA user_version={LEDGER_FORMAT}")
+        return
+    raise InvalidInput(
+        f"ledger {path} has format {found or 1}; this node reads format {LEDGER_FORMAT}",
+        code="ledger_format",
+        hint="move the file aside: the node syncs the channel again from its peers "
+        "(a single-node network starts a new ledger)",
+    )
 
 
 def _dumps(value: Any) -> str:
@@ -176,6 +201,11 @@ class SqliteLedger:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._writer = _connect(path)
+        try:
+            _check_format(self._writer, path)
+        except BaseException:
+            self._writer.close()
+            raise
         self._writer.executescript(_SCHEMA)
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -398,6 +428,16 @@ class SqliteLedger:
             HistoryEntry(tx_id, block, ts, None if v is None else orjson.loads(v), v is None)
             for tx_id, block, ts, v in rows
         ]
+
+    def get_history_range(self, ns: str, start: str, end: str) -> list[tuple[int, str, Any | None]]:
+        """Every committed write to keys in ``[start, end)`` of ``ns``: (block, key,
+        value; None for a delete), in commit order."""
+        rows = self.reader().execute(
+            "SELECT block, key, value FROM history WHERE ns=? AND key>=? AND key<? "
+            "ORDER BY block, tx, key",
+            (ns, start, end),
+        )
+        return [(block, key, None if v is None else orjson.loads(v)) for block, key, v in rows]
 
     def iter_state(self) -> Iterator[tuple[str, str, str, int, int]]:
         yield from self.reader().execute(

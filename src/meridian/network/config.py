@@ -3,9 +3,10 @@
 ``network.json`` is the *genesis* configuration: zones, organisations (typed), nodes,
 apps, plans and governance policies as the network starts. Every later change is a
 configuration transaction on the governance channel (:mod:`meridian.network.governance`),
-whose state holds the current configuration in this same shape; a
+whose state holds the configuration's entries (one key per zone, org, node, app, plan;
+see :func:`~meridian.network.governance.compute_config_entries`); a
 :class:`NetworkConfig` is therefore also the "view" of the network at one governance
-height.
+height, numbered by ``version`` (the changes applied since the genesis).
 
 ``meridian network init DIR`` writes::
 
@@ -22,6 +23,7 @@ Config objects are frozen dataclasses, loaded once and passed in.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,15 @@ APP_STATUSES = ("active", "suspended", "closed")
 MEMBER_ROLES = ("participant", "auditor")
 NODE_STATUSES = ("active", "joining")  # auditors read the app; participants also write
 MAX_DETAIL_CHARS = 256
+
+
+def list_some(names: Iterable[str], most: int = 12) -> str:
+    """``a, b, c`` — or the first ``most`` and how many in all (for hints)."""
+    every = list(names)
+    if not every:
+        return "none"
+    shown = ", ".join(every[:most])
+    return shown if len(every) <= most else f"{shown} … ({len(every)} in all)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +145,18 @@ class ConsensusConfig:
     leader_term: int = 64  # heights a leader keeps the lead while nothing fails
 
 
+class _Index:
+    """A view's lookups by id."""
+
+    __slots__ = ("apps", "nodes", "operators", "orgs")
+
+    def __init__(self, config: NetworkConfig) -> None:
+        self.orgs = {o.id: o for o in config.orgs}
+        self.nodes = {n.id: n for n in config.nodes}
+        self.apps = {a.name: a for a in config.apps}
+        self.operators = tuple(o.id for o in config.orgs if o.type == "operator")
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkConfig:
     network: str
@@ -150,33 +173,54 @@ class NetworkConfig:
     # configuration height that revoked them on, the same on every node
     revoked: frozenset[tuple[str, int]] = frozenset()
     retired_orgs: tuple[str, ...] = ()  # ids of removed orgs: never reused
+    # configuration changes applied since the genesis (0): which view this is; not part
+    # of the document (to_dict), it comes with the governance writes that made the view
+    version: int = 0
+    # lookups by id (networks have thousands of orgs), built on first use: a node keeps
+    # every view, and only the ones it consults pay for an index
+    _index: _Index | None = field(init=False, repr=False, compare=False, default=None)
+
+    @property
+    def _orgs(self) -> dict[str, OrgConfig]:
+        return self._get_index().orgs
+
+    @property
+    def _nodes(self) -> dict[str, NodeEntry]:
+        return self._get_index().nodes
+
+    def _get_index(self) -> _Index:
+        index = self._index
+        if index is None:
+            index = _Index(self)
+            object.__setattr__(self, "_index", index)
+        return index
 
     def org(self, org_id: str) -> OrgConfig:
-        for org in self.orgs:
-            if org.id == org_id:
-                return org
+        org = self._orgs.get(org_id)
+        if org is not None:
+            return org
         raise NotFound(f"no org {org_id!r} in network {self.network}", code="unknown_org")
 
     def node(self, node_id: str) -> NodeEntry:
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
+        node = self._nodes.get(node_id)
+        if node is not None:
+            return node
         raise NotFound(
             f"no node {node_id!r} in network {self.network}",
             code="unknown_node",
-            hint=f"known nodes: {', '.join(n.id for n in self.nodes)}",
+            hint=f"known nodes: {list_some(n.id for n in self.nodes)}",
         )
 
     def app(self, name: str) -> AppConfig:
         if name == GOVERNANCE_APP:
             return self.governance
-        for app in self.apps:
-            if app.name == name:
-                return app
+        app = self._get_index().apps.get(name)
+        if app is not None:
+            return app
         raise NotFound(
             f"no app {name!r} on this network",
             code="unknown_app",
-            hint=f"known apps: {', '.join(a.name for a in self.apps)}",
+            hint=f"known apps: {list_some(a.name for a in self.apps)}",
         )
 
     def plan(self, plan_id: str) -> Plan:
@@ -197,7 +241,8 @@ class NetworkConfig:
 
     def is_regulator(self, org_id: str) -> bool:
         """The regulator reads every channel and the audit log, and is not billed."""
-        return any(o.id == org_id and o.type == "regulator" for o in self.orgs)
+        org = self._orgs.get(org_id)
+        return org is not None and org.type == "regulator"
 
     def sees_everything(self, org_id: str) -> bool:
         """Operators and the regulator read the governance ledger and every org's
@@ -219,7 +264,7 @@ class NetworkConfig:
 
     @property
     def operators(self) -> tuple[str, ...]:
-        return self.orgs_of_type("operator")
+        return self._get_index().operators
 
     @property
     def governance(self) -> AppConfig:
@@ -308,53 +353,14 @@ class NetworkConfig:
         try:
             cfg = cls(
                 network=d["network"],
-                orgs=tuple(
-                    OrgConfig(
-                        o["id"],
-                        o["ca"].encode(),
-                        o.get("type", "operator"),
-                        o.get("name", ""),
-                        tuple(sorted(_details(o.get("details", {})).items())),
-                    )
-                    for o in d["orgs"]
-                ),
-                nodes=tuple(
-                    NodeEntry(
-                        n["id"],
-                        n["org"],
-                        n["host"],
-                        _port(n["port"]),
-                        _port(n["p2p_port"]),
-                        n["cert"].encode(),
-                        n.get("zone", ""),
-                        n.get("status", "active"),
-                    )
-                    for n in d["nodes"]
-                ),
-                apps=tuple(
-                    AppConfig(
-                        a["name"],
-                        tuple(a["members"]),
-                        a.get("lifecycle_policy", "MAJORITY"),
-                        a.get("system_policy", "ANY"),
-                        tuple(a.get("nodes", ())),
-                        a.get("owner", ""),
-                        a.get("plan", ""),
-                        a.get("key_mode", "own"),
-                        a.get("status", "active"),
-                        tuple(sorted(_details(a.get("roles", {})).items())),
-                    )
-                    for a in d["apps"]
-                ),
+                orgs=tuple(parse_org(o) for o in d["orgs"]),
+                nodes=tuple(parse_node(n) for n in d["nodes"]),
+                apps=tuple(parse_app(a) for a in d["apps"]),
                 block=BlockConfig(**d.get("block", {})),
                 consensus=ConsensusConfig(**d.get("consensus", {})),
-                zones=tuple(
-                    Zone(z["id"], z["name"], z.get("kind", "city")) for z in d.get("zones", ())
-                ),
+                zones=tuple(parse_zone(z) for z in d.get("zones", ())),
                 plans=tuple(Plan.from_dict(p) for p in d.get("plans", ())),
-                policies=tuple(
-                    sorted((str(k), tuple(map(str, v))) for k, v in d.get("policies", {}).items())
-                ),
+                policies=parse_policies(d.get("policies", {})),
                 revoked=frozenset((str(org), int(serial)) for org, serial in d.get("revoked", ())),
                 retired_orgs=tuple(str(org) for org in d.get("retired_orgs", ())),
             )
@@ -383,8 +389,9 @@ class NetworkConfig:
                 code="bad_config",
             )
         self._validate_orgs_and_nodes()
+        index = self._index or _Index(self)  # not kept: most views are never consulted
         for app in self.apps:
-            self._validate_app(app)
+            self._validate_app(app, index)
 
     def _validate_names(self) -> None:
         names = [
@@ -444,18 +451,17 @@ class NetworkConfig:
                     f"node {node.id} is in unknown zone {node.zone!r}", code="bad_config"
                 )
 
-    def _validate_app(self, app: AppConfig) -> None:
-        orgs = {o.id for o in self.orgs}
-        nodes = {n.id for n in self.nodes}
+    def _validate_app(self, app: AppConfig, index: _Index) -> None:
+        orgs, nodes = index.orgs, index.nodes  # O(1) lookups: networks have many apps
         if (
             not app.members
-            or not set(app.members) <= orgs
+            or not all(m in orgs for m in app.members)
             or len(set(app.members)) != len(app.members)
         ):
             raise InvalidInput(
                 f"app {app.name} has unknown, repeated or no members", code="bad_config"
             )
-        if not set(app.nodes) <= nodes or len(set(app.nodes)) != len(app.nodes):
+        if not all(n in nodes for n in app.nodes) or len(set(app.nodes)) != len(app.nodes):
             raise InvalidInput(
                 f"app {app.name} is hosted on unknown or repeated nodes", code="bad_config"
             )
@@ -471,7 +477,7 @@ class NetworkConfig:
                     f"{', '.join(MEMBER_ROLES)}",
                     code="bad_config",
                 )
-        if app.plan and app.plan not in {p.id for p in self.plans}:
+        if app.plan and all(p.id != app.plan for p in self.plans):
             raise InvalidInput(f"app {app.name} has unknown plan {app.plan!r}", code="bad_config")
         if app.key_mode not in KEY_MODES or app.status not in APP_STATUSES:
             raise InvalidInput(
@@ -479,6 +485,56 @@ class NetworkConfig:
                 f"status one of {APP_STATUSES}",
                 code="bad_config",
             )
+
+
+# One item of the configuration document each (network.json and the governance
+# entries share them); they raise KeyError/TypeError/ValueError on a malformed item.
+
+
+def parse_org(o: Mapping[str, Any]) -> OrgConfig:
+    return OrgConfig(
+        o["id"],
+        o["ca"].encode(),
+        o.get("type", "operator"),
+        o.get("name", ""),
+        tuple(sorted(_details(o.get("details", {})).items())),
+    )
+
+
+def parse_node(n: Mapping[str, Any]) -> NodeEntry:
+    return NodeEntry(
+        n["id"],
+        n["org"],
+        n["host"],
+        _port(n["port"]),
+        _port(n["p2p_port"]),
+        n["cert"].encode(),
+        n.get("zone", ""),
+        n.get("status", "active"),
+    )
+
+
+def parse_app(a: Mapping[str, Any]) -> AppConfig:
+    return AppConfig(
+        a["name"],
+        tuple(a["members"]),
+        a.get("lifecycle_policy", "MAJORITY"),
+        a.get("system_policy", "ANY"),
+        tuple(a.get("nodes", ())),
+        a.get("owner", ""),
+        a.get("plan", ""),
+        a.get("key_mode", "own"),
+        a.get("status", "active"),
+        tuple(sorted(_details(a.get("roles", {})).items())),
+    )
+
+
+def parse_zone(z: Mapping[str, Any]) -> Zone:
+    return Zone(z["id"], z["name"], z.get("kind", "city"))
+
+
+def parse_policies(policies: Mapping[str, Any]) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    return tuple(sorted((str(k), tuple(map(str, v))) for k, v in policies.items()))
 
 
 def _details(value: Any) -> dict[str, str]:

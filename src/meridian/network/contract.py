@@ -13,14 +13,15 @@ from typing import Any
 from .. import codec
 from ..contracts.api import Contract, query, transaction
 from ..contracts.simulation import SimulationContext
-from ..errors import Conflict, Forbidden, InvalidInput, NotFound
+from ..errors import Conflict, Forbidden, InvalidInput, NotFound, Unavailable
 from .config import MEMBER_ROLES, NetworkConfig
 from .governance import (
-    CONFIG_KEY,
     DEFAULT_TTL_S,
     MAX_TTL_S,
+    VERSION_KEY,
     apply_change,
     change_kind,
+    compute_config_writes,
     get_approvers,
     get_policy,
     is_approved,
@@ -34,20 +35,31 @@ def proposal_key(proposal_id: str) -> str:
     return f"proposal/{proposal_id}"
 
 
-def get_config(get_state: Any, genesis: NetworkConfig) -> NetworkConfig:
-    """The configuration in governance state (``get_state(key)``), or the genesis one."""
-    doc = get_state(CONFIG_KEY)
-    return genesis if doc is None else NetworkConfig.from_dict(doc)
+def get_config(get_state: Any, view: NetworkConfig) -> NetworkConfig:
+    """The configuration the governance state (``get_state(key)``) is at: ``view``,
+    provided it is that version (reading ``config/version`` puts it in the read set,
+    so a transaction simulated before a change is invalid after it)."""
+    version = get_state(VERSION_KEY) or 0
+    if version != view.version:
+        raise Unavailable(
+            f"the governance state is at configuration version {version}; this node "
+            f"has applied version {view.version}",
+            code="config_pending",
+            hint="retry in a moment: the node is applying the latest governance block",
+        )
+    return view
 
 
 class Governance(Contract):
-    """Proposals, approvals and the network configuration; ``genesis`` is network.json."""
+    """Proposals, approvals and the network configuration. ``view`` is the
+    configuration the node holds at the state it runs on (network.json at first); the
+    contract refuses to run on any other (see :func:`get_config`)."""
 
-    def __init__(self, genesis: NetworkConfig) -> None:
-        self.genesis = genesis
+    def __init__(self, view: NetworkConfig) -> None:
+        self.view = view
 
     def _config(self, ctx: SimulationContext) -> NetworkConfig:
-        return get_config(ctx.get_state, self.genesis)
+        return get_config(ctx.get_state, self.view)
 
     def _admin(self, ctx: SimulationContext, config: NetworkConfig) -> str:
         caller = ctx.caller
@@ -101,7 +113,12 @@ class Governance(Contract):
         change = proposal["change"]
         if is_approved(config, change, proposal["approvals"]):
             updated = apply_change(config, change)  # raises: nothing is written
-            ctx.put_state(CONFIG_KEY, updated.to_dict())
+            for key, value in compute_config_writes(config, updated).items():
+                if value is None:
+                    ctx.delete_state(key)
+                else:
+                    ctx.put_state(key, value)
+            ctx.put_state(VERSION_KEY, config.version + 1)
             proposal["status"] = "executed"
             proposal["executed_ms"] = ctx.timestamp_ms
         elif not is_still_possible(config, change, proposal["rejections"]):

@@ -2,8 +2,13 @@
 
 The governance channel (every operator node hosts it) runs the ``_governance`` system
 contract. Its state holds the current :class:`~meridian.network.config.NetworkConfig`
-under one key (``config``; absent = the genesis ``network.json``), the proposals, and
+as entries — one per zone, org, node, app and plan, the revoked serials per org, the
+rest in ``config/meta`` (:func:`compute_config_entries`; none = the genesis
+``network.json``) — with ``config/version`` counting the changes, the proposals, and
 through the ledger's events an append-only audit log of every administrative action.
+A change writes only the entries it changes (:func:`compute_config_writes`), so a
+network of thousands of orgs pays per change for what changed; nodes build each view
+from the previous one and the block's writes (:func:`compute_view_after`).
 
 A change goes through a proposal::
 
@@ -29,7 +34,7 @@ revoking org). All requirements of a kind must hold. Defaults: :data:`DEFAULT_PO
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from ..crypto.certs import Membership, Role, load_cert_der
@@ -41,20 +46,30 @@ from .config import (
     KEY_MODES,
     MEMBER_ROLES,
     AppConfig,
+    BlockConfig,
+    ConsensusConfig,
     NetworkConfig,
     NodeEntry,
     OrgConfig,
     Zone,
     _details,
+    parse_app,
+    parse_node,
+    parse_org,
+    parse_policies,
+    parse_zone,
 )
 from .plans import Plan
 
 GOVERNANCE = "_governance"
-CONFIG_KEY = "config"
+CONFIG_PREFIX = "config/"  # the configuration's entries in the contract's state
+CONFIG_END = "config0"  # the end of their key range ('0' follows '/')
+VERSION_KEY = "config/version"  # configuration changes so far (absent: 0, the genesis)
+META_KEY = "config/meta"
 MAX_TTL_S = 30 * 24 * 3600
 DEFAULT_TTL_S = 7 * 24 * 3600
 GROUPS = ("operators", "members", "owner", "subject")
-MAX_REVOKED = 500  # kept in the configuration document (see docs/service-network.md)
+MAX_REVOKED_PER_ORG = 2_000  # one state entry per org (see docs/service-network.md)
 ONBOARDED_TYPES = ("enterprise", "developer")  # orgs any single operator may register
 
 _NETWORK = ("MAJORITY operators",)
@@ -355,14 +370,21 @@ def _revoke(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
         raise InvalidInput(f"the CRL of {org.id}: {exc.message}", code="bad_change") from exc
     serials = {serial for serial in checked.revocations().get(org.id, {})}
     revoked = config.revoked | {(org.id, serial) for serial in serials}
-    if len(revoked) > MAX_REVOKED:
-        raise Conflict(f"more than {MAX_REVOKED} revoked certificates", code="too_many")
+    if sum(1 for o, _ in revoked if o == org.id) > MAX_REVOKED_PER_ORG:
+        raise Conflict(
+            f"more than {MAX_REVOKED_PER_ORG} revoked certificates of {org.id}",
+            code="too_many",
+            hint="certificates expire: issue shorter-lived ones rather than revoke many",
+        )
     return dataclasses.replace(config, revoked=revoked)
 
 
 def _set_plan(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
     plan = Plan.from_dict(change.get("plan"))
-    plans = (*(p for p in config.plans if p.id != plan.id), plan)
+    if any(p.id == plan.id for p in config.plans):  # a changed plan keeps its place
+        plans = tuple(plan if p.id == plan.id else p for p in config.plans)
+    else:
+        plans = (*config.plans, plan)
     return dataclasses.replace(config, plans=plans)
 
 
@@ -497,3 +519,126 @@ _APPLY: dict[str, Callable[[NetworkConfig, Mapping[str, Any]], NetworkConfig]] =
     "set_app_nodes": _set_app_nodes,
     "set_app_plan": _set_app_plan,
 }
+
+
+# ------------------------------------------------------- the configuration in state
+
+_META_FIELDS = ("network", "policies", "block", "consensus")
+# entry kind, NetworkConfig field, the field of an item that names it, the item parser
+_COLLECTIONS: tuple[tuple[str, str, str, Callable[[Any], Any]], ...] = (
+    ("zone", "zones", "id", parse_zone),
+    ("org", "orgs", "id", parse_org),
+    ("node", "nodes", "id", parse_node),
+    ("app", "apps", "name", parse_app),
+    ("plan", "plans", "id", Plan.from_dict),
+)
+_REVOKED = f"{CONFIG_PREFIX}revoked/"  # + org: its revoked serials (decimal strings)
+_RETIRED = f"{CONFIG_PREFIX}retired/"  # + org id: a removed org (its id is never reused)
+
+
+def compute_config_entries(config: NetworkConfig) -> dict[str, Any]:
+    """The configuration as governance state entries: ``config/<kind>/<id>`` per zone,
+    org, node, app and plan (the item as in :meth:`NetworkConfig.to_dict`),
+    ``config/revoked/<org>`` (the org's revoked serials, as decimal strings),
+    ``config/retired/<org>`` per removed org, and ``config/meta`` (network id,
+    policies, block and consensus timing)."""
+    doc = config.to_dict()
+    entries: dict[str, Any] = {META_KEY: {name: doc[name] for name in _META_FIELDS}}
+    for kind, name, ident, _ in _COLLECTIONS:
+        for item in doc[name]:
+            entries[f"{CONFIG_PREFIX}{kind}/{item[ident]}"] = item
+    by_org: dict[str, list[str]] = {}
+    for org, serial in doc["revoked"]:
+        by_org.setdefault(org, []).append(serial)
+    for org, serials in by_org.items():
+        entries[f"{_REVOKED}{org}"] = sorted(serials, key=int)
+    for org in config.retired_orgs:
+        entries[f"{_RETIRED}{org}"] = True
+    return entries
+
+
+def compute_config_writes(old: NetworkConfig, new: NetworkConfig) -> dict[str, Any | None]:
+    """The entries a change from ``old`` to ``new`` writes, by key (None: delete)."""
+    before, after = compute_config_entries(old), compute_config_entries(new)
+    writes: dict[str, Any | None] = {k: v for k, v in after.items() if before.get(k) != v}
+    writes.update({k: None for k in before if k not in after})
+    return dict(sorted(writes.items()))
+
+
+def compute_view_after(
+    view: NetworkConfig, writes: Iterable[tuple[str, Any | None]]
+) -> NetworkConfig | None:
+    """The configuration after a governance block: ``view`` (the one before) with the
+    block's writes to the configuration's entries (key, value; None deletes; the last
+    write of a key wins) applied — None if the block changed none. Only the written
+    entries are parsed: the new view shares every other item with ``view``. Entries
+    keep their place; new ones come last, in key order. The result is checked as a
+    whole (:meth:`NetworkConfig.validate`) and numbered by the block's
+    ``config/version``."""
+    latest = {key: value for key, value in writes if key.startswith(CONFIG_PREFIX)}
+    if not latest:
+        return None
+    version = latest.pop(VERSION_KEY, None)
+    if not isinstance(version, int) or isinstance(version, bool) or version <= view.version:
+        raise InvalidInput(
+            f"configuration writes without a newer {VERSION_KEY} (have {view.version})",
+            code="bad_config",
+        )
+    try:
+        changes = _compute_changes(view, latest)
+    except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        raise InvalidInput(f"a malformed configuration entry: {exc!r}", code="bad_config") from exc
+    if latest:
+        raise InvalidInput(f"unknown configuration entries: {sorted(latest)}", code="bad_config")
+    updated = dataclasses.replace(view, **changes, version=version)
+    updated.validate()
+    return updated
+
+
+def _compute_changes(view: NetworkConfig, latest: dict[str, Any]) -> dict[str, Any]:
+    """The NetworkConfig fields the entries in ``latest`` change (consumed from it)."""
+    changes: dict[str, Any] = {}
+    meta = latest.pop(META_KEY, None)
+    if meta is not None:
+        if not isinstance(meta, dict) or set(meta) != set(_META_FIELDS):
+            raise InvalidInput(f"{META_KEY} must hold {', '.join(_META_FIELDS)}", code="bad_config")
+        if meta["network"] != view.network:
+            raise InvalidInput("the network id never changes", code="bad_config")
+        changes["policies"] = parse_policies(meta["policies"])
+        changes["block"] = BlockConfig(**meta["block"])
+        changes["consensus"] = ConsensusConfig(**meta["consensus"])
+    for kind, name, ident, parse in _COLLECTIONS:
+        prefix = f"{CONFIG_PREFIX}{kind}/"
+        written = sorted(k for k in latest if k.startswith(prefix))
+        if not written:
+            continue
+        items = {getattr(item, ident): item for item in getattr(view, name)}
+        for key in written:
+            item_id, value = key[len(prefix) :], latest.pop(key)
+            if value is None:
+                items.pop(item_id, None)
+            elif isinstance(value, dict) and value.get(ident) == item_id:
+                items[item_id] = parse(value)
+            else:
+                raise InvalidInput(f"{key} does not hold {kind} {item_id}", code="bad_config")
+        changes[name] = tuple(items.values())
+    revoked_orgs = sorted(k for k in latest if k.startswith(_REVOKED))
+    if revoked_orgs:
+        revoked = {(org, serial) for org, serial in view.revoked}
+        for key in revoked_orgs:
+            org, value = key[len(_REVOKED) :], latest.pop(key)
+            revoked = {(o, s) for o, s in revoked if o != org}
+            if value is not None and not isinstance(value, list):
+                raise InvalidInput(f"{key} must hold a list of serials", code="bad_config")
+            revoked |= {(org, int(serial)) for serial in value or ()}
+        changes["revoked"] = frozenset(revoked)
+    retired = sorted(k for k in latest if k.startswith(_RETIRED))
+    if retired:
+        ids = dict.fromkeys(view.retired_orgs)
+        for key in retired:
+            if latest.pop(key) is None:
+                ids.pop(key[len(_RETIRED) :], None)
+            else:
+                ids[key[len(_RETIRED) :]] = None
+        changes["retired_orgs"] = tuple(ids)
+    return changes

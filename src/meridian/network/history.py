@@ -4,21 +4,23 @@ Every block of an app channel names, in its header, the governance height whose
 configuration validates it (``config_height``); every node therefore needs the view
 *at that height*, not merely the latest one. Views change only when a governance
 block executes a change, so the history keeps one view per change, rebuilt at start
-from the ``config`` key's history in the governance ledger.
+from the history of the configuration's entries in the governance ledger.
 """
 
 from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from .. import codec
 from ..errors import InvalidInput, MeridianError
 from ..ledger.store import LedgerStore, SqliteLedger
 from .config import GOVERNANCE_APP, MAX_CONFIG_BYTES, NetworkConfig, NetworkLayout, write_file
-from .governance import CONFIG_KEY, GOVERNANCE
+from .governance import CONFIG_END, CONFIG_PREFIX, GOVERNANCE, compute_view_after
 
 MAX_VIEWS = 100_000
 
@@ -73,14 +75,11 @@ class ConfigHistory:
 
     def load(self, ledger: LedgerStore) -> None:
         """Rebuild from a governance ledger (at start)."""
-        changes = {
-            entry.block: entry.value
-            for entry in ledger.get_history(GOVERNANCE, CONFIG_KEY, MAX_VIEWS)
-            if not entry.deleted
-        }
+        writes: dict[int, list[tuple[str, Any]]] = {}
+        for block, key, value in ledger.get_history_range(GOVERNANCE, CONFIG_PREFIX, CONFIG_END):
+            writes.setdefault(block, []).append((key, value))
         for number in range(ledger.height()):
-            doc = changes.get(number)
-            self.process_block(number, None if doc is None else NetworkConfig.from_dict(doc))
+            self.process_block(number, compute_view_after(self.latest, writes.get(number, ())))
 
 
 BOOTSTRAP_FILE = "bootstrap.json"
@@ -94,15 +93,17 @@ def load_bootstrap(data_dir: Path) -> tuple[int, NetworkConfig] | None:
     if not path.is_file():
         return None
     doc = codec.decode(path.read_bytes(), max_bytes=MAX_CONFIG_BYTES, what=BOOTSTRAP_FILE)
-    if not isinstance(doc, dict) or not isinstance(doc.get("height"), int):
+    if not isinstance(doc, dict) or not all(
+        isinstance(doc.get(field), int) for field in ("height", "version")
+    ):
         raise InvalidInput(f"{path} is not a bootstrap file", code="bad_config")
-    return doc["height"], NetworkConfig.from_dict(doc.get("config"))
+    config = NetworkConfig.from_dict(doc.get("config"))
+    return doc["height"], dataclasses.replace(config, version=doc["version"])
 
 
 def save_bootstrap(data_dir: Path, height: int, config: NetworkConfig) -> None:
-    write_file(
-        data_dir / BOOTSTRAP_FILE, codec.encode({"height": height, "config": config.to_dict()})
-    )
+    doc = {"height": height, "version": config.version, "config": config.to_dict()}
+    write_file(data_dir / BOOTSTRAP_FILE, codec.encode(doc))
 
 
 def load_latest(layout: NetworkLayout) -> NetworkConfig:

@@ -76,9 +76,10 @@ class Plan:
     """A resource plan: a flat monthly price and the hard quotas it buys.
 
     ``tps`` is the sustained rate of transactions one gateway admits for the app (its
-    burst is one second's worth); ``storage_bytes`` bounds the app's state plus
-    ledger; ``requests_per_month`` counts every gateway request (submits, evaluates,
-    reads) in a billing month, on all the app's hosting nodes together. Constructing a
+    burst is one second's worth); ``storage_bytes`` bounds what the app stores: the
+    encoded size of its valid transactions, checked at commit; ``requests_per_month``
+    counts every gateway request (submits, evaluates, reads) in a billing month, on all
+    the app's hosting nodes together. Constructing a
     plan validates it.
     """
 

@@ -51,7 +51,7 @@ from ..network.config import (
     OrgConfig,
     write_file,
 )
-from ..network.governance import CONFIG_KEY, GOVERNANCE
+from ..network.governance import GOVERNANCE, compute_view_after
 from ..network.history import ConfigHistory, load_bootstrap
 from ..p2p.transport import PeerAddress, Transport
 from ..types import (
@@ -124,6 +124,7 @@ class Node:
         self.layout = layout
         self.genesis: NetworkConfig = layout.load()
         self.history = ConfigHistory(self.genesis)
+        self._trusted_views = 0  # views of the history whose orgs' CAs are trusted here
         self.data_dir: Path = layout.data_dir(node_id)
         self._bootstrap = load_bootstrap(self.data_dir)
         self.id = node_id
@@ -210,9 +211,11 @@ class Node:
             ):
                 await self._host_safely(governance)  # loads the history: the view is current
             view = self.config
-            for past in (*self.history.views(), view):  # CAs are only ever added: blocks
-                for org in past.orgs:  # of any configuration height must validate here
+            views = self.history.views()
+            for past in (*views[self._trusted_views :], view):  # CAs are only ever added:
+                for org in past.orgs:  # blocks of any configuration height validate here
                     self._trust(org)
+            self._trusted_views = len(views)
             wanted = {app.name: app for app in view.hosted_by(self.id)}
             await self._resume_leaving(view, wanted)
             for name in [n for n in self.channels if n not in wanted]:
@@ -436,13 +439,16 @@ class Node:
 
     async def _on_governance_committed(self, batch: CommitBatch) -> None:
         """A governance block committed: record the configuration it made, then act."""
-        doc = next(  # the last change of the block is the configuration after it
-            (w.value for w in reversed(batch.writes) if w.ns == GOVERNANCE and w.key == CONFIG_KEY),
-            None,
-        )
-        view = None if doc is None else NetworkConfig.from_dict(doc)
+        writes = [
+            (w.key, None if w.delete else w.value) for w in batch.writes if w.ns == GOVERNANCE
+        ]
+        view = compute_view_after(self.history.latest, writes)
         self.history.process_block(batch.block.header.number, view)
-        if view is not None:
+        caught_up = self._bootstrap is not None and self.history.height >= self._bootstrap[0]
+        if caught_up:  # the node acts on its own ledger's view from now on
+            log.warning("%s: governance caught up with the bootstrap height", self.id)
+            self._bootstrap = None
+        if view is not None or caught_up:
             log.warning(
                 "%s: network configuration changed at governance height %d",
                 self.id,
@@ -632,6 +638,13 @@ class Node:
         rules = self.channel(app).rules
         return org in rules.members or org in rules.readers or self.config.is_regulator(org)
 
+    def may_read_ledger(self, app: str, org: str) -> bool:
+        """The raw ledger (blocks, transactions, events): :meth:`may_read`, except that
+        the governance channel's is for operators and the regulator only."""
+        if app == GOVERNANCE_APP:
+            return self.config.sees_everything(org)
+        return self.may_read(app, org)
+
     def check_access(self, app: str, org: str, *, read: bool, ledger: bool = False) -> None:
         """Forbidden unless ``org`` may use ``app`` (write) or read it; Unavailable for a
         write through a node that is handing the app over to other nodes.
@@ -641,7 +654,7 @@ class Node:
         the governance channel, but its raw ledger holds every org's real-name details:
         only operators and the regulator read it; the others read proposals and the
         configuration through the ``_governance`` queries, which leave those out."""
-        if ledger and app == GOVERNANCE_APP and not self.config.sees_everything(org):
+        if ledger and app == GOVERNANCE_APP and not self.may_read_ledger(app, org):
             raise Forbidden(
                 f"org {org} may not read the governance ledger (operators and the regulator only)",
                 code="governance_ledger",
