@@ -4,8 +4,9 @@ A network change needs a majority of the operators and is then on every node;
 rejections, refused actions and forged approvals change nothing; a developer org
 registered by one operator creates an app on two chosen nodes, deploys a contract on
 it, moves it to a third node (which syncs the ledger), invites and removes a member;
-an operator adds a node through the CLI and the new node joins and syncs. Every
-ledger passes ``ledger verify`` afterwards.
+an operator adds a node through the CLI and the new node joins and syncs; the
+regulator runs an observer node that syncs and serves reads but takes no writes.
+Every ledger passes ``ledger verify`` afterwards.
 """
 
 from __future__ import annotations
@@ -30,8 +31,15 @@ from meridian.client.governance import Governance, wait_hosted
 from meridian.client.lifecycle import deploy, load_package
 from meridian.crypto.certs import CertificateAuthority, Role, load_cert_der
 from meridian.crypto.suites import load_signer
-from meridian.errors import AuthError, Conflict, Forbidden, InvalidInput, MeridianError
-from meridian.network.config import GOVERNANCE_APP, Zone
+from meridian.errors import (
+    AuthError,
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    MeridianError,
+    NotFound,
+)
+from meridian.network.config import GOVERNANCE_APP, Zone, write_file
 from meridian.network.history import load_bootstrap
 from meridian.network.plans import DEFAULT_PLANS
 from meridian.node.verify import verify_node
@@ -390,6 +398,115 @@ def wait_exit(pid: int, timeout_s: float = 15.0) -> None:
         time.sleep(0.1)
     os.killpg(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
+
+
+def admit_regulator(net: RunningNetwork, org: str) -> CertificateAuthority:
+    """The operators' majority admits ``org`` as the regulator (add_org); its CA and
+    its admin's and user's identities go in the network directory, as 'network init'
+    lays out an org (without the CA key: that is 'node add's business)."""
+    ca = CertificateAuthority.create(org)
+    for name, role in (("admin", Role.ADMIN), ("user1", Role.CLIENT)):
+        issued = ca.issue(name, role)
+        assert issued.key_pem is not None
+        write_file(net.layout.user_dir(org, name) / "cert.pem", issued.cert_pem)
+        write_file(net.layout.user_dir(org, name) / "key.pem", issued.key_pem, secret=True)
+    govs = admins(net)
+    try:
+        change = govs["org1"].add_org(org, ca.cert_pem, type="regulator", name="Supervisor")
+        proposal = govs["org1"].propose(change)
+        for approver in ("org2", "org3"):
+            proposal = govs[approver].observe(govs["org1"]).approve(proposal["id"])
+        assert proposal["status"] == "executed", proposal
+    finally:
+        close_all(govs)
+    return ca
+
+
+def test_regulator_runs_an_observer_node(gov_net: RunningNetwork) -> None:
+    """The regulator's own node (`node add --org csrc`, the operators approve) is an
+    observer: it syncs the governance channel and the app, whose consenters stay the
+    operators' nodes while it keeps committing; the regulator reads blocks and the
+    audit log through it; a member's transaction sent to it is refused before
+    endorsement and never ordered; its ledgers verify."""
+    layout = gov_net.layout
+    ca = admit_regulator(gov_net, "csrc")
+    add = ("node", "add", "obs1", "--org", "csrc")  # ports after the highest in use
+    refused = run_cli(gov_net, *add, ok=False)  # no CA in the network directory yet
+    assert refused["error"]["code"] == "no_ca", refused
+    assert not layout.node_dir("obs1").exists()  # nothing written for it
+    write_file(layout.ca_dir("csrc") / "ca.pem", ca.cert_pem)
+    write_file(layout.ca_dir("csrc") / "ca.key", ca.key_pem, secret=True)
+    first = run_cli(gov_net, *add)
+    proposal = first["proposal"]
+    assert (first["status"], proposal["status"], proposal["approvals"]) == (
+        "observer",
+        "open",
+        [],  # the regulator proposes; the operators decide (MAJORITY operators)
+    )
+    for org in ("org1", "org2", "org3"):
+        run_cli(gov_net, "gov", "approve", proposal["id"], "--as", f"{org}/admin")
+    done = run_cli(gov_net, *add)
+    bootstrap = load_bootstrap(layout.data_dir("obs1"))
+    assert done["bootstrap"] is not None and bootstrap is not None
+    height, config = bootstrap
+    assert config.node("obs1").status == "observer"
+    assert run_cli(gov_net, "node", "activate", "obs1", ok=False)["error"]["code"] == (
+        "observer_node"
+    )
+    url = config.node("obs1").url
+
+    started = run_cli(gov_net, "node", "start", "obs1", "--detach")
+    try:
+        with (
+            gov_net.gateway("org1/admin") as node1,
+            gov_net.gateway("csrc/user1", url=url) as regulator,
+            gov_net.gateway("org1/admin", url=url) as member,
+        ):
+            wait_hosted(regulator, GOVERNANCE_APP, HOSTING_TIMEOUT_S, min_height=height)
+            assert Governance(regulator).config().node("obs1").status == "observer"
+            # the app keeps committing with the observer running, ordered by the same
+            # consenters (no quorum counts the observer)
+            before = node1.status()["apps"]["demo"]["consensus"]["consenters"]
+            lifecycle = node1.app("demo").contract("_lifecycle")
+            lifecycle.submit("approve", "observed", "1.0", 1, "observed:" + "cd" * 32, "ANY")
+            tip = node1.app("demo").block("latest")
+            number = tip["block"]["header"]["number"]
+            wait_hosted(regulator, "demo", HOSTING_TIMEOUT_S, min_height=number + 1)
+            assert regulator.app("demo").block(number)["hash"] == tip["hash"]
+            ordering = regulator.status()["apps"]["demo"]["consensus"]["consenters"]
+            assert ordering == before == node1.status()["apps"]["demo"]["consensus"]["consenters"]
+            assert "obs1" not in ordering
+            here = regulator.status()["apps"][GOVERNANCE_APP]["consensus"]
+            assert "obs1" not in here["consenters"]
+            actions = regulator.request("GET", "/v1/audit")["actions"]
+            assert any(
+                a["action"] == "executed" and a["details"]["proposal"] == proposal["id"]
+                for a in actions
+            )
+            assert {"approved"} <= {a["action"] for a in actions if a["channel"] == "demo"}
+
+            # a member's write through the observer: refused before endorsement
+            signed = member.builder.build(
+                "demo", "_lifecycle", "approve", ("refused", "1.0", 1, "r:" + "ef" * 32, "ANY")
+            )
+            error = expect(
+                Forbidden,
+                "read_only_node",
+                lambda: member.request(
+                    "POST", "/v1/apps/demo/transactions", {"proposal": signed.to_dict()}
+                ),
+            )
+            assert "hosts the app" in (error.hint or "")
+            lifecycle.submit("approve", "after", "1.0", 1, "after:" + "cd" * 32, "ANY")
+            tx_id = signed.proposal.tx_id
+            expect(NotFound, "tx_not_found", lambda: node1.app("demo").transaction(tx_id))
+            assert member.app("demo").block(number)["hash"] == tip["hash"]  # members read
+    finally:
+        os.killpg(started["pid"], signal.SIGTERM)
+        wait_exit(started["pid"])
+    reports = verify_node(layout, "obs1")
+    assert {app for app, _ in reports} == {GOVERNANCE_APP, "demo"}
+    assert all(report.ok and report.blocks > 0 for _, report in reports), reports
 
 
 def test_every_ledger_verifies_after_the_changes(gov_net: RunningNetwork) -> None:

@@ -569,6 +569,75 @@ def test_real_name_details_are_read_by_operators_the_regulator_and_the_org(
     assert stored["change"]["details"] == details  # left out of answers, not of state
 
 
+def decide_by_operators(chain: Chain, change: dict[str, Any], proposer: str = "op1") -> Any:
+    """Propose ``change`` and approve it by operators until it is decided."""
+    proposal = chain.propose(proposer, change)
+    for org in ("op1", "op2", "op3"):
+        if proposal["status"] != "open":
+            break
+        if org not in proposal["approvals"]:
+            proposal = chain.call(org, "approve", proposal["id"])
+    return proposal
+
+
+def observer_change(cas: Cas, node_id: str = "obs1") -> dict[str, Any]:
+    return {
+        "kind": "add_node",
+        "id": node_id,
+        "org": "csrc",
+        "host": "127.0.0.1",
+        "port": 7200,
+        "p2p_port": 7201,
+        "cert": cas.node_cert("csrc", node_id),
+        "zone": "z3",
+    }
+
+
+def test_a_regulator_node_is_added_as_an_observer(chain: Chain, cas: Cas) -> None:
+    """The operators' majority admits the regulator, then its node (proposed by the
+    regulator's admin): an observer, which holds every open app, hosts none, and is
+    never activated; it is removed like any node."""
+    regulator = {"kind": "add_org", "id": "csrc", "ca": cas.pem("csrc"), "type": "regulator"}
+    assert decide_by_operators(chain, regulator)["status"] == "executed"
+    proposal = chain.propose("csrc", observer_change(cas))
+    assert (proposal["status"], proposal["approvals"]) == ("open", [])  # operators decide
+    assert proposal["policy"] == ["MAJORITY operators"]
+    for org in ("op1", "op2"):
+        proposal = chain.call(org, "approve", proposal["id"])
+    assert proposal["status"] == "open"
+    assert chain.call("op3", "approve", proposal["id"])["status"] == "executed"
+    config = chain.config()
+    assert config.node("obs1").status == "observer" and config.observers == ("obs1",)
+    assert [a.name for a in config.hosted_by("obs1")] == [GOVERNANCE_APP, "demo", "shop"]
+    for app in (config.governance, *config.apps):
+        assert "obs1" not in config.consenting_nodes(app)
+        assert "obs1" not in config.hosting_nodes(app)
+    assert config.consenting_nodes(config.governance) == ("n1", "n2", "n3", "n4")
+
+    refused = chain.refused(
+        Conflict, "observer_node", "op1", "propose", {"kind": "activate_node", "id": "obs1"}
+    )
+    assert "never orders" in refused.message
+    moved = {"kind": "set_app_nodes", "app": "shop", "nodes": ["n1", "obs1"]}
+    chain.refused(InvalidInput, "observer_node", "dev", "propose", moved)
+    created = {"kind": "create_app", "name": "mall", "owner": "dev", "nodes": ["obs1"]}
+    chain.refused(InvalidInput, "observer_node", "dev", "propose", {**created, "plan": "basic"})
+
+    removed = decide_by_operators(chain, {"kind": "remove_node", "id": "obs1"})
+    assert removed["status"] == "executed"
+    assert chain.config().observers == () and chain.config().hosted_by("obs1") == ()
+
+
+def test_invalid_node_of_an_org_that_runs_none(chain: Chain, cas: Cas) -> None:
+    """Only operators and the regulator run nodes: a bank's node is refused, with
+    nothing written, even when the operators would approve it."""
+    bank = {"kind": "add_org", "id": "bank1", "ca": cas.pem("bank1"), "type": "bank"}
+    assert decide_by_operators(chain, bank)["status"] == "executed"
+    change = {**observer_change(cas, "b1"), "org": "bank1", "cert": cas.node_cert("bank1", "b1")}
+    error = chain.refused(InvalidInput, "bad_change", "op1", "propose", change)
+    assert "only operator and regulator orgs run nodes" in error.message
+
+
 def test_create_app_needs_its_owner(chain: Chain) -> None:
     change = {
         "kind": "create_app",

@@ -79,7 +79,8 @@ class Settings:
     def gateway(self, spec: str | None = None, url: str | None = None) -> Gateway:
         identity = Identity.from_dir(self.identity_dir(spec))
         config = self.config()
-        url = url or self.url or os.environ.get("MERIDIAN_URL") or config.nodes[0].url
+        first = next((n for n in config.nodes if not n.is_observer), config.nodes[0])
+        url = url or self.url or os.environ.get("MERIDIAN_URL") or first.url
         return connect(url, identity, network=config.network)
 
 

@@ -29,7 +29,14 @@ from rich.markup import escape
 from ..client.governance import Governance
 from ..crypto.certs import CertificateAuthority, Role
 from ..errors import Conflict, InvalidInput, MeridianError, NotFound, Unavailable
-from ..network.config import GOVERNANCE_APP, NetworkConfig, NetworkLayout, NodeEntry, write_file
+from ..network.config import (
+    GOVERNANCE_APP,
+    NODE_ORG_TYPES,
+    NetworkConfig,
+    NetworkLayout,
+    NodeEntry,
+    write_file,
+)
 from ..network.governance import DEFAULT_TTL_S, MAX_TTL_S
 from ..network.history import BOOTSTRAP_FILE, load_bootstrap, save_bootstrap
 from .common import Settings, console, handle_errors, output, settings
@@ -48,11 +55,12 @@ STATUSES = "open, executed, rejected, withdrawn, expired or all"
 def connect_governance(s: Settings, who: str | None = None) -> Governance:
     """Governance as ``who`` (default: the global identity) through ``--url`` or the
     first node of the identity's org (every operator node hosts the governance
-    channel), else the first node."""
+    channel; a regulator's node is an observer, which takes no transactions), else the
+    first node."""
     spec = who or s.identity or s.default_identity()
     config = s.config()
     org = spec.split("/")[0]
-    url = s.url or next((n.url for n in config.nodes if n.org == org), None)
+    url = s.url or next((n.url for n in config.nodes if n.org == org and not n.is_observer), None)
     return Governance(s.gateway(spec, url=url))
 
 
@@ -92,9 +100,9 @@ def _print_config(config: NetworkConfig) -> None:
     orgs = Table("org", "type", "name", title="organisations")
     for o in config.orgs:
         orgs.add_row(o.id, o.type, escape(o.name))
-    nodes = Table("node", "org", "zone", "gateway", "p2p port", title="nodes")
+    nodes = Table("node", "org", "zone", "status", "gateway", "p2p port", title="nodes")
     for n in config.nodes:
-        nodes.add_row(n.id, n.org, n.zone or "-", n.url, str(n.p2p_port))
+        nodes.add_row(n.id, n.org, n.zone or "-", n.status, n.url, str(n.p2p_port))
     apps = Table("app", "owner", "members", "nodes", "plan", "keys", "status", title="apps")
     for a in config.apps:
         hosts = ", ".join(a.nodes) or "(members' nodes)"
@@ -260,17 +268,18 @@ def issue_node_identity(layout: NetworkLayout, node_id: str, org: str) -> bytes:
     """The node's certificate PEM: the one in ``nodes/ID`` if present, else a new
     one issued by the org's CA in the network directory (key 0600 beside it)."""
     folder = layout.node_dir(node_id)
-    layout.data_dir(node_id).mkdir(parents=True, exist_ok=True)
     if (folder / "cert.pem").is_file() and (folder / "key.pem").is_file():
+        layout.data_dir(node_id).mkdir(parents=True, exist_ok=True)
         return (folder / "cert.pem").read_bytes()
     ca_dir = layout.ca_dir(org)
-    if not (ca_dir / "ca.key").is_file():
-        raise NotFound(
-            f"no CA of {org} in {ca_dir}",
+    if not (ca_dir / "ca.pem").is_file() or not (ca_dir / "ca.key").is_file():
+        raise NotFound(  # before anything is written for the node
+            f"no CA of {org} in {ca_dir} (ca.pem and ca.key)",
             code="no_ca",
             hint="run 'node add' where the org's CA key is, or put the node's "
             "cert.pem and key.pem in nodes/ID yourself",
         )
+    layout.data_dir(node_id).mkdir(parents=True, exist_ok=True)
     ca = CertificateAuthority.load(
         (ca_dir / "ca.pem").read_bytes(), (ca_dir / "ca.key").read_bytes()
     )
@@ -326,7 +335,10 @@ def node_add(
     ctx: typer.Context,
     node_id: str = typer.Argument(..., help="New node id."),
     org: str = typer.Option(
-        ..., "--org", help="Operator org that runs it (proposes as ORG/admin)."
+        ...,
+        "--org",
+        help="Operator org that runs it, or the regulator (an observer node); proposes "
+        "as ORG/admin.",
     ),
     zone: str = typer.Option("", "--zone", help="Zone the node is in."),
     host: str = typer.Option("127.0.0.1", "--host", help="Host its ports listen on."),
@@ -341,7 +353,10 @@ def node_add(
     and once executed write the node's bootstrap file ('node start ID' runs it).
 
     While the proposal waits for approvals ('meridian gov approve ID --as orgN/admin'),
-    run the same command again (or pass --wait) to write the bootstrap file.
+    run the same command again (or pass --wait) to write the bootstrap file. An
+    operator's node joins as a follower ('node activate' makes it order); a regulator's
+    node is an observer: it holds and checks every open channel and serves reads, but
+    never endorses nor orders.
     """
     s = settings(ctx)
     with handle_errors(s.json):
@@ -359,6 +374,13 @@ def _add_node(
     bootstrap file once the node is in the configuration."""
     current = gov.config()
     proposal: dict[str, Any] | None = None
+    org_type = current.org(spec.org).type
+    if org_type not in NODE_ORG_TYPES:  # before an identity is issued for nothing
+        raise InvalidInput(
+            f"{spec.org} is {org_type}: only operator and regulator orgs run nodes",
+            code="bad_change",
+            hint="other orgs use the operators' nodes (their gateways)",
+        )
     if spec.id in {n.id for n in current.nodes}:
         if current.node(spec.id).org != spec.org:
             raise Conflict(
@@ -380,6 +402,7 @@ def _add_node(
     bootstrap = _write_bootstrap(layout, gov, spec.id) if executed else None
     return {
         "node": spec.id,
+        "status": "observer" if org_type == "regulator" else "joining",
         "proposal": proposal,
         "bootstrap": None if bootstrap is None else str(bootstrap),
     }
@@ -411,6 +434,13 @@ def _print_node_added(result: dict[str, Any]) -> None:
             f"the other operators, then run this command again"
         )
         return
+    if result["status"] == "observer":
+        console.print(
+            f"[green]{node_id} is in the configuration (observer)[/]; wrote "
+            f"{result['bootstrap']}\nnext: meridian node start {node_id} (it syncs every "
+            "open channel and serves reads; it never orders, so there is nothing to activate)"
+        )
+        return
     console.print(
         f"[green]{node_id} is in the configuration (joining)[/]; wrote {result['bootstrap']}\n"
         f"next: meridian node start {node_id}, then, once it has synced, "
@@ -434,6 +464,12 @@ def node_activate(
     with handle_errors(s.json):
         config = s.config()
         entry = config.node(node_id)
+        if entry.is_observer:
+            raise Conflict(
+                f"node {node_id} is an observer (a regulator's node): it never orders",
+                code="observer_node",
+                hint="observers hold and validate every open channel without activation",
+            )
         gov = connect_governance(s, f"{entry.org}/admin")
         with gov.gateway, s.gateway(f"{entry.org}/admin", url=entry.url) as own:
             here = gov.gateway.status()["apps"][GOVERNANCE_APP]["height"]

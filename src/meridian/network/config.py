@@ -45,7 +45,8 @@ ZONE_KINDS = ("city", "region", "country")
 KEY_MODES = ("own", "custody")  # app users bring a CSR, or the gateway keeps their key
 APP_STATUSES = ("active", "suspended", "closed")
 MEMBER_ROLES = ("participant", "auditor")
-NODE_STATUSES = ("active", "joining")  # auditors read the app; participants also write
+NODE_STATUSES = ("active", "joining", "observer")
+NODE_ORG_TYPES = ("operator", "regulator")  # who runs nodes; a regulator's are observers
 MAX_DETAIL_CHARS = 256
 
 
@@ -91,8 +92,14 @@ class NodeEntry:
     cert_pem: bytes = field(repr=False)
     zone: str = ""
     # "joining": added by governance, syncing; it hosts but orders nothing until its
-    # operator activates it (so that nodes not yet running never hold up a quorum)
+    # operator activates it (so that nodes not yet running never hold up a quorum);
+    # "observer": a regulator's node, which holds and validates every open channel but
+    # never endorses nor orders (see NetworkConfig.replicas)
     status: str = "active"
+
+    @property
+    def is_observer(self) -> bool:
+        return self.status == "observer"
 
     @property
     def url(self) -> str:
@@ -105,7 +112,8 @@ class AppConfig:
 
     ``members`` are the orgs whose identities use it (and approve its contracts);
     ``nodes`` are the nodes that host it (hold its ledger, endorse and order) — empty
-    means every node of the member orgs, the consortium case. ``owner`` is the org
+    means every operator node of the member orgs, the consortium case (observers hold
+    every open app without hosting it: :meth:`NetworkConfig.replicas`). ``owner`` is the org
     billed for ``plan``; ``key_mode`` says how its users hold their keys.
     """
 
@@ -269,19 +277,34 @@ class NetworkConfig:
     @property
     def governance(self) -> AppConfig:
         """The governance channel: every org may use it (policies say who decides),
-        every node of an operator org hosts it."""
+        every node of an operator org hosts it (and every observer replicates it)."""
         return AppConfig(
             GOVERNANCE_APP,
             tuple(o.id for o in self.orgs),
             nodes=tuple(n.id for n in self.nodes if n.org in self.operators),
         )
 
+    @property
+    def observers(self) -> tuple[str, ...]:
+        """The regulators' nodes: each holds, syncs, validates and commits the governance
+        channel and every open app, but never endorses, orders or counts in a quorum."""
+        return tuple(n.id for n in self.nodes if n.is_observer)
+
     def hosting_nodes(self, app: AppConfig) -> tuple[str, ...]:
-        """The nodes that hold ``app``'s ledger: its ``nodes``, or by default every
-        node of its member orgs."""
+        """The nodes that host ``app`` — hold its ledger, endorse, and may order it: its
+        ``nodes``, or by default every node of its member orgs (observers never)."""
         if app.nodes:
             return app.nodes
-        return tuple(n.id for n in self.nodes if n.org in app.members)
+        return tuple(n.id for n in self.nodes if n.org in app.members and not n.is_observer)
+
+    def replicas(self, app: AppConfig) -> tuple[str, ...]:
+        """Every node that holds ``app``'s ledger: its hosting nodes, then the observers
+        unless the app is closed. They sync from one another and commit every block;
+        only the hosting nodes endorse and order."""
+        hosting = self.hosting_nodes(app)
+        if app.status == "closed":
+            return hosting
+        return (*hosting, *(n for n in self.observers if n not in hosting))
 
     def consenting_nodes(self, app: AppConfig) -> tuple[str, ...]:
         """The hosting nodes that may order ``app``: the active ones."""
@@ -289,9 +312,10 @@ class NetworkConfig:
         return tuple(n for n in self.hosting_nodes(app) if n in active)
 
     def hosted_by(self, node_id: str) -> tuple[AppConfig, ...]:
-        """The apps (the governance channel first) whose ledger ``node_id`` holds."""
+        """The apps (the governance channel first) whose ledger ``node_id`` holds: those
+        it hosts, or, for an observer, every open one."""
         apps = [self.governance, *(a for a in self.apps if a.status != "closed")]
-        return tuple(a for a in apps if node_id in self.hosting_nodes(a))
+        return tuple(a for a in apps if node_id in self.replicas(a))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -437,15 +461,19 @@ class NetworkConfig:
             raise InvalidInput("node ports must be unique", code="bad_config")
         for node in self.nodes:
             owner = orgs.get(node.org)
-            if owner is None or owner.type != "operator":
+            if owner is None or owner.type not in NODE_ORG_TYPES:
                 raise InvalidInput(
-                    f"node {node.id} must belong to an operator org, not {node.org!r}",
+                    f"node {node.id} must belong to an operator or regulator org, not {node.org!r}",
                     code="bad_config",
                 )
             if not all(_is_port(port) for port in (node.port, node.p2p_port)):
                 raise InvalidInput(f"node {node.id} has a port outside 1..65535", code="bad_config")
-            if node.status not in NODE_STATUSES:
-                raise InvalidInput(f"node {node.id} has status {node.status!r}", code="bad_config")
+            if node.status not in NODE_STATUSES or node.is_observer != (owner.type == "regulator"):
+                raise InvalidInput(
+                    f"node {node.id} of {owner.type} {owner.id} has status {node.status!r}",
+                    code="bad_config",
+                    hint="a regulator's nodes are 'observer', an operator's 'active' or 'joining'",
+                )
             if node.zone and node.zone not in zones:
                 raise InvalidInput(
                     f"node {node.id} is in unknown zone {node.zone!r}", code="bad_config"
@@ -464,6 +492,13 @@ class NetworkConfig:
         if not all(n in nodes for n in app.nodes) or len(set(app.nodes)) != len(app.nodes):
             raise InvalidInput(
                 f"app {app.name} is hosted on unknown or repeated nodes", code="bad_config"
+            )
+        observing = [n for n in app.nodes if nodes[n].is_observer]
+        if observing:
+            raise InvalidInput(
+                f"app {app.name} lists observer node {observing[0]} among its hosts",
+                code="bad_config",
+                hint="observers (regulators' nodes) hold every open app without hosting it",
             )
         owner_ok = app.owner in app.members and app.role(app.owner) == "participant"
         if app.owner and not owner_ok:

@@ -45,6 +45,7 @@ from .config import (
     GOVERNANCE_APP,
     KEY_MODES,
     MEMBER_ROLES,
+    NODE_ORG_TYPES,
     AppConfig,
     BlockConfig,
     ConsensusConfig,
@@ -302,16 +303,28 @@ def _remove_org(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConf
 
 
 def _add_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
+    """An operator's node joins (it orders once its operator activates it:
+    ``activate_node``); a regulator's node is an observer for good (it never orders)."""
     cert_pem = _field(change, "cert").encode()
+    try:
+        org = config.org(_field(change, "org"))
+    except NotFound as exc:
+        raise InvalidInput(exc.message, code="bad_change") from exc
+    if org.type not in NODE_ORG_TYPES:
+        raise InvalidInput(
+            f"{org.id} is {org.type}: only operator and regulator orgs run nodes",
+            code="bad_change",
+            hint="other orgs use the operators' nodes (their gateways)",
+        )
     node = NodeEntry(
         _field(change, "id"),
-        _field(change, "org"),
+        org.id,
         _field(change, "host"),
         _field(change, "port", int),
         _field(change, "p2p_port", int),
         cert_pem,
         change.get("zone", ""),
-        "joining",  # it orders once its operator activates it (activate_node)
+        "observer" if org.type == "regulator" else "joining",
     )
     if node.id in {n.id for n in config.nodes}:
         raise _exists("node", node.id)
@@ -340,6 +353,12 @@ def _activate_node(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkC
     node = config.node(_field(change, "id"))
     if node.status == "active":
         raise Conflict(f"node {node.id} is already active", code="already_active")
+    if node.is_observer:
+        raise Conflict(
+            f"node {node.id} is an observer (a regulator's node): it never orders",
+            code="observer_node",
+            hint="observers hold and validate every open channel without activation",
+        )
     active = dataclasses.replace(node, status="active")
     return dataclasses.replace(
         config, nodes=tuple(active if n.id == node.id else n for n in config.nodes)
@@ -421,11 +440,21 @@ def _create_app(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConf
     app = _new_app(config, change)
     if app.name == GOVERNANCE_APP or app.name in {a.name for a in config.apps}:
         raise _exists("app", app.name)
-    for node in app.nodes:
-        config.node(node)
+    _check_hosts(config, app.nodes)
     config.plan(app.plan)
     _check_orderable(config, app)
     return dataclasses.replace(config, apps=(*config.apps, app))
+
+
+def _check_hosts(config: NetworkConfig, nodes: Iterable[str]) -> None:
+    """Nodes an app may be hosted on: known, and not observers (they never endorse)."""
+    for node_id in nodes:
+        if config.node(node_id).is_observer:
+            raise InvalidInput(
+                f"node {node_id} is an observer (a regulator's node): it hosts no app",
+                code="observer_node",
+                hint="choose operators' nodes; observers hold every open app anyway",
+            )
 
 
 def _check_orderable(config: NetworkConfig, app: AppConfig) -> None:
@@ -488,8 +517,7 @@ def _remove_member(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkC
 
 def _set_app_nodes(config: NetworkConfig, change: Mapping[str, Any]) -> NetworkConfig:
     nodes = _names(change, "nodes")
-    for node in nodes:
-        config.node(node)
+    _check_hosts(config, nodes)
     updated = _update_app(config, _field(change, "app"), nodes=nodes)
     _check_orderable(updated, updated.app(_field(change, "app")))
     return updated

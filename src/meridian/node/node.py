@@ -206,9 +206,7 @@ class Node:
         longer does, and link to the nodes that share a channel."""
         async with self._hosting:
             governance = self.config.governance
-            if GOVERNANCE_APP not in self.channels and self.id in self.config.hosting_nodes(
-                governance
-            ):
+            if GOVERNANCE_APP not in self.channels and self.id in self.config.replicas(governance):
                 await self._host_safely(governance)  # loads the history: the view is current
             view = self.config
             views = self.history.views()
@@ -229,7 +227,7 @@ class Node:
                 channel.rules = compute_rules(view, app)
                 # the current consenters too: leaving ones follow (Status) until handed over
                 channel.orderer.members = channel.orderer.members | frozenset(
-                    (*view.hosting_nodes(app), *channel.orderer.consenters.ids)
+                    (*view.replicas(app), *channel.orderer.consenters.ids)
                 )
                 self.registry.add_app(self._get_contracts(view, app))
             self._request_reconfigurations(view)
@@ -255,7 +253,7 @@ class Node:
         channel = self.channels[name]
         if app is not None:  # later changes apply while it hands over (members, status...)
             channel.rules = compute_rules(view, app)
-            channel.orderer.members = channel.orderer.members | set(view.hosting_nodes(app))
+            channel.orderer.members = channel.orderer.members | set(view.replicas(app))
         if app is None or app.status == "closed":
             self._stop_channel(name)  # nothing to hand over
             return
@@ -472,7 +470,7 @@ class Node:
             me=self.id,
             signer=self.signer,
             consenters=functools.partial(self._get_consenters, app.name, ledger),
-            members=view.hosting_nodes(app),
+            members=view.replicas(app),  # they follow the channel (observers too)
             config=OrderingConfig(
                 max_txs=block.max_txs,
                 timeout_ms=block.timeout_ms,
@@ -646,8 +644,10 @@ class Node:
         return self.may_read(app, org)
 
     def check_access(self, app: str, org: str, *, read: bool, ledger: bool = False) -> None:
-        """Forbidden unless ``org`` may use ``app`` (write) or read it; Unavailable for a
-        write through a node that is handing the app over to other nodes.
+        """Forbidden unless ``org`` may use ``app`` (write) or read it; Forbidden
+        (``read_only_node``) for a write through an observer, which never endorses;
+        Unavailable for a write through a node that is handing the app over to other
+        nodes.
 
         ``ledger``: the request reads the channel's raw ledger (blocks, transactions
         with their arguments and results, the event stream, webhooks). Every org uses
@@ -660,6 +660,12 @@ class Node:
                 code="governance_ledger",
                 hint="read proposals and the configuration with the _governance queries "
                 "(meridian gov proposals, meridian gov config) or GET /v1/network",
+            )
+        if not read and self.entry.is_observer:
+            raise Forbidden(
+                f"node {self.id} is an observer (a regulator's node): it serves reads only",
+                code="read_only_node",
+                hint="send transactions to a node that hosts the app (GET /v1/network)",
             )
         if not read and app in self._leaving:
             raise Unavailable(
