@@ -44,8 +44,15 @@ def encode(value: Any) -> bytes:
         ) from exc
 
 
-def decode(data: bytes | str, *, max_bytes: int, what: str = "message") -> Any:
-    """Parse untrusted canonical JSON, bounded in size and depth, rejecting floats."""
+def decode(
+    data: bytes | str, *, max_bytes: int, what: str = "message", check_values: bool = True
+) -> Any:
+    """Parse untrusted canonical JSON, bounded in size and depth, rejecting floats.
+
+    ``check_values=False`` leaves out the value check (:func:`validate_value`): only for
+    a caller that parses the result into records whose parsers check every value they
+    keep (and drop the rest), so that the check would run twice.
+    """
     if isinstance(data, str):
         data = data.encode()
     if len(data) > max_bytes:
@@ -58,7 +65,8 @@ def decode(data: bytes | str, *, max_bytes: int, what: str = "message") -> Any:
         value = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise InvalidInput(f"{what} is not valid JSON: {exc}", code="malformed") from exc
-    validate_value(value, what=what)
+    if check_values:
+        validate_value(value, what=what)
     return value
 
 

@@ -37,6 +37,7 @@ from meridian.consensus.messages import (
 from meridian.crypto.hashing import Digest
 from meridian.errors import InvalidInput
 from meridian.node.ordering import SafetyStore
+from meridian.types import Event, KVRead, KVWrite, NsRWSet, Transaction, TxResult, Version
 from tests.sim.simulator import APP, NETWORK, make_tx
 from tests.unit.test_consensus_core import (
     compute_tip_after,
@@ -227,6 +228,58 @@ def test_invalid_float(name: str, path: tuple[str, ...]) -> None:
         target = target[key]
     target[path[-1]] = 1.0
     assert_invalid(d)
+
+
+def _rich_forward() -> dict[str, Any]:
+    """A ``txs`` message whose transaction has a value in every kind of place."""
+    tx = make_tx(0, 9)
+    result = TxResult(
+        {"ok": 1},
+        (
+            NsRWSet(
+                "asset",
+                reads=(KVRead("k", Version(1, 2)),),
+                writes=(KVWrite("k", {"v": 1}),),
+            ),
+        ),
+        (Event("asset", "made", {"id": "k"}),),
+        "asset@1",
+    )
+    rich = Transaction(tx.signed_proposal, result, tx.endorsements)
+    return orjson.loads(encode_message(TxForward(APP, (rich,))))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ("signed_proposal", "proposal", "args", 0),
+        ("signed_proposal", "proposal", "timestamp_ms"),
+        ("result", "response"),
+        ("result", "response", "ok"),
+        ("result", "rwsets", 0, "writes", 0, "value", "v"),
+        ("result", "rwsets", 0, "reads", 0, "version", 0),
+        ("result", "events", 0, "payload", "id"),
+    ],
+)
+def test_invalid_float_in_forwarded_transaction(path: tuple[Any, ...]) -> None:
+    """Forwarded transactions skip the whole-message value check: every value a
+    transaction keeps is still checked by its own parser."""
+    d = _rich_forward()
+    assert isinstance(decode_message(orjson.dumps(d)), TxForward)
+    target = d["body"]["transactions"][0]
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = 1.5
+    assert_invalid(d)
+
+
+def test_forwarded_transaction_drops_unknown_fields() -> None:
+    d = _rich_forward()
+    clean = decode_message(orjson.dumps(d))
+    d["body"]["transactions"][0]["extra"] = {"x": 1.5}
+    msg = decode_message(orjson.dumps(d))
+    assert isinstance(msg, TxForward) and isinstance(clean, TxForward)
+    assert msg.transactions[0].encode() == clean.transactions[0].encode()
 
 
 WRONG_VALUES = [

@@ -29,7 +29,7 @@ from ..contracts.sandbox import SandboxLimits, resolve_sandbox_mode
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership, Role, load_cert_der, load_signer
 from ..crypto.hashing import compute_signing_digest
-from ..crypto.suites import remember_own_signature, verify_cached
+from ..crypto.suites import Signer, remember_own_signature, verify_cached
 from ..errors import (
     AuthError,
     CertificateError,
@@ -769,10 +769,17 @@ class Node:
         return running.sim.result(await running.future)
 
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
+        digest = self._endorsement_digest(signed, result)
+        return self._endorsed(signed, result, digest, self.signer.sign(digest))
+
+    def _endorsement_digest(self, signed: SignedProposal, result: TxResult) -> bytes:
         payload = compute_endorsement_payload(signed.proposal.tx_id, result)
-        digest = compute_signing_digest(DOMAIN_ENDORSEMENT, self.config.network, payload)
-        signature = self.signer.sign(bytes(digest))
-        remember_own_signature(self.signer.suite, self._public_key, bytes(digest), signature)
+        return bytes(compute_signing_digest(DOMAIN_ENDORSEMENT, self.config.network, payload))
+
+    def _endorsed(
+        self, signed: SignedProposal, result: TxResult, digest: bytes, signature: bytes
+    ) -> Transaction:
+        remember_own_signature(self.signer.suite, self._public_key, digest, signature)
         return Transaction(signed, result, (Endorsement(self.cert_der, signature),))
 
     def _start(self, app: str, signed: SignedProposal, committed: set[str]) -> _Simulating:
@@ -791,9 +798,62 @@ class Node:
 
     def _finish(self, app: str, running: _Simulating) -> Endorsed:
         """Endorse a finished simulation (its future must be done)."""
+        result = self._checked_result(app, running)
+        return self._sized(self.endorse(running.signed, result), running.caller)
+
+    def _checked_result(self, app: str, running: _Simulating) -> TxResult:
         result = running.sim.result(running.future.result())
         self._check_policies(self.channel(app), running.signed.proposal.contract, result)
-        tx = self.endorse(running.signed, result)
+        return result
+
+    async def _finish_all(
+        self, app: str, started: Sequence[_Simulating | MeridianError]
+    ) -> list[Endorsed | MeridianError]:
+        """Endorse a batch's finished simulations, as :meth:`_finish` does one; the
+        signatures are made on the crypto threads, off the event loop (the loop's
+        thread is the node's bottleneck, and the signer releases the GIL)."""
+        checked: list[tuple[_Simulating, TxResult, bytes] | MeridianError] = []
+        for s in started:
+            if isinstance(s, MeridianError):
+                checked.append(s)
+                continue
+            try:
+                result = self._checked_result(app, s)
+            except MeridianError as exc:
+                checked.append(exc)
+                continue
+            checked.append((s, result, self._endorsement_digest(s.signed, result)))
+        todo = [c for c in checked if not isinstance(c, MeridianError)]
+        signatures = iter(await self._sign_on_threads([digest for _, _, digest in todo]))
+        out: list[Endorsed | MeridianError] = []
+        for c in checked:
+            if isinstance(c, MeridianError):
+                out.append(c)
+                continue
+            running, result, digest = c
+            tx = self._endorsed(running.signed, result, digest, next(signatures))
+            try:
+                out.append(self._sized(tx, running.caller))
+            except MeridianError as exc:
+                out.append(exc)
+        return out
+
+    async def _sign_on_threads(self, digests: Sequence[bytes]) -> list[bytes]:
+        """This node's signatures over ``digests``, made on the crypto threads."""
+        if len(digests) < PREVERIFY_MIN_BATCH:
+            return [self.signer.sign(d) for d in digests]
+        step = -(-len(digests) // self.options.crypto_threads)
+        parts = await asyncio.gather(
+            *(
+                asyncio.wrap_future(
+                    self._crypto.submit(_sign_all, self.signer, digests[i : i + step])
+                )
+                for i in range(0, len(digests), step)
+            )
+        )
+        return [sig for part in parts for sig in part]
+
+    def _sized(self, tx: Transaction, caller: Identity) -> Endorsed:
         if len(tx.encode()) > MAX_TX_BYTES:
             raise ContractFailure(
                 f"the transaction would be {len(tx.encode())} bytes, over the limit of "
@@ -801,7 +861,7 @@ class Node:
                 code="contract_limit",
                 hint="write less data per transaction (split it into several)",
             )
-        return Endorsed(tx, running.caller)
+        return Endorsed(tx, caller)
 
     async def prepare(self, app: str, signed: SignedProposal) -> Endorsed:
         """Check, simulate and endorse one proposal for submission."""
@@ -873,9 +933,7 @@ class Node:
         futures = [s.future for s in started if isinstance(s, _Simulating)]
         if futures:
             await asyncio.wait(futures)
-        results = [
-            s if isinstance(s, MeridianError) else self._finish_or_error(app, s) for s in started
-        ]
+        results = await self._finish_all(app, started)
         seen: set[str] = set()
         endorsed: list[Endorsed] = []
         for i, res in enumerate(results):
@@ -929,12 +987,6 @@ class Node:
         if jobs:
             self._verify_on_threads(jobs)  # not awaited: validation finds what is done
 
-    def _finish_or_error(self, app: str, running: _Simulating) -> Endorsed | MeridianError:
-        try:
-            return self._finish(app, running)
-        except MeridianError as exc:
-            return exc
-
     async def evaluate(self, app: str, signed: SignedProposal) -> Any:
         caller = self.check_proposal(app, signed, read=True)
         result = await self.simulate(app, signed, caller, submit=False)
@@ -987,6 +1039,10 @@ class Node:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _sign_all(signer: Signer, digests: Sequence[bytes]) -> list[bytes]:
+    return [signer.sign(d) for d in digests]
 
 
 def _verify_all(jobs: Sequence[tuple[str, bytes, bytes, bytes]]) -> None:

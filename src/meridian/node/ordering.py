@@ -18,6 +18,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -203,6 +204,10 @@ class Orderer:
         self._last_status = 0.0
         self._served_at: dict[tuple[str, str], float] = {}
         self._incomplete: list[tuple[str, CompactProposal]] = []
+        # Outputs waiting for their safety state to reach the disk (in order; see _process)
+        self._outputs: deque[Output] = deque()
+        self._persisting: asyncio.Task[None] | None = None
+        self._persister: ThreadPoolExecutor | None = None
 
     @property
     def _others(self) -> list[str]:
@@ -424,18 +429,60 @@ class Orderer:
     # ------------------------------------------------------------------ driving
 
     def _process(self, out: Output) -> None:
-        """Carry out what the replica asked: persist first, then send."""
+        """Carry out what the replica asked: persist first, then send.
+
+        The safety state and the voted block are written (fsync) on a thread of their
+        own, so that the event loop goes on serving everything else meanwhile; the rest
+        of that output — and of every output after it, in order — is carried out only
+        once the write is done. So nothing leaves before the state it depends on is on
+        disk, and the disk always holds a prefix of the replica's history.
+        """
         if self.halted:
             return  # a halted channel says nothing more (its safety state may be behind)
-        if out.persist is not None or out.persist_block is not None:
-            try:
-                if out.persist_block is not None:
-                    self.safety.save_block(out.persist_block)
-                if out.persist is not None:
-                    self.safety.save(out.persist)
-            except OSError as exc:  # a vote not recorded must not leave
-                self._halt(f"cannot persist the safety state: {exc!r}")
+        if self._outputs or out.persist is not None or out.persist_block is not None:
+            self._outputs.append(out)
+            if self._persisting is None or self._persisting.done():
+                self._persisting = asyncio.get_running_loop().create_task(self._drain())
+            return
+        self._carry_out(out)
+
+    async def _drain(self) -> None:
+        """Persist and carry out the queued outputs, oldest first."""
+        loop = asyncio.get_running_loop()
+        while self._outputs:
+            out = self._outputs[0]
+            if self.halted:
+                self._outputs.clear()
                 return
+            if out.persist is not None or out.persist_block is not None:
+                if self._persister is None:
+                    self._persister = ThreadPoolExecutor(1, thread_name_prefix=f"safety-{self.app}")
+                try:
+                    await loop.run_in_executor(self._persister, self._persist, out)
+                except Exception as exc:  # a vote not recorded must not leave
+                    self._outputs.clear()
+                    self._halt(f"cannot persist the safety state: {exc!r}")
+                    return
+            self._outputs.popleft()
+            if not self.halted:
+                self._carry_out(out)
+
+    def _persist(self, out: Output) -> None:
+        if out.persist_block is not None:
+            self.safety.save_block(out.persist_block)
+        if out.persist is not None:
+            self.safety.save(out.persist)
+
+    def _stop_persisting(self) -> None:
+        """Forget outputs not yet persisted (as a crash would); writes under way finish."""
+        self._outputs.clear()
+        if self._persisting is not None:
+            self._persisting.cancel()
+        if self._persister is not None:
+            self._persister.shutdown(wait=False)
+            self._persister = None
+
+    def _carry_out(self, out: Output) -> None:
         for dest, msg in out.send:
             if dest is None:
                 self._send_all(msg)
@@ -512,6 +559,8 @@ class Orderer:
             if not self.halted:
                 self._halt(f"ordering stopped: {exc!r}")
             raise
+        finally:
+            self._stop_persisting()
 
     async def _run(self, tip: Callable[[], ChainTip], deliver: Deliver) -> None:
         voted = self.safety.load_block()
