@@ -535,7 +535,8 @@ class Transaction:
 
     @classmethod
     def decode(cls, data: bytes) -> Transaction:
-        return cls.from_dict(codec.decode(data, max_bytes=MAX_TX_BYTES, what="transaction"))
+        doc = codec.decode(data, max_bytes=MAX_TX_BYTES, what="transaction", check_values=False)
+        return cls.from_dict(doc)  # checks every value it keeps, each from its own root
 
 
 def compute_tx_hash(tx: Transaction) -> Digest:

@@ -7,7 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pytest
 from meridian.cli.procs import NodeProcess, free_port_block, wait_healthy
 from meridian.client import Gateway, Identity, connect
 from meridian.client.lifecycle import deploy
+from meridian.errors import MeridianError
 from meridian.network.config import BlockConfig, NetworkConfig, NetworkLayout, NodeEntry
 from meridian.network.init import InitOptions, init_network
 
@@ -188,3 +190,18 @@ def fresh_network(tmp_path: Path) -> Iterator[RunningNetwork]:
         yield net
     finally:
         net.kill()
+
+
+def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
+    """``check()``'s first truthy value; typed errors count as "not yet"."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            found = check()
+        except MeridianError:
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)

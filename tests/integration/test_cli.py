@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -198,3 +199,42 @@ def test_cli_journey(cli_network: Path, tmp_path: Path) -> None:
     meridian("down", network=net)
     verified = as_json(meridian("ledger", "verify", "--json", network=net))["ledgers"]
     assert verified[0]["ok"] and verified[0]["valid"] == verified[0]["transactions"]
+
+
+def test_ledger_verify_finds_tampering(cli_network: Path) -> None:
+    """`meridian ledger verify` re-derives state, key history and verdicts from the
+    blocks: an edit of any of them in the database is reported (exit 1)."""
+    net = cli_network
+    meridian("up", "--detach", network=net)
+    try:
+        meridian("contract", "deploy", str(EXAMPLE), network=net)
+        for i in range(3):
+            meridian("tx", "submit", "asset-transfer", "create", f"v{i}", "ann", "1", network=net)
+    finally:
+        meridian("down", network=net)
+    path = net / "nodes" / "node1" / "data" / "ledgers" / "demo.sqlite"
+    edits = {
+        "state": ("UPDATE state SET value='\"forged\"' WHERE key='v1'", "state differs"),
+        "history": (
+            "UPDATE history SET value='\"forged\"' WHERE key='v2'",
+            "key history differs",
+        ),
+        "codes": (
+            "UPDATE blocks SET codes='[3]' WHERE number=(SELECT MAX(number) FROM blocks)",
+            "different verdicts",
+        ),
+    }
+    for name, (sql, expected) in edits.items():
+        backup = path.read_bytes()
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            assert conn.execute(sql).rowcount >= 1, name
+            conn.commit()
+        found = meridian("ledger", "verify", "--node", "node1", "--json", network=net, check=False)
+        assert found.returncode == 1, (name, found.stdout)
+        report = as_json(found)  # one JSON document, failing or not
+        assert report["ok"] is False
+        [demo] = [v for v in report["ledgers"] if v["app"] == "demo"]
+        assert not demo["ok"] and any(expected in p for p in demo["problems"]), (name, demo)
+        path.write_bytes(backup)
+    verified = as_json(meridian("ledger", "verify", "--node", "node1", "--json", network=net))
+    assert all(v["ok"] for v in verified["ledgers"])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
 from meridian.client import Gateway, Identity, connect
+from meridian.client.core import SeenBlocks
 from meridian.client.governance import Governance
 from meridian.client.lifecycle import deploy
 from meridian.client.onboarding import invoice_text
@@ -35,23 +36,9 @@ from meridian.crypto.suites import load_signer
 from meridian.errors import Busy, Conflict, Forbidden, InvalidInput, MeridianError
 from meridian.gateway.webhooks import verify_delivery
 
-from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers
+from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers, wait_for
 
 GOV = "governance"
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            found = check()
-        except MeridianError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.2)
 
 
 def propose(gw: Gateway, change: dict[str, Any]) -> dict[str, Any]:
@@ -62,6 +49,21 @@ def propose(gw: Gateway, change: dict[str, Any]) -> dict[str, Any]:
 def approve(gw: Gateway, proposal_id: str) -> dict[str, Any]:
     result: dict[str, Any] = gw.app(GOV).contract("_governance").submit("approve", proposal_id)
     return result
+
+
+def by_operators(net: RunningNetwork, change: dict[str, Any]) -> SeenBlocks:
+    """``change`` decided by the operators' majority (3 of 4): proposed by org1's admin,
+    approved by org2's and org3's, each reading what the one before wrote (through
+    another node); the last session's read position."""
+    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
+        proposal = propose(org1, change)
+        assert proposal["status"] == "open"  # one approval of the three needed
+        org2.seen.merge(org1.seen)
+        assert approve(org2, proposal["id"])["status"] == "open"
+        with net.gateway("org3/admin") as org3:
+            org3.seen.merge(org2.seen)
+            assert approve(org3, proposal["id"])["status"] == "executed"
+            return org3.seen
 
 
 @pytest.fixture(scope="module")
@@ -312,14 +314,7 @@ def test_requests_quota_counts_every_gateway(
         "storage_bytes": 64 * 2**20,
         "requests_per_month": limit,
     }
-    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
-        proposal = propose(org1, {"kind": "set_plan", "plan": plan})
-        org2.seen.merge(org1.seen)
-        assert approve(org2, proposal["id"])["status"] == "open"
-        with net.gateway("org3/admin") as org3:
-            org3.seen.merge(org2.seen)
-            assert approve(org3, proposal["id"])["status"] == "executed"
-            seen = org3.seen
+    seen = by_operators(net, {"kind": "set_plan", "plan": plan})
     refused: Busy | None = None
     with as_acme(net, developer) as gw:
         gw.seen.merge(seen)
@@ -475,13 +470,7 @@ def test_storage_quota_is_checked_at_commit(net: RunningNetwork, developer: dict
         "storage_bytes": 2**20,
         "requests_per_month": 1_000_000,
     }
-    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
-        proposal = propose(org1, {"kind": "set_plan", "plan": tiny})
-        org2.seen.merge(org1.seen)
-        assert approve(org2, proposal["id"])["status"] == "open"
-        with net.gateway("org3/admin") as org3:
-            org3.seen.merge(org2.seen)
-            assert approve(org3, proposal["id"])["status"] == "executed"
+    by_operators(net, {"kind": "set_plan", "plan": tiny})
     with as_acme(net, developer) as gw:
         wait_for(
             lambda: "tiny" in [p["id"] for p in gw.request("GET", "/v1/plans")["plans"]],
@@ -563,14 +552,7 @@ def test_regulator_admitted_by_majority_reads_everything(
 ) -> None:
     ca = CertificateAuthority.create("csrc")
     change = {"kind": "add_org", "id": "csrc", "type": "regulator", "ca": ca.cert_pem.decode()}
-    with net.gateway("org1/admin") as org1, net.gateway("org2/admin") as org2:
-        proposal = propose(org1, change)
-        assert proposal["status"] == "open"  # MAJORITY of 4 operators: 3 approvals
-        org2.seen.merge(org1.seen)  # read what org1 wrote, through another node
-        assert approve(org2, proposal["id"])["status"] == "open"
-        with net.gateway("org3/admin") as org3:
-            org3.seen.merge(org2.seen)
-            assert approve(org3, proposal["id"])["status"] == "executed"
+    by_operators(net, change)
     issued = ca.issue("inspector", Role.ADMIN)
     assert issued.key_pem is not None
     regulator = Identity(load_cert_der(issued.cert_pem), load_signer(issued.key_pem))

@@ -55,7 +55,7 @@ from meridian.crypto.certs import CertificateAuthority, Membership, Role, load_c
 from meridian.crypto.suites import load_signer
 from meridian.errors import CertificateError, Conflict, Forbidden, MeridianError, NotFound
 
-from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers
+from .conftest import EXAMPLE, RunningNetwork, make_network, verify_ledgers, wait_for
 
 pytestmark = pytest.mark.slow
 APP = "shop"
@@ -68,21 +68,6 @@ RESTART_TIMEOUT_S = 90.0  # consensus round timeouts grow while a host is down
 
 
 # ------------------------------------------------------------------------- helpers
-
-
-def wait_for(check: Callable[[], Any], timeout_s: float = TIMEOUT_S, what: str = "") -> Any:
-    """``check()``'s first truthy value (typed errors count as not yet)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            found = check()
-        except MeridianError:
-            found = None
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def expect(error: type[MeridianError], code: str, action: Callable[[], Any]) -> MeridianError:

@@ -8,6 +8,7 @@ its codec and its files (``SafetyStore``) are held to the same standard.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from meridian import codec
 from meridian.consensus.core import SafetyState
 from meridian.consensus.messages import (
     MAX_MESSAGE_BYTES,
@@ -38,8 +40,10 @@ from meridian.crypto.hashing import Digest
 from meridian.errors import InvalidInput
 from meridian.node.ordering import SafetyStore
 from meridian.types import Event, KVRead, KVWrite, NsRWSet, Transaction, TxResult, Version
-from tests.sim.simulator import APP, NETWORK, make_tx
+from tests.sim.simulator import APP, NETWORK, compute_sim_block, make_tx
 from tests.unit.test_consensus_core import (
+    GENESIS,
+    NOW,
     compute_tip_after,
     make_block,
     make_qc,
@@ -270,6 +274,47 @@ def test_invalid_float_in_forwarded_transaction(path: tuple[Any, ...]) -> None:
     for key in path[:-1]:
         target = target[key]
     target[path[-1]] = 1.5
+    assert_invalid(d)
+
+
+def _deepest() -> Transaction:
+    """A transaction with a written value and an argument nested as deep as the
+    gateway and the contract runtime accept (MAX_DEPTH from their own roots)."""
+    deep: Any = 1
+    for _ in range(codec.MAX_DEPTH):
+        deep = [deep]
+    codec.validate_value(deep)  # what simulation checks, from the value's root
+    tx = make_tx(0, 11)
+    proposal = replace(tx.proposal, args=(deep[0],))  # arguments: from the list's root
+    result = TxResult(None, (NsRWSet("asset", writes=(KVWrite("k", deep),)),), (), "asset@1")
+    return Transaction(replace(tx.signed_proposal, proposal=proposal), result, tx.endorsements)
+
+
+def test_the_deepest_values_travel_in_every_container(tmp_path: Path) -> None:
+    """Depth counts from each value's root wherever a transaction travels: forwarded,
+    in a proposal's block, in a sync response, in voted.json, in the pending queue. (A
+    check from the container's root would refuse a committed block to a node that
+    missed it, for ever.)"""
+    tx = _deepest()
+    block = compute_sim_block(GENESIS, [tx], NOW, "n1")
+    qc = make_qc(Phase.COMMIT, 0, 0, block.header.hash)
+    for msg in (
+        TxForward(APP, (tx,)),
+        sign_proposal("n1", 0, block),
+        SyncResponse(APP, ((block, qc),)),
+    ):
+        assert decode_message(encode_message(msg)) == msg
+    store = SafetyStore(tmp_path, APP)
+    store.save_block(block)
+    assert store.load_block() == block
+    assert Transaction.decode(tx.encode()) == tx
+
+
+@pytest.mark.parametrize("kind", ["proposal", "sync_response"])
+def test_invalid_float_in_a_transaction_of_a_block(kind: str) -> None:
+    d = wire(kind)
+    block = d["body"]["block"] if kind == "proposal" else d["body"]["blocks"][0]["block"]
+    block["transactions"][0]["signed_proposal"]["proposal"]["args"][0] = 1.5
     assert_invalid(d)
 
 

@@ -6,11 +6,11 @@ import asyncio
 from pathlib import Path
 
 from meridian.consensus.core import Output
-from meridian.consensus.messages import Status
+from meridian.consensus.messages import Status, TxForward
 from meridian.ledger.store import SqliteLedger
 from meridian.node.metrics import NodeMetrics
 from meridian.node.ordering import Orderer, OrderingConfig, SafetyStore
-from tests.sim.simulator import APP, NETWORK, Scenario, Simulator
+from tests.sim.simulator import APP, NETWORK, Scenario, Simulator, make_tx
 
 
 class RecordingPeers:
@@ -55,3 +55,47 @@ def test_a_halted_channel_is_reported_and_says_nothing_more(tmp_path: Path) -> N
     assert orderer.status()["halted"] == orderer.halted
     assert b'meridian_channel_halted{app="simapp"} 1.0' in metrics.render()
     assert peers.sent == []  # nothing leaves a halted channel
+
+
+class _IdleReplica:
+    """Just what Orderer.on_message needs of a running replica for forwarded txs."""
+
+    height = round = 0
+
+    def on_pending(self, has_work: bool, now: int) -> Output:
+        return Output()
+
+
+def test_transactions_forwarded_by_an_observer_are_refused(tmp_path: Path) -> None:
+    """An observer (a regulator's node) follows the channel but never feeds its
+    mempool: its gateway refuses writes, and so do the channel's other nodes."""
+    consenters = Simulator(Scenario(seed=1, n=4)).consenters
+    metrics = NodeMetrics()
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    orderer = Orderer(
+        network=NETWORK,
+        app=APP,
+        me="n0",
+        signer=None,  # type: ignore[arg-type]  # never signs here
+        consenters=lambda: consenters,
+        members=(*consenters.ids, "obs"),
+        config=OrderingConfig(),
+        safety=SafetyStore(tmp_path, APP),
+        ledger=ledger,
+        peers=RecordingPeers(),
+        metrics=metrics,
+    )
+    orderer.observers = frozenset({"obs"})
+    orderer.replica = _IdleReplica()  # type: ignore[assignment]
+
+    async def scenario() -> None:
+        orderer.on_message("obs", TxForward(APP, (make_tx(0, 1),)))
+        assert len(orderer.mempool) == 0
+        orderer.on_message("n1", TxForward(APP, (make_tx(0, 2),)))
+        assert len(orderer.mempool) == 1
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ledger.close()
+    assert b'reason="forwarded_tx_from_observer"} 1.0' in metrics.render()

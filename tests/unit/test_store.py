@@ -308,6 +308,28 @@ def test_reopen_keeps_everything(tmp_path: Path) -> None:
         second.close()
 
 
+def test_the_last_write_of_a_key_in_a_block_wins(ledger: SqliteLedger) -> None:
+    """One transaction deletes a key and a later one in the same block writes it (or
+    the other way round): the state holds what the later one did."""
+    _commit_genesis(ledger)
+    t1, t2, t3, t4 = (_tx(i) for i in range(1, 5))
+    block = _block(1, [t1, t2, t3, t4])
+    writes = [
+        _write("car-1", None, Version(1, 0), t1, delete=True),
+        _write("car-1", {"owner": "carol"}, Version(1, 1), t2),
+        _write("car-9", {"owner": "dan"}, Version(1, 2), t3),
+        _write("car-9", None, Version(1, 3), t4, delete=True),
+    ]
+    ledger.commit_block(_batch(block, writes))
+    assert ledger.get(NS, "car-1") == ({"owner": "carol"}, Version(1, 1))
+    assert ledger.get(NS, "car-9") is None
+    assert [h.value for h in ledger.get_history(NS, "car-1", 10)] == [
+        {"owner": "alice"},
+        None,
+        {"owner": "carol"},
+    ]
+
+
 def test_stored_bytes_are_committed_with_each_block(tmp_path: Path) -> None:
     path = tmp_path / "trade.db"
     first = SqliteLedger(path)

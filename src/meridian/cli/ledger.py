@@ -66,8 +66,11 @@ def verify(
             for problem in r["problems"]:
                 console.print(f"   [red]{problem}[/]")
 
-    output(s, {"ledgers": results}, human)
-    if not all(r["ok"] for r in results):
+    ok = all(r["ok"] for r in results)
+    output(s, {"ok": ok, "ledgers": results}, human)  # --json: one document, even failing
+    if not ok:
+        if s.json:
+            raise typer.Exit(1)
         with handle_errors(s.json):
             raise Corruption("ledger verification failed", code="verify_failed")
 

@@ -508,6 +508,9 @@ def _body(msg: Message) -> tuple[str, Any]:
     return "txs", {"transactions": [orjson.Fragment(tx.encode()) for tx in msg.transactions]}
 
 
+_CARRY_TRANSACTIONS = frozenset({"txs", "proposal", "sync_response"})
+
+
 def decode_message(data: bytes) -> Message:
     """Parse one wire message; InvalidInput on anything malformed or oversized."""
     d = codec.decode(
@@ -517,12 +520,15 @@ def decode_message(data: bytes) -> Message:
     app = _name(_field(d, "app", str, what), "message.app")
     kind = _field(d, "kind", str, what)
     body = _field(d, "body", dict, what)
-    if kind != "txs":
+    if kind not in _CARRY_TRANSACTIONS:
         codec.validate_value(d, what="consensus message")
-    # else: forwarded transactions, the bulk of the traffic: Transaction.from_dict checks
-    # every value it keeps (arguments, written values, payloads, responses; the other
-    # fields by type), and a transaction is re-encoded from what it keeps, so the check
-    # of the whole message would only repeat that work (about a third of decoding).
+    # else: transactions (forwarded, or in the blocks of a proposal or a sync response):
+    # Transaction.from_dict checks every value it keeps (arguments, written values,
+    # payloads, responses, each nested at most MAX_DEPTH from its own root, as where it
+    # entered) and the other fields by type, and a transaction is re-encoded from what
+    # it keeps. Checking the whole message would repeat that work and, worse, count
+    # depth from the message's root: a value the gateway accepted could then never
+    # travel in a block, and a node that missed the block could never sync it.
     if kind == "vote":
         return Vote.from_dict(app, body)
     if kind == "timeout":

@@ -254,8 +254,8 @@ class Services:
         )
 
     def _peer_ids(self, app: str) -> list[str]:
-        config = self.node.config
-        return [n for n in config.hosting_nodes(config.app(app)) if n != self.node.id]
+        config = self.node.config  # observers too: members read through them, billed
+        return [n for n in config.replicas(config.app(app)) if n != self.node.id]
 
     async def get_network_usage(self, app: str, month: str) -> NetworkUsage:
         """``app``'s usage of ``month`` on every hosting node: this gateway's meter and
@@ -270,14 +270,14 @@ class Services:
         return compute_network_usage(app, month, {self.node.id: local, **found}, missing)
 
     def is_hosting_node(self, app: str, identity: Identity) -> bool:
-        """Whether ``identity`` is the certificate of a node hosting ``app`` (a gateway
-        asking for this one's share of the app's usage)."""
+        """Whether ``identity`` is the certificate of a node holding ``app`` (a gateway,
+        hosting or observing, asking for this one's share of the app's usage)."""
         if identity.role is not Role.NODE:
             return False
         config = self.node.config
         try:
             entry = config.node(identity.name)
-            hosts = entry.id in config.hosting_nodes(config.app(app))
+            hosts = entry.id in config.replicas(config.app(app))
         except NotFound:
             return False
         return (
@@ -679,9 +679,9 @@ def register_routes(app: FastAPI, services: Services, caller: Caller, body_of: A
     @app.get("/v1/network", tags=["network"], summary="The current network configuration")
     async def network(request: Request) -> Any:
         identity = await caller(request)
-        config = node.config
+        height, config = node.get_config_snapshot()
         return {
-            "height": node.history.height,
+            "height": height,
             "version": config.version,
             "config": config.to_dict_for(identity.org),
         }

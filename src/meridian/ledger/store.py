@@ -364,12 +364,13 @@ class SqliteLedger:
     def _apply_writes(
         conn: sqlite3.Connection, writes: Sequence[StateWrite], timestamp_ms: int
     ) -> None:
+        final = {(w.ns, w.key): w for w in writes}  # in block order: the last write wins
         upserts = [
             (w.ns, w.key, _dumps(w.value), w.version.block, w.version.tx)
-            for w in writes
+            for w in final.values()
             if not w.delete
         ]
-        deletes = [(w.ns, w.key) for w in writes if w.delete]
+        deletes = [(w.ns, w.key) for w in final.values() if w.delete]
         conn.executemany("INSERT OR REPLACE INTO state VALUES (?,?,?,?,?)", upserts)
         conn.executemany("DELETE FROM state WHERE ns=? AND key=?", deletes)
         conn.executemany(
@@ -442,6 +443,13 @@ class SqliteLedger:
     def iter_state(self) -> Iterator[tuple[str, str, str, int, int]]:
         yield from self.reader().execute(
             "SELECT ns, key, value, block, tx FROM state ORDER BY ns, key"
+        )
+
+    def iter_history(self) -> Iterator[tuple[Any, ...]]:
+        """Every key-history row, in (ns, key, block, tx) order (for ledger verify)."""
+        yield from self.reader().execute(
+            "SELECT ns, key, block, tx, tx_id, timestamp_ms, value FROM history "
+            "ORDER BY ns, key, block, tx"
         )
 
     def get_events(self, from_block: int, to_block: int) -> list[BlockEvent]:

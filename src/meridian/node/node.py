@@ -167,6 +167,13 @@ class Node:
             return self._bootstrap[1]
         return self.history.latest
 
+    def get_config_snapshot(self) -> tuple[int, NetworkConfig]:
+        """(governance height, configuration at it) as this node acts on them: a node
+        still catching up with its bootstrap reports the bootstrap's height."""
+        if self._bootstrap is not None and self.history.height < self._bootstrap[0]:
+            return self._bootstrap
+        return self.history.height, self.history.latest
+
     def _trust(self, org: OrgConfig) -> None:
         if org.id not in self.membership.orgs:
             self.membership.add_org(org.id, org.ca_pem)
@@ -229,6 +236,7 @@ class Node:
                 channel.orderer.members = channel.orderer.members | frozenset(
                     (*view.replicas(app), *channel.orderer.consenters.ids)
                 )
+                channel.orderer.observers = frozenset(view.observers)
                 self.registry.add_app(self._get_contracts(view, app))
             self._request_reconfigurations(view)
             if self.transport is not None:
@@ -254,6 +262,7 @@ class Node:
         if app is not None:  # later changes apply while it hands over (members, status...)
             channel.rules = compute_rules(view, app)
             channel.orderer.members = channel.orderer.members | set(view.replicas(app))
+            channel.orderer.observers = frozenset(view.observers)
         if app is None or app.status == "closed":
             self._stop_channel(name)  # nothing to hand over
             return
@@ -495,6 +504,7 @@ class Node:
             ),
         )
         pending = PendingStore(ledgers / f"{app.name}.pending.sqlite")
+        orderer.observers = frozenset(view.observers)
         return Channel(
             compute_rules(view, app),
             ledger,
@@ -682,10 +692,13 @@ class Node:
         )
 
     def may_install(self, identity: Identity) -> bool:
-        """Admins of this node's org, or of a member org of an app hosted here."""
+        """Admins of this node's org, or of a member org of an app hosted here (an
+        observer endorses nothing: only its own org installs there)."""
         if str(identity.role) != "admin":
             return False
-        return identity.org == self.entry.org or any(
+        if identity.org == self.entry.org:
+            return True
+        return not self.entry.is_observer and any(
             identity.org in ch.rules.members
             for name, ch in self.channels.items()
             if name != GOVERNANCE_APP

@@ -74,6 +74,8 @@ def verify_ledger(
             _verify_blocks(store, replay, membership, rules, consenters, report, total, progress)
             if report.ok:
                 _compare_state(store, replay, report)
+            if report.ok:  # the governance views are rebuilt from it at every start
+                _compare_history(store, replay, report)
         finally:
             replay.close()
             store.close()
@@ -147,6 +149,16 @@ def _check_certificate(
     except InvalidInput as exc:
         return f"unreadable ({exc})"
     return check_commit_certificate(network, consenters, header, qc)
+
+
+def _compare_history(store: SqliteLedger, replay: SqliteLedger, report: VerifyReport) -> None:
+    stored, replayed = store.iter_history(), replay.iter_history()
+    for a, b in zip(stored, replayed, strict=False):
+        if a != b:
+            report.problems.append(f"key history differs at {a[0]}/{a[1]} block {a[2]}")
+            return
+    if next(stored, None) is not None or next(replayed, None) is not None:
+        report.problems.append("key history has a different number of rows than the replay")
 
 
 def _compare_state(store: SqliteLedger, replay: SqliteLedger, report: VerifyReport) -> None:
