@@ -14,62 +14,28 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import typer.main
 
+from meridian.cli.main import app as cli_app
 from meridian.cli.procs import free_port_block
 
 from .conftest import EXAMPLE
 
-COMMANDS = [
-    [],
-    ["network"],
-    ["network", "init"],
-    ["up"],
-    ["down"],
-    ["status"],
-    ["demo"],
-    ["bench"],
-    ["contract"],
-    ["contract", "package"],
-    ["contract", "install"],
-    ["contract", "approve"],
-    ["contract", "commit"],
-    ["contract", "deploy"],
-    ["contract", "list"],
-    ["tx"],
-    ["tx", "submit"],
-    ["tx", "evaluate"],
-    ["tx", "show"],
-    ["block"],
-    ["block", "show"],
-    ["events"],
-    ["ledger"],
-    ["ledger", "verify"],
-    ["gov"],
-    ["gov", "config"],
-    ["gov", "proposals"],
-    ["gov", "show"],
-    ["gov", "propose"],
-    ["gov", "approve"],
-    ["gov", "reject"],
-    ["gov", "withdraw"],
-    ["gov", "accept"],
-    ["node"],
-    ["node", "add"],
-    ["node", "start"],
-    ["developer"],
-    ["developer", "register"],
-    ["app"],
-    ["app", "user"],
-    ["app", "user", "add"],
-    ["app", "usage"],
-    ["app", "invoice"],
-    ["app", "webhook"],
-    ["app", "webhook", "add"],
-    ["app", "webhook", "list"],
-    ["app", "webhook", "rm"],
-    ["app", "webhook", "deliveries"],
-    ["app", "webhook", "redeliver"],
-]
+
+def _every_command() -> list[list[str]]:
+    """Every command and group of the CLI, read from the CLI itself (none forgotten)."""
+    found: list[list[str]] = []
+
+    def walk(command: Any, path: list[str]) -> None:  # a (Typer's) click command
+        found.append(path)
+        for name, sub in sorted(getattr(command, "commands", {}).items()):
+            walk(sub, [*path, name])
+
+    walk(typer.main.get_command(cli_app), [])
+    return found
+
+
+COMMANDS = _every_command()
 
 
 def meridian(

@@ -99,3 +99,12 @@ def test_transactions_forwarded_by_an_observer_are_refused(tmp_path: Path) -> No
     finally:
         ledger.close()
     assert b'reason="forwarded_tx_from_observer"} 1.0' in metrics.render()
+
+
+def test_the_safety_store_sweeps_temp_files_a_crash_left(tmp_path: Path) -> None:
+    (tmp_path / f".{APP}.voted.json.k2j3.tmp").write_bytes(b"half a block")
+    (tmp_path / f".{APP}.safety.json.x9.tmp").write_bytes(b"{")
+    (tmp_path / ".other.voted.json.a1.tmp").write_bytes(b"another channel's")
+    store = SafetyStore(tmp_path, APP)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.voted.json.a1.tmp"]
+    assert store.load() is None and store.load_block() is None

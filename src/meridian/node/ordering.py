@@ -97,6 +97,9 @@ class SafetyStore:
     def __init__(self, folder: Path, app: str) -> None:
         self.path = folder / f"{app}.safety.json"
         self.block_path = folder / f"{app}.voted.json"
+        for path in (self.path, self.block_path):  # temp files of writes a crash cut
+            for leftover in folder.glob(f".{path.name}.*.tmp"):
+                leftover.unlink(missing_ok=True)
 
     def load(self) -> SafetyState | None:
         if not self.path.is_file():
