@@ -25,23 +25,30 @@ class RecordingPeers:
         return []
 
 
-def test_a_halted_channel_is_reported_and_says_nothing_more(tmp_path: Path) -> None:
+def _orderer(
+    tmp_path: Path, ledger: SqliteLedger, peers: RecordingPeers, metrics: NodeMetrics, *extra: str
+) -> Orderer:
+    """n0 of a 4-node channel (plus ``extra`` member nodes) that never signs."""
     consenters = Simulator(Scenario(seed=1, n=4)).consenters
-    peers, metrics = RecordingPeers(), NodeMetrics()
-    ledger = SqliteLedger(tmp_path / "l.sqlite")
-    orderer = Orderer(
+    return Orderer(
         network=NETWORK,
         app=APP,
         me="n0",
         signer=None,  # type: ignore[arg-type]  # never signs here
         consenters=lambda: consenters,
-        members=consenters.ids,
+        members=(*consenters.ids, *extra),
         config=OrderingConfig(),
         safety=SafetyStore(tmp_path, APP),
         ledger=ledger,
         peers=peers,
         metrics=metrics,
     )
+
+
+def test_a_halted_channel_is_reported_and_says_nothing_more(tmp_path: Path) -> None:
+    peers, metrics = RecordingPeers(), NodeMetrics()
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    orderer = _orderer(tmp_path, ledger, peers, metrics)
 
     async def scenario() -> None:
         orderer._process(Output(halted="divergence at height 3: certified result root differs"))
@@ -69,22 +76,9 @@ class _IdleReplica:
 def test_transactions_forwarded_by_an_observer_are_refused(tmp_path: Path) -> None:
     """An observer (a regulator's node) follows the channel but never feeds its
     mempool: its gateway refuses writes, and so do the channel's other nodes."""
-    consenters = Simulator(Scenario(seed=1, n=4)).consenters
     metrics = NodeMetrics()
     ledger = SqliteLedger(tmp_path / "l.sqlite")
-    orderer = Orderer(
-        network=NETWORK,
-        app=APP,
-        me="n0",
-        signer=None,  # type: ignore[arg-type]  # never signs here
-        consenters=lambda: consenters,
-        members=(*consenters.ids, "obs"),
-        config=OrderingConfig(),
-        safety=SafetyStore(tmp_path, APP),
-        ledger=ledger,
-        peers=RecordingPeers(),
-        metrics=metrics,
-    )
+    orderer = _orderer(tmp_path, ledger, RecordingPeers(), metrics, "obs")
     orderer.observers = frozenset({"obs"})
     orderer.replica = _IdleReplica()  # type: ignore[assignment]
 
