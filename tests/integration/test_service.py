@@ -512,6 +512,21 @@ def test_storage_quota_is_checked_at_commit(net: RunningNetwork, developer: dict
             gw2.seen.merge(gw.seen)  # reads after the block node1 committed it in
             assert gw2.app("archive").contract("asset-transfer").evaluate("read", f"doc{last}")
 
+        # back on the 1 MiB plan with more than 1 MiB stored: refused before ordering
+        change = {"kind": "set_app_plan", "app": "archive", "plan": "tiny"}
+        assert propose(gw, change)["status"] == "executed"
+
+        def refused_up_front() -> bool:
+            try:
+                contract.submit("create", "one-more", "x", 1)
+            except Forbidden as up_front:
+                assert up_front.code == "storage_quota_exceeded", up_front
+                return True
+            return False
+
+        wait_for(refused_up_front, what="the gateway's refusal on the tiny plan")
+        assert contract.evaluate("read", "one-more") is None  # nothing of it was ordered
+
 
 def test_restarted_node_rejoins_under_the_governed_configuration(
     net: RunningNetwork, developer: dict[str, Any], custody_app: str

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import typer
@@ -41,6 +42,8 @@ from ..network.governance import DEFAULT_TTL_S, MAX_TTL_S
 from ..network.history import BOOTSTRAP_FILE, load_bootstrap, save_bootstrap
 from .common import Settings, console, handle_errors, output, settings
 from .procs import NodeProcess, start_node_process, wait_healthy
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="Network governance: configuration, proposals and approvals.", no_args_is_help=True
@@ -64,6 +67,17 @@ def connect_governance(s: Settings, who: str | None = None) -> Governance:
     return Governance(s.gateway(spec, url=url))
 
 
+def _on_governance(
+    ctx: typer.Context, who: str | None, call: Callable[[Governance], T]
+) -> tuple[Settings, T]:
+    """``call(governance)`` as ``who`` (errors: the CLI's typed output)."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        gov = connect_governance(s, who)
+        with gov.gateway:
+            return s, call(gov)
+
+
 def _describe(proposal: dict[str, Any]) -> str:
     approvals = ", ".join(proposal["approvals"]) or "none"
     rejections = ", ".join(proposal["rejections"]) or "none"
@@ -82,11 +96,7 @@ def config_cmd(
     ctx: typer.Context, who: str | None = typer.Option(None, "--as", help=AS_HELP)
 ) -> None:
     """The current network configuration: zones, orgs, nodes, apps, plans, policies."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gov = connect_governance(s, who)
-        with gov.gateway:
-            config = gov.config()
+    s, config = _on_governance(ctx, who, lambda gov: gov.config())
     output(s, config.to_dict(), lambda: _print_config(config))
 
 
@@ -130,11 +140,7 @@ def proposals_cmd(
     """Proposals with a status (default: the open ones)."""
     from rich.table import Table
 
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gov = connect_governance(s, who)
-        with gov.gateway:
-            rows = gov.proposals(status)
+    s, rows = _on_governance(ctx, who, lambda gov: gov.proposals(status))
 
     def human() -> None:
         table = Table("id", "change", "by", "approvals", "rejections", "status")
@@ -159,11 +165,7 @@ def show_cmd(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """One proposal: its change, policy, approvals, rejections and status."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gov = connect_governance(s, who)
-        with gov.gateway:
-            proposal = gov.proposal(proposal_id)
+    s, proposal = _on_governance(ctx, who, lambda gov: gov.proposal(proposal_id))
 
     def human() -> None:
         console.print(_describe(proposal))
@@ -208,12 +210,9 @@ def propose_cmd(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Propose a change (as an org admin); your org's approval counts at once."""
-    s = settings(ctx)
-    with handle_errors(s.json):
+    with handle_errors(settings(ctx).json):
         change = read_change(file)
-        gov = connect_governance(s, who)
-        with gov.gateway:
-            proposal = gov.propose(change, ttl)
+    s, proposal = _on_governance(ctx, who, lambda gov: gov.propose(change, ttl))
     output(s, proposal, lambda: console.print(_describe(proposal)))
 
 
@@ -223,11 +222,7 @@ def _decision_cmd(function: str) -> Any:
         proposal_id: str = typer.Argument(..., help="Proposal id (its transaction id)."),
         who: str | None = typer.Option(None, "--as", help=AS_HELP),
     ) -> None:
-        s = settings(ctx)
-        with handle_errors(s.json):
-            gov = connect_governance(s, who)
-            with gov.gateway:
-                proposal = getattr(gov, function)(proposal_id)
+        s, proposal = _on_governance(ctx, who, lambda gov: getattr(gov, function)(proposal_id))
         output(s, proposal, lambda: console.print(_describe(proposal)))
 
     command.__doc__ = {
@@ -253,11 +248,7 @@ def accept_cmd(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Accept an invitation to an app for your org (as its admin), choosing its role."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gov = connect_governance(s, who)
-        with gov.gateway:
-            proposal = gov.accept(proposal_id, role)
+    s, proposal = _on_governance(ctx, who, lambda gov: gov.accept(proposal_id, role))
     output(s, proposal, lambda: console.print(_describe(proposal)))
 
 

@@ -17,9 +17,10 @@ commands sign as ``--as`` and talk to ``--url``, or else the first node hosting 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import typer
@@ -33,6 +34,8 @@ from ..crypto.suites import ED25519, get_suite
 from ..errors import Conflict, InvalidInput, NotFound
 from ..network.config import NETWORK_FILE, write_file
 from .common import Settings, console, handle_errors, output, settings
+
+T = TypeVar("T")
 
 developer_app = typer.Typer(
     help="Sign up a developer or enterprise org at an operator node's portal.",
@@ -164,6 +167,17 @@ def _connect(s: Settings, who: str | None) -> tuple[Gateway, str]:
     return s.gateway(who, url=url), name
 
 
+def _on_app(
+    ctx: typer.Context, who: str | None, call: Callable[[Gateway, str], T]
+) -> tuple[Settings, T]:
+    """``call(gateway, app)`` as ``who`` for the app (errors: the CLI's typed output)."""
+    s = settings(ctx)
+    with handle_errors(s.json):
+        gw, app_name = _connect(s, who)
+        with gw:
+            return s, call(gw, app_name)
+
+
 @user_app.command("add")
 def user_add(
     ctx: typer.Context,
@@ -224,11 +238,7 @@ def user_revoke(
     at once) and you propose it as a governance 'revoke' change, signed as --as; once
     executed, every node refuses the user's certificates. Safe to run again if the
     proposal failed; 'already_revoked' once the network enforces it."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            done = sdk.revoke_user(gw, app_name, name)
+    s, done = _on_app(ctx, who, lambda gw, app_name: sdk.revoke_user(gw, app_name, name))
     proposal = done.proposal
     data = {
         "user": done.user,
@@ -275,15 +285,12 @@ def usage_cmd(
 ) -> None:
     """The app's metered usage of a month: summed over every node hosting it (--local:
     this gateway's share only)."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            data = sdk.usage(gw, app_name, month, scope="local" if local else "network")
+    scope = "local" if local else "network"
+    s, data = _on_app(ctx, who, lambda gw, app_name: sdk.usage(gw, app_name, month, scope=scope))
 
     def human() -> None:
         where = f"on {data.get('node')}" if local else "on every hosting node"
-        console.print(f"usage of [bold]{escape(app_name)}[/] in {data.get('month')}, {where}")
+        console.print(f"usage of [bold]{escape(s.app_name())}[/] in {data.get('month')}, {where}")
         for key in USAGE_COUNTERS:
             console.print(f"  {key:<20} {data.get(key)}")
         if data.get("complete") is False:
@@ -312,17 +319,14 @@ def invoice_cmd(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """The app's invoice of a month (--json: the JSON form)."""
-    s = settings(ctx)
-    fmt = InvoiceFormat.JSON if s.json else fmt
+    fmt = InvoiceFormat.JSON if settings(ctx).json else fmt
+    fetch = {
+        InvoiceFormat.JSON: sdk.invoice,
+        InvoiceFormat.HTML: sdk.invoice_html,
+        InvoiceFormat.TEXT: sdk.invoice_text,
+    }[fmt]
+    s, bill = _on_app(ctx, who, lambda gw, app_name: fetch(gw, app_name, month))
     with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            if fmt == InvoiceFormat.JSON:
-                bill: Any = sdk.invoice(gw, app_name, month)
-            elif fmt == InvoiceFormat.HTML:
-                bill = sdk.invoice_html(gw, app_name, month)
-            else:
-                bill = sdk.invoice_text(gw, app_name, month)
         if output_file is not None:
             text = bill if isinstance(bill, str) else _json_text(bill)
             write_file(output_file, text.encode())
@@ -352,12 +356,10 @@ def webhook_add(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Register a webhook: each new block notice and contract event is POSTed to URL."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            wanted = [k.strip() for k in kinds.split(",") if k.strip()]
-            hook = sdk.add_webhook(gw, app_name, url, wanted, contract)
+    wanted = [k.strip() for k in kinds.split(",") if k.strip()]
+    s, hook = _on_app(
+        ctx, who, lambda gw, app_name: sdk.add_webhook(gw, app_name, url, wanted, contract)
+    )
     output(s, hook, lambda: console.print(f"webhook [bold]{hook['id']}[/] → {escape(url)}"))
 
 
@@ -368,11 +370,7 @@ def webhook_list(
     """The app's webhooks."""
     from rich.table import Table
 
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            hooks = sdk.list_webhooks(gw, app_name)
+    s, hooks = _on_app(ctx, who, sdk.list_webhooks)
 
     def human() -> None:
         table = Table("id", "url", "kinds", "contract", "owner")
@@ -392,11 +390,7 @@ def webhook_rm(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Remove a webhook (its registering org or the app's owner)."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            sdk.delete_webhook(gw, app_name, webhook_id)
+    s, _ = _on_app(ctx, who, lambda gw, app_name: sdk.delete_webhook(gw, app_name, webhook_id))
     output(s, {"ok": True, "id": webhook_id}, lambda: console.print(f"removed {webhook_id}"))
 
 
@@ -409,11 +403,8 @@ def webhook_deliveries(
     """Webhook deliveries and where each stands (attempts, last error)."""
     from rich.table import Table
 
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            rows = sdk.deliveries(gw, app_name, state.value if state is not None else None)
+    wanted = state.value if state is not None else None
+    s, rows = _on_app(ctx, who, lambda gw, app_name: sdk.deliveries(gw, app_name, wanted))
 
     def human() -> None:
         table = Table("id", "webhook", "kind", "state", "attempts", "last error")
@@ -434,11 +425,7 @@ def webhook_redeliver(
     who: str | None = typer.Option(None, "--as", help=AS_HELP),
 ) -> None:
     """Try a failed delivery again (it is pending again)."""
-    s = settings(ctx)
-    with handle_errors(s.json):
-        gw, app_name = _connect(s, who)
-        with gw:
-            delivery = sdk.redeliver(gw, app_name, delivery_id)
+    s, delivery = _on_app(ctx, who, lambda gw, app_name: sdk.redeliver(gw, app_name, delivery_id))
     output(s, delivery, lambda: console.print(f"delivery {delivery_id} {delivery['state']}"))
 
 

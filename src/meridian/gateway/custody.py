@@ -275,9 +275,9 @@ class KeyVault:
         return [_to_issued(row) for row in rows]
 
     def get_revoked_serials(self, org: str) -> frozenset[int]:
-        """Every serial of ``org``'s CA this vault has signed into a CRL."""
+        """Every serial of ``org``'s CA revoked here (:meth:`revoke_user`)."""
         with self._lock:
-            return _get_revoked_serials(self._get_conn(), org)
+            return frozenset(_get_revocation_times(self._get_conn(), org))
 
     def is_revoked(self, app: str, user: str) -> bool:
         """Whether ``user@app`` was revoked (:meth:`revoke_user`)."""
@@ -694,10 +694,6 @@ def _is_user_revoked(conn: sqlite3.Connection, app: str, user: str) -> bool:
 def _validate_not_revoked(conn: sqlite3.Connection, app: str, user: str) -> None:
     if _is_user_revoked(conn, app, user):
         raise _user_revoked(app, user)
-
-
-def _get_revoked_serials(conn: sqlite3.Connection, org: str) -> frozenset[int]:
-    return frozenset(_get_revocation_times(conn, org))
 
 
 def _get_revocation_times(conn: sqlite3.Connection, org: str) -> dict[int, int]:

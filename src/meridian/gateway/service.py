@@ -218,8 +218,7 @@ class Services:
             check_requests_quota(self.get_network_requests(app, billing_month(now)), plan)
             if transactions:
                 self.limiter.check(app, plan.tps, cost=transactions)
-                channel = self.node.channel(app)
-                stored = _ledger_bytes(channel)
+                stored = self.node.channel(app).stored_bytes  # no read per request
                 self.meter.set_storage(app, now, stored)
                 check_storage_quota(stored, plan)
         except MeridianError:
@@ -644,11 +643,6 @@ class Services:
                 )
         rows.sort(key=lambda r: (r["time_ms"] or 0, r["channel"], r["block"]))
         return rows[-limit:]
-
-
-def _ledger_bytes(channel: Channel) -> int:
-    """The app's stored bytes as validation counts them against the storage quota."""
-    return channel.ledger.stored_bytes()
 
 
 def _text(body: Any, key: str, max_chars: int) -> str:

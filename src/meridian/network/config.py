@@ -269,9 +269,6 @@ class NetworkConfig:
                     org["details"] = {}
         return doc
 
-    def orgs_of_type(self, *types: str) -> tuple[str, ...]:
-        return tuple(o.id for o in self.orgs if o.type in types)
-
     @property
     def operators(self) -> tuple[str, ...]:
         return self._get_index().operators

@@ -137,6 +137,8 @@ class Channel:
         self._waiters: dict[str, list[asyncio.Future[Receipt]]] = {}
         self._new_block = asyncio.Condition()
         self._tip = self._load_tip()
+        # what the app stores (validation's measure), as of the last commit here
+        self.stored_bytes = ledger.stored_bytes()
         self._task: asyncio.Task[None] | None = None
         self.last_commit_ms = 0
         self._failed: str | None = None
@@ -285,6 +287,7 @@ class Channel:
             log.exception("%s: %s", self.app, self._failed)
             raise
         header = block.header
+        self.stored_bytes = batch.stored_bytes
         self._tip = ChainTip(
             header.number + 1, header.hash, batch.result_root, header.timestamp_ms, header.proposer
         )
