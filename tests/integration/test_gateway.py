@@ -830,6 +830,33 @@ def test_batch_reports_each_item_and_commits_the_good_ones(client: Client, ids: 
     assert count_in_ledger(client, first.proposal.tx_id) == 1
 
 
+def test_batch_signed_proposals_commit_with_batch_signed_endorsements(client: Client) -> None:
+    """The SDK signs a batch's proposals with one signature per 16 and the node endorses
+    them the same way; a proposal whose proof was tampered with is refused alone."""
+    assets = [new_asset() for _ in range(20)]
+    builder = ProposalBuilder(client.identity, client.network)
+    signed = builder.build_many(APP, CONTRACT, [("create", (a, "ida", 1)) for a in assets])
+    assert len({s.signature for s in signed}) == 2  # 16 + 4
+    items = [s.to_dict() for s in signed]
+    items[3]["batch"]["index"] = 4  # a valid signature, at another position: no longer
+    before = client.height()
+    results = ok(client.post(f"{TX_PATH}/batch", {"proposals": items}))["results"]
+    codes = [r["receipt"]["code"] if r["ok"] else r["error"]["code"] for r in results]
+    assert codes == ["VALID"] * 3 + ["bad_signature"] + ["VALID"] * 16
+    assert client.read_asset(assets[3]) is None
+    assert client.read_asset(assets[19])["owner"] == "ida"
+    committed = [
+        Transaction.from_dict(tx)
+        for n in range(before, client.height())
+        for tx in client.block(n)["block"]["transactions"]
+    ]
+    mine = [tx for tx in committed if tx.tx_id in {s.proposal.tx_id for s in signed}]
+    assert len(mine) == 19
+    assert all(tx.signed_proposal.batch is not None for tx in mine)
+    assert {len(tx.endorsements) for tx in mine} == {1}
+    assert any(tx.endorsements[0].batch is not None for tx in mine)
+
+
 @pytest.mark.parametrize("payload", [{"proposals": []}, {"proposals": "x"}, {}])
 def test_invalid_batch_shape(client: Client, payload: dict[str, Any]) -> None:
     with ledger_unchanged(client):

@@ -13,6 +13,8 @@ from meridian.ledger.merkle import (
     compute_inclusion_proof,
     compute_leaf_hash,
     compute_root,
+    compute_root_and_proofs,
+    compute_root_from_proof,
     verify_inclusion,
 )
 
@@ -94,6 +96,17 @@ def test_every_leaf_of_every_size_has_a_verifying_proof(size: int) -> None:
     for index, leaf in enumerate(leaves):
         proof = compute_inclusion_proof(leaves, index)
         assert verify_inclusion(leaf, index, size, proof, root)
+
+
+@pytest.mark.parametrize("size", range(1, MAX_SIZE + 1))
+def test_all_proofs_at_once_match_one_by_one(size: int) -> None:
+    leaves = _leaves(size)
+    root, proofs = compute_root_and_proofs(leaves)
+    assert root == compute_root(leaves)
+    assert proofs == [compute_inclusion_proof(leaves, i) for i in range(size)]
+    for index, leaf in enumerate(leaves):
+        assert compute_root_from_proof(leaf, index, size, proofs[index]) == root
+    assert compute_root_from_proof(leaves[0], size, size, proofs[0]) is None
 
 
 @given(tree_and_index())

@@ -18,8 +18,10 @@ from meridian.types import (
     MAX_ARG_BYTES,
     MAX_ARGS,
     MAX_BLOCK_TXS,
+    MAX_SIGNED_BATCH,
     MAX_TX_BYTES,
     ZERO_DIGEST,
+    BatchProof,
     Block,
     BlockHeader,
     Endorsement,
@@ -66,7 +68,15 @@ PROPOSALS = st.builds(
     creator=st.binary(min_size=1, max_size=300),
 )
 SIGNATURES = st.binary(min_size=1, max_size=512)
-SIGNED = st.builds(SignedProposal, PROPOSALS, SIGNATURES)
+BATCH_PROOFS = st.none() | st.integers(2, MAX_SIGNED_BATCH).flatmap(
+    lambda size: st.builds(
+        BatchProof,
+        st.integers(0, size - 1),
+        st.just(size),
+        st.lists(st.binary(min_size=32, max_size=32), max_size=10).map(tuple),
+    )
+)
+SIGNED = st.builds(SignedProposal, PROPOSALS, SIGNATURES, BATCH_PROOFS)
 READS = st.builds(KVRead, KEYS, VERSIONS)
 RANGE_READS = st.builds(
     RangeRead,
@@ -96,7 +106,7 @@ RESULTS = st.builds(
     st.lists(EVENTS, max_size=2).map(tuple),
     st.text(max_size=20),
 )
-ENDORSEMENTS = st.builds(Endorsement, st.binary(max_size=300), SIGNATURES)
+ENDORSEMENTS = st.builds(Endorsement, st.binary(max_size=300), SIGNATURES, BATCH_PROOFS)
 TRANSACTIONS = st.builds(
     Transaction, SIGNED, RESULTS, st.lists(ENDORSEMENTS, max_size=3).map(tuple)
 )
@@ -493,6 +503,33 @@ def test_invalid_signed_proposal_signature_length(sig: bytes) -> None:
     d = SignedProposal(_proposal(), b"x").to_dict()
     d["signature"] = codec.b64(sig)
     _reject(SignedProposal.from_dict, d)
+
+
+@pytest.mark.parametrize(
+    "batch",
+    [
+        {"index": 0, "size": 1, "path": []},  # a batch of one is signed as itself
+        {"index": 2, "size": 2, "path": ["00" * 32]},
+        {"index": -1, "size": 4, "path": []},
+        {"index": 0, "size": MAX_SIGNED_BATCH + 1, "path": []},
+        {"index": 0, "size": 4, "path": ["00" * 32] * 11},
+        {"index": 0, "size": 4, "path": ["00" * 31]},
+        {"index": 0, "size": 4, "path": "00"},
+        {"index": True, "size": 4, "path": []},
+        {"size": 4, "path": []},
+        [],
+    ],
+)
+def test_invalid_batch_proof(batch: Any) -> None:
+    d = SignedProposal(_proposal(), b"x").to_dict()
+    d["batch"] = batch
+    with pytest.raises(InvalidInput) as info:
+        SignedProposal.from_dict(d)
+    assert info.value.code in ("malformed", "too_large")
+    e = Endorsement(b"node-cert", b"x").to_dict()
+    e["batch"] = batch
+    with pytest.raises(InvalidInput):
+        Endorsement.from_dict(e)
 
 
 def test_invalid_signed_proposal_missing_proposal() -> None:

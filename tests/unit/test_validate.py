@@ -31,6 +31,7 @@ from meridian.node.validate import AppRules, compute_result_root, validate_block
 from meridian.types import (
     DOMAIN_ENDORSEMENT,
     ZERO_DIGEST,
+    BatchProof,
     Block,
     BlockHeader,
     Endorsement,
@@ -49,6 +50,7 @@ from meridian.types import (
     Version,
     compute_endorsement_payload,
     compute_tx_hash,
+    sign_batch,
 )
 
 NET, APP, NS = "testnet", "trade", "asset"
@@ -379,6 +381,90 @@ def test_invalid_creator_signature_over_another_proposal(world: World, msp: Memb
         SignedProposal(tx.proposal, other.signed_proposal.signature), tx.result, tx.endorsements
     )
     assert _codes(_validate([forged], _state(), msp)) == [TxCode.BAD_CREATOR_SIGNATURE]
+
+
+# ------------------------------------------------------------------- batch signatures
+
+
+def _batch_signed(world: World, n: int) -> list[Transaction]:
+    """``n`` transactions whose creator and endorser each signed them in one batch."""
+    txs = [_put(world, f"b-{i}", i) for i in range(n)]
+    creator = sign_batch(
+        world.client1.signer, [bytes(t.proposal.signing_digest()) for t in txs], NET
+    )
+    digests = [
+        bytes(
+            compute_signing_digest(
+                DOMAIN_ENDORSEMENT, NET, compute_endorsement_payload(t.tx_id, t.result)
+            )
+        )
+        for t in txs
+    ]
+    endorser = sign_batch(world.node1.signer, digests, NET)
+    return [
+        Transaction(
+            SignedProposal(t.proposal, c_sig, c_batch),
+            t.result,
+            (Endorsement(world.node1.cert_der, e_sig, e_batch),),
+        )
+        for t, (c_sig, c_batch), (e_sig, e_batch) in zip(txs, creator, endorser, strict=True)
+    ]
+
+
+def test_batch_signed_transactions_are_valid(world: World, msp: Membership) -> None:
+    txs = _batch_signed(world, 17)  # one batch of 16, and a lone one signed as itself
+    assert len({t.signed_proposal.signature for t in txs}) == 2
+    assert [t.signed_proposal.batch is None for t in txs] == [False] * 16 + [True]
+    assert _codes(_validate(txs, _state(), msp)) == [TxCode.VALID] * 17
+
+
+def _with_proof(proof: BatchProof, **change: Any) -> BatchProof:
+    return dataclasses.replace(proof, **change)
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda p: _with_proof(p, index=(p.index + 1) % p.size),  # another position
+        lambda p: _with_proof(p, size=p.size + 1),  # another tree shape
+        lambda p: _with_proof(p, path=(ZERO_DIGEST, *p.path[1:])),  # another sibling
+        lambda p: _with_proof(p, path=p.path[:-1]),  # a proof too short for its position
+    ],
+)
+def test_invalid_batch_signature_with_a_tampered_proof(
+    world: World, msp: Membership, tamper: Any
+) -> None:
+    tx = _batch_signed(world, 4)[1]
+    signed = tx.signed_proposal
+    assert signed.batch is not None
+    creator = SignedProposal(signed.proposal, signed.signature, tamper(signed.batch))
+    bad_creator = Transaction(creator, tx.result, tx.endorsements)
+    [endorsement] = tx.endorsements
+    assert endorsement.batch is not None
+    bad = Endorsement(endorsement.endorser, endorsement.signature, tamper(endorsement.batch))
+    bad_endorser = Transaction(signed, tx.result, (bad,))
+    assert _codes(_validate([bad_creator], _state(), msp)) == [TxCode.BAD_CREATOR_SIGNATURE]
+    assert _codes(_validate([bad_endorser], _state(), msp)) == [TxCode.BAD_ENDORSEMENT]
+
+
+def test_invalid_batch_signature_carried_to_a_proposal_outside_the_batch(
+    world: World, msp: Membership
+) -> None:
+    batch = _batch_signed(world, 2)
+    outsider = _put(world, "x", 1)
+    signed = batch[0].signed_proposal
+    forged = SignedProposal(outsider.proposal, signed.signature, signed.batch)
+    tx = Transaction(forged, outsider.result, outsider.endorsements)
+    assert _codes(_validate([tx], _state(), msp)) == [TxCode.BAD_CREATOR_SIGNATURE]
+
+
+def test_a_batch_signature_is_not_a_plain_signature(world: World, msp: Membership) -> None:
+    """The root is signed under its own domain: dropping the proof never verifies."""
+    tx = _batch_signed(world, 2)[0]
+    bare = SignedProposal(tx.proposal, tx.signed_proposal.signature)
+    assert _codes(_validate([Transaction(bare, tx.result, tx.endorsements)], _state(), msp)) == [
+        TxCode.BAD_CREATOR_SIGNATURE
+    ]
 
 
 # --------------------------------------------------------------------- BAD_ENDORSEMENT

@@ -65,13 +65,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _presign(gw: Gateway, prefix: str, n: int) -> list[dict[str, Any]]:
-    builder = gw.builder
-    return [
-        builder.build(
-            "demo", "asset-transfer", "create", (f"{prefix}-{i}", f"owner-{i % 100}", i)
-        ).to_dict()
-        for i in range(n)
-    ]
+    calls = [("create", (f"{prefix}-{i}", f"owner-{i % 100}", i)) for i in range(n)]
+    return [s.to_dict() for s in gw.builder.build_many("demo", "asset-transfer", calls)]
 
 
 def _post_batch(gw: Gateway, proposals: list[dict[str, Any]]) -> int:

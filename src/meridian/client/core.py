@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from ..crypto.certs import load_cert_der
 from ..crypto.suites import Signer, load_signer
 from ..errors import MeridianError, Unavailable, error_class_for
 from ..gateway.auth import sign_request
-from ..types import Proposal, SignedProposal
+from ..types import Proposal, SignedProposal, sign_batch
 
 
 @dataclass(frozen=True)
@@ -142,19 +142,35 @@ class ProposalBuilder:
     def build(
         self, app: str, contract: str, function: str, args: tuple[Any, ...]
     ) -> SignedProposal:
-        codec.validate_value(list(args), what="arguments")
-        proposal = Proposal(
-            network=self.network,
-            app=app,
-            contract=contract,
-            function=function,
-            args=tuple(args),
-            nonce=secrets.token_bytes(16),
-            timestamp_ms=int(time.time() * 1000),
-            creator=self.identity.cert_der,
-        )
-        signature = self.identity.signer.sign(bytes(proposal.signing_digest()))
-        return SignedProposal(proposal, signature)
+        return self.build_many(app, contract, [(function, args)])[0]
+
+    def build_many(
+        self, app: str, contract: str, calls: Sequence[tuple[str, Sequence[Any]]]
+    ) -> list[SignedProposal]:
+        """One signed proposal per ``(function, args)``, signed in batches: one
+        signature per ``SIGNED_BATCH`` proposals (see :class:`~meridian.types.BatchProof`),
+        so that every node checks one signature where it would check sixteen."""
+        proposals = []
+        for function, args in calls:
+            codec.validate_value(list(args), what="arguments")
+            proposals.append(
+                Proposal(
+                    network=self.network,
+                    app=app,
+                    contract=contract,
+                    function=function,
+                    args=tuple(args),
+                    nonce=secrets.token_bytes(16),
+                    timestamp_ms=int(time.time() * 1000),
+                    creator=self.identity.cert_der,
+                )
+            )
+        digests = [bytes(p.signing_digest()) for p in proposals]
+        signed = sign_batch(self.identity.signer, digests, self.network)
+        return [
+            SignedProposal(p, signature, batch)
+            for p, (signature, batch) in zip(proposals, signed, strict=True)
+        ]
 
     def headers(self, method: str, url: httpx.URL, body: bytes) -> dict[str, str]:
         return sign_request(

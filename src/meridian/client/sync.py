@@ -217,7 +217,12 @@ class Contract:
             f"{self._base}/transactions/batch",
             self._body(
                 {
-                    "proposals": [self._proposal(f, a) for f, a in calls],
+                    "proposals": [
+                        s.to_dict()
+                        for s in self.app.gateway.builder.build_many(
+                            self.app.name, self.name, calls
+                        )
+                    ],
                     "wait": wait,
                     "timeout_ms": timeout_ms,
                 }

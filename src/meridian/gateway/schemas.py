@@ -26,11 +26,26 @@ class ProposalIn(_Strict):
     creator: str = Field(description="base64 DER X.509 certificate of the signer")
 
 
+class BatchProofIn(_Strict):
+    index: int = Field(ge=0, description="position of this digest in the signed batch")
+    size: int = Field(ge=2, le=1024, description="digests in the signed batch")
+    path: list[str] = Field(
+        max_length=10, description="RFC 6962 inclusion proof, leaf level first (hex digests)"
+    )
+
+
 class SignedProposalIn(_Strict):
     proposal: ProposalIn
     signature: str = Field(
         description="base64 signature over the proposal's signing "
-        "digest (domain 'proposal', network, canonical proposal)"
+        "digest (domain 'proposal', network, canonical proposal); with `batch`, over "
+        "the signing digest (domain 'batch', network) of the Merkle root of a batch of "
+        "such digests"
+    )
+    batch: BatchProofIn | None = Field(
+        None,
+        description="where this proposal's digest sits in a batch signed once "
+        "(see docs/transaction-flow.md, batch signatures)",
     )
 
 

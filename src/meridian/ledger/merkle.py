@@ -61,17 +61,41 @@ def _proof(hashes: Sequence[Digest], index: int) -> list[Digest]:
     return [*_proof(hashes[k:], index - k), _root_of_hashes(hashes[:k])]
 
 
+def compute_root_and_proofs(leaves: Sequence[bytes]) -> tuple[Digest, list[list[Digest]]]:
+    """The root and every leaf's inclusion proof, each tree node hashed once."""
+    if not leaves:
+        raise ValueError("a tree needs at least one leaf")
+    return _root_and_proofs([compute_leaf_hash(leaf) for leaf in leaves])
+
+
+def _root_and_proofs(hashes: Sequence[Digest]) -> tuple[Digest, list[list[Digest]]]:
+    if len(hashes) == 1:
+        return hashes[0], [[]]
+    k = _split(len(hashes))
+    left, left_proofs = _root_and_proofs(hashes[:k])
+    right, right_proofs = _root_and_proofs(hashes[k:])
+    proofs = [[*p, right] for p in left_proofs] + [[*p, left] for p in right_proofs]
+    return _node(left, right), proofs
+
+
 def verify_inclusion(
     leaf: bytes, index: int, size: int, proof: Sequence[bytes], root: bytes
 ) -> bool:
     """True iff ``proof`` shows ``leaf`` at ``index`` of a ``size``-leaf tree with ``root``."""
+    return compute_root_from_proof(leaf, index, size, proof) == root
+
+
+def compute_root_from_proof(
+    leaf: bytes, index: int, size: int, proof: Sequence[bytes]
+) -> Digest | None:
+    """The root that ``proof`` leads to from ``leaf`` at ``index`` of a ``size``-leaf
+    tree, or None if the proof cannot belong to such a position."""
     if not 0 <= index < size:
-        return False
+        return None
     try:
-        computed = _climb(compute_leaf_hash(leaf), index, size, list(proof))
+        return _climb(compute_leaf_hash(leaf), index, size, list(proof))
     except ValueError:
-        return False
-    return computed == root
+        return None
 
 
 def _climb(node: Digest, index: int, size: int, proof: list[bytes]) -> Digest:

@@ -29,7 +29,7 @@ from ..contracts.sandbox import SandboxLimits, resolve_sandbox_mode
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership, Role, load_cert_der, load_signer
 from ..crypto.hashing import compute_signing_digest
-from ..crypto.suites import Signer, remember_own_signature, verify_cached
+from ..crypto.suites import remember_own_signature, verify_cached
 from ..errors import (
     AuthError,
     CertificateError,
@@ -57,12 +57,14 @@ from ..p2p.transport import PeerAddress, Transport
 from ..types import (
     DOMAIN_ENDORSEMENT,
     MAX_TX_BYTES,
+    BatchProof,
     BlockHeader,
     Endorsement,
     SignedProposal,
     Transaction,
     TxResult,
     compute_endorsement_payload,
+    sign_batch,
 )
 from .channel import Channel, Receipt
 from .metrics import NodeMetrics
@@ -720,8 +722,9 @@ class Node:
             raise Forbidden("proposal app does not match the URL", code="wrong_app")
         channel = self.channel(app)
         caller = self.membership.validate(proposal.creator)
-        if not verify_cached(
-            caller.suite, caller.public_key, bytes(proposal.signing_digest()), signed.signature
+        message = signed.signed_message()
+        if message is None or not verify_cached(
+            caller.suite, caller.public_key, message, signed.signature
         ):
             raise AuthError(
                 "the proposal signature does not verify with the creator's certificate",
@@ -783,17 +786,25 @@ class Node:
 
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
         digest = self._endorsement_digest(signed, result)
-        return self._endorsed(signed, result, digest, self.signer.sign(digest))
+        return self._endorsed(signed, result, digest, self.signer.sign(digest), None)
 
     def _endorsement_digest(self, signed: SignedProposal, result: TxResult) -> bytes:
         payload = compute_endorsement_payload(signed.proposal.tx_id, result)
         return bytes(compute_signing_digest(DOMAIN_ENDORSEMENT, self.config.network, payload))
 
     def _endorsed(
-        self, signed: SignedProposal, result: TxResult, digest: bytes, signature: bytes
+        self,
+        signed: SignedProposal,
+        result: TxResult,
+        digest: bytes,
+        signature: bytes,
+        batch: BatchProof | None,
     ) -> Transaction:
-        remember_own_signature(self.signer.suite, self._public_key, digest, signature)
-        return Transaction(signed, result, (Endorsement(self.cert_der, signature),))
+        endorsement = Endorsement(self.cert_der, signature, batch)
+        message = endorsement.signed_message(digest, self.config.network)
+        if message is not None:  # always, for what sign_batch made
+            remember_own_signature(self.signer.suite, self._public_key, message, signature)
+        return Transaction(signed, result, (endorsement,))
 
     def _start(self, app: str, signed: SignedProposal, committed: set[str]) -> _Simulating:
         """Check a proposal for submission and start simulating it."""
@@ -822,9 +833,8 @@ class Node:
     async def _finish_all(
         self, app: str, started: Sequence[_Simulating | MeridianError]
     ) -> list[Endorsed | MeridianError]:
-        """Endorse a batch's finished simulations, as :meth:`_finish` does one; the
-        signatures are made on the crypto threads, off the event loop (the loop's
-        thread is the node's bottleneck, and the signer releases the GIL)."""
+        """Endorse a batch's finished simulations, as :meth:`_finish` does one, with
+        one signature per ``SIGNED_BATCH`` of them (see :func:`sign_batch`)."""
         checked: list[tuple[_Simulating, TxResult, bytes] | MeridianError] = []
         for s in started:
             if isinstance(s, MeridianError):
@@ -837,34 +847,20 @@ class Node:
                 continue
             checked.append((s, result, self._endorsement_digest(s.signed, result)))
         todo = [c for c in checked if not isinstance(c, MeridianError)]
-        signatures = iter(await self._sign_on_threads([digest for _, _, digest in todo]))
+        digests = [digest for _, _, digest in todo]
+        signatures = iter(sign_batch(self.signer, digests, self.config.network))
         out: list[Endorsed | MeridianError] = []
         for c in checked:
             if isinstance(c, MeridianError):
                 out.append(c)
                 continue
             running, result, digest = c
-            tx = self._endorsed(running.signed, result, digest, next(signatures))
+            tx = self._endorsed(running.signed, result, digest, *next(signatures))
             try:
                 out.append(self._sized(tx, running.caller))
             except MeridianError as exc:
                 out.append(exc)
         return out
-
-    async def _sign_on_threads(self, digests: Sequence[bytes]) -> list[bytes]:
-        """This node's signatures over ``digests``, made on the crypto threads."""
-        if len(digests) < PREVERIFY_MIN_BATCH:
-            return [self.signer.sign(d) for d in digests]
-        step = -(-len(digests) // self.options.crypto_threads)
-        parts = await asyncio.gather(
-            *(
-                asyncio.wrap_future(
-                    self._crypto.submit(_sign_all, self.signer, digests[i : i + step])
-                )
-                for i in range(0, len(digests), step)
-            )
-        )
-        return [sig for part in parts for sig in part]
 
     def _sized(self, tx: Transaction, caller: Identity) -> Endorsed:
         if len(tx.encode()) > MAX_TX_BYTES:
@@ -975,8 +971,10 @@ class Node:
                 creator = self.membership.validate(signed.proposal.creator)
             except CertificateError:
                 continue  # check_proposal reports it
-            digest = bytes(signed.proposal.signing_digest())
-            jobs.append((creator.suite, creator.public_key, digest, signed.signature))
+            message = signed.signed_message()
+            if message is not None:  # else check_proposal reports it
+                jobs.append((creator.suite, creator.public_key, message, signed.signature))
+        jobs = list(dict.fromkeys(jobs))  # a signed batch's proposals share one check
         if len(jobs) >= PREVERIFY_MIN_BATCH:
             await asyncio.gather(*(asyncio.wrap_future(f) for f in self._verify_on_threads(jobs)))
 
@@ -992,11 +990,13 @@ class Node:
         """Check forwarded transactions' signatures on the crypto threads, in the
         background: the verdicts wait in the verification cache for validation."""
         network, when = self.config.network, _now()
-        jobs = [
-            job
-            for tx in txs
-            for job in compute_signature_checks(tx, self.membership, network, when)
-        ]
+        jobs = list(
+            dict.fromkeys(  # a signed batch's transactions share their checks
+                job
+                for tx in txs
+                for job in compute_signature_checks(tx, self.membership, network, when)
+            )
+        )
         if jobs:
             self._verify_on_threads(jobs)  # not awaited: validation finds what is done
 
@@ -1052,10 +1052,6 @@ class Node:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _sign_all(signer: Signer, digests: Sequence[bytes]) -> list[bytes]:
-    return [signer.sign(d) for d in digests]
 
 
 def _verify_all(jobs: Sequence[tuple[str, bytes, bytes, bytes]]) -> None:

@@ -298,11 +298,9 @@ def _validate_tx(
     creator = _identity(membership, proposal.creator, when)
     if creator is None or creator.org not in rules.members or not rules.is_usable(creator):
         return TxCode.BAD_CREATOR_CERTIFICATE
-    if not verify_cached(
-        creator.suite,
-        creator.public_key,
-        bytes(proposal.signing_digest()),
-        tx.signed_proposal.signature,
+    message = tx.signed_proposal.signed_message()
+    if message is None or not verify_cached(
+        creator.suite, creator.public_key, message, tx.signed_proposal.signature
     ):
         return TxCode.BAD_CREATOR_SIGNATURE
     endorsing = _endorsing_orgs(tx, membership, rules, when)
@@ -396,7 +394,10 @@ def _endorsing_orgs(
         node = _identity(membership, endorsement.endorser, when)
         if node is None or not rules.is_endorser(node) or not rules.is_usable(node):
             return None
-        if not verify_cached(node.suite, node.public_key, digest, endorsement.signature):
+        message = endorsement.signed_message(digest, rules.network)
+        if message is None or not verify_cached(
+            node.suite, node.public_key, message, endorsement.signature
+        ):
             return None
         orgs.add(node.org)
     return orgs
@@ -405,23 +406,25 @@ def _endorsing_orgs(
 def compute_signature_checks(
     tx: Transaction, membership: Membership, network: str, when: datetime
 ) -> list[tuple[str, bytes, bytes, bytes]]:
-    """The signature checks validation will make for ``tx``: (suite, key, digest, sig).
+    """The signature checks validation will make for ``tx``: (suite, key, message, sig).
 
     Running them early with :func:`verify_cached` (on other threads, as transactions
-    arrive) leaves validation with cache hits; identities that do not validate are
-    skipped here and judged by validation itself.
+    arrive) leaves validation with cache hits; identities that do not validate and
+    impossible batch proofs are skipped here and judged by validation itself.
+    Transactions of one signed batch yield the same check: callers drop repeats.
     """
     checks = []
     creator = _identity(membership, tx.proposal.creator, when)
-    if creator is not None:
-        digest = bytes(tx.proposal.signing_digest())
-        checks.append((creator.suite, creator.public_key, digest, tx.signed_proposal.signature))
+    message = tx.signed_proposal.signed_message()
+    if creator is not None and message is not None:
+        checks.append((creator.suite, creator.public_key, message, tx.signed_proposal.signature))
     payload = compute_endorsement_payload(tx.tx_id, tx.result)
     digest = bytes(compute_signing_digest(_DOMAIN_ENDORSEMENT, network, payload))
     for endorsement in tx.endorsements:
         node = _identity(membership, endorsement.endorser, when)
-        if node is not None:
-            checks.append((node.suite, node.public_key, digest, endorsement.signature))
+        message = endorsement.signed_message(digest, network)
+        if node is not None and message is not None:
+            checks.append((node.suite, node.public_key, message, endorsement.signature))
     return checks
 
 
