@@ -20,7 +20,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import re
 from typing import Any
 
 import orjson
@@ -30,7 +29,6 @@ from .errors import InvalidInput
 JSONValue = Any  # None | bool | int | str | list[JSONValue] | dict[str, JSONValue]
 
 MAX_DEPTH = 32
-_HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
 _OPTS = orjson.OPT_SORT_KEYS
 
 
@@ -131,9 +129,12 @@ def unb64(text: Any, *, what: str = "field") -> bytes:
 
 def unhex(text: Any, *, what: str = "field", length: int | None = None) -> bytes:
     """Strict lowercase hex, optionally of an exact byte length."""
-    if not isinstance(text, str) or not _HEX_RE.fullmatch(text):
+    try:
+        raw = bytes.fromhex(text)  # then one spelling only: no spaces, no capitals
+    except (TypeError, ValueError):
+        raw = None
+    if raw is None or raw.hex() != text:
         raise InvalidInput(f"{what} must be a lowercase hex string", code="malformed")
-    raw = bytes.fromhex(text)
     if length is not None and len(raw) != length:
         raise InvalidInput(f"{what} must be {length} bytes", code="malformed")
     return raw
