@@ -1,10 +1,26 @@
 """The node's side of user contracts: a pool of warm, sandboxed worker processes.
 
 :class:`ContractPool` runs calls of one contract package in up to ``workers``
-processes at once (started lazily, kept warm, replaced when they die, time out or
-reach ``max_calls_per_worker``). During a call the worker's Context operations come
-back here and are applied, in order, to the :class:`SimulationContext` of the call,
-the one place that records reads and writes.
+processes at once (started lazily, kept warm, replaced when they die, get stuck or
+reach ``max_calls_per_worker``). An idle worker takes a batch of queued calls and
+runs them concurrently (see :mod:`.worker` for the protocol). Their Context
+operations come back here tagged with the call's index in the batch and are applied,
+in order, to the :class:`SimulationContext` of that call, the one place that records
+reads and writes; the answers a wave of calls waits for go back in one frame.
+
+Deadlines (``call_timeout_s``, wall clock). A worker that owes the node a frame (from
+when a batch or a wave's answers were sent until its next frame) and sends nothing
+for ``call_timeout_s`` is stuck: if one call of its batch is unfinished, that call
+fails with ``contract_timeout``; if several are, the worker is killed and none of them
+is blamed: each fails with ``contract_aborted``, which the caller answers by running
+it again from scratch, alone (``solo``), on a fresh Simulation
+(:class:`~meridian.contracts.registry.RestartableCall`), so that the culprit then
+times out on its own. The same holds for a worker that dies (one call: the death's
+error; several: ``contract_aborted``) and for the calls left unfinished when a call's
+sandbox violation or memory exhaustion stops the batch. The worker itself ends a call
+whose time (its own turns plus its waits for this side's answers, not its co-runners'
+turns) passes ``call_timeout_s`` (``contract_timeout``), so a call that reads state in
+a loop cannot outlive its budget.
 
 Errors (all :mod:`meridian.errors`, with stable codes):
 
@@ -12,7 +28,8 @@ Errors (all :mod:`meridian.errors`, with stable codes):
 * ``ContractFailure`` with ``contract_rejected`` (the contract raised ContractError),
   ``contract_error`` (any other exception), ``contract_timeout``,
   ``contract_resource_limit``, ``contract_forbidden``, ``contract_crashed``,
-  ``contract_load_failed``, ``contract_bad_value`` (the return value is not JSON);
+  ``contract_load_failed``, ``contract_bad_value`` (the return value is not JSON),
+  ``contract_aborted`` (a co-runner stopped the batch: run the call again alone);
 * the first error a SimulationContext operation raised, as itself, even if the
   contract caught it inside the worker.
 """
@@ -56,11 +73,13 @@ from .simulation import MAX_INVOKE_DEPTH, SimulationContext
 from .worker import (
     BAD_ARGUMENT,
     FINAL_ERROR_CODES,
-    FORBIDDEN,
     FRAME_HEADER,
     MAX_FRAME_BYTES,
-    RESOURCE_LIMIT,
+    STOPPING_CODES,
+    TIMEOUT,
     UNKNOWN_FUNCTION,
+    compute_frame_bodies,
+    encode_op,
 )
 
 log = logging.getLogger("meridian.contracts")
@@ -71,11 +90,12 @@ CLOSE_WAIT_S = 5.0
 STDERR_LOG_BYTES = 64 * 1024
 STDERR_LINE_CHARS = 500
 LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
-RETIRING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})
 DEFAULT_LIMITS = SandboxLimits()
 MAX_BATCH = 64
 BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
 WATCHDOG_TICK_S = 0.05  # how often deadlines are checked (their precision)
+ABORTED = "contract_aborted"  # a co-runner's failure stopped the batch: run it again alone
+_REPLIES_HEAD = b'{"op":"replies","replies":['
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
@@ -134,12 +154,18 @@ _OP_FIELDS = {
 
 
 class _Call:
-    """One request: its message, context, first host error, outcome and deadline."""
+    """One request: its message, context, first host error and outcome; ``solo``: it
+    must run in a batch of its own."""
 
-    __slots__ = ("ctx", "depth", "encoded", "first_error", "future", "op", "started")
+    __slots__ = ("ctx", "depth", "encoded", "first_error", "future", "op", "solo")
 
     def __init__(
-        self, request: Mapping[str, Any], ctx: SimulationContext | None, future: asyncio.Future[Any]
+        self,
+        request: Mapping[str, Any],
+        ctx: SimulationContext | None,
+        future: asyncio.Future[Any],
+        *,
+        solo: bool = False,
     ) -> None:
         self.op = request["op"]
         self.encoded = orjson.dumps(request)  # once; batches are spliced from these
@@ -153,13 +179,13 @@ class _Call:
         self.depth = ctx.depth if ctx is not None else 0
         self.future = future
         self.first_error: MeridianError | None = None
-        self.started = 0.0  # loop time the worker began it (0: not yet)
+        self.solo = solo
 
 
 class _PoolHooks(Protocol):
     """What a worker tells its pool."""
 
-    def on_call_started(self, worker: _Worker, call: _Call) -> None: ...
+    def on_batch_started(self, worker: _Worker) -> None: ...
     def on_batch_done(self, worker: _Worker) -> None: ...
     def on_gone(self, worker: _Worker, gone: _WorkerGone) -> None: ...
 
@@ -167,20 +193,27 @@ class _PoolHooks(Protocol):
 class _Worker(asyncio.SubprocessProtocol):
     """One worker process (its own process group), driven by pipe callbacks.
 
-    Frames from the worker are handled as they arrive, in order: Context operations
-    are applied to the call's :class:`SimulationContext` and answered at once, so a
-    call costs the event loop one wake-up per round trip and a single await.
+    It runs one batch at a time. Ops from the worker are handled as they arrive, in
+    order: Context operations are applied to their call's :class:`SimulationContext`,
+    and the answers of a wave go back in one frame once the worker waits and all of
+    them are ready (an ``invoke`` is answered when its nested call ends); a call's
+    final op settles its future at once.
     """
 
     def __init__(self, label: str, hooks: _PoolHooks) -> None:
         self.label = label
         self.hooks = hooks
         self.calls = 0
-        self.batch: deque[_Call] = deque()  # sent, final answer not yet read; [0] is running
+        self.batch: list[_Call | None] = []  # the running batch by index; None once ended
+        self.unfinished = 0
+        self.silent_since: float | None = None  # loop time from which it owes a frame
         self.retire = False
         self.transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._inbox = bytearray()
+        self._replies: list[bytes] = []  # the answers of the current wave
+        self._invoking = 0  # its invokes still running
+        self._waiting = False  # the worker waits for the wave's answers
         self._stderr = bytearray()
         self._stderr_budget = STDERR_LOG_BYTES
         self._gone: _WorkerGone | None = None
@@ -255,9 +288,6 @@ class _Worker(asyncio.SubprocessProtocol):
             raise _WorkerGone("the worker sent a message without an op")
         return message
 
-    def send(self, message: Mapping[str, Any]) -> None:
-        self.send_raw(orjson.dumps(message))
-
     def send_raw(self, body: bytes) -> None:
         """One frame; the pool keeps every frame under MAX_FRAME_BYTES."""
         if self._gone is not None or self._stdin is None or self._stdin.is_closing():
@@ -281,18 +311,35 @@ class _Worker(asyncio.SubprocessProtocol):
 
     @property
     def busy(self) -> bool:
-        return bool(self.batch)
+        return self.unfinished > 0
 
     def run(self, calls: list[_Call]) -> None:
-        """Send a batch: one request alone, or several calls the worker runs in order."""
-        if len(calls) == 1:
-            body = calls[0].encoded
-        else:
+        """Send a batch: calls the worker runs concurrently, or one describe."""
+        if calls[0].op == "call":
             body = b'{"op":"calls","calls":[' + b",".join(c.encoded for c in calls) + b"]}"
-        self.send_raw(body)
-        self.batch.extend(calls)
+        else:
+            body = calls[0].encoded
+        self.batch = list(calls)
+        self.unfinished = len(calls)
+        self._reset_wave()
         self.calls += len(calls)
-        self.hooks.on_call_started(self, calls[0])
+        self.send_raw(body)
+        self.silent_since = asyncio.get_running_loop().time()
+        self.hooks.on_batch_started(self)
+
+    def take_unfinished(self) -> list[_Call]:
+        """End the batch here: the calls it had not finished (their futures untouched)."""
+        calls = [call for call in self.batch if call is not None]
+        self.batch = []
+        self.unfinished = 0
+        self.silent_since = None
+        self._reset_wave()
+        return calls
+
+    def _reset_wave(self) -> None:
+        self._replies = []
+        self._invoking = 0
+        self._waiting = False
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         op = message["op"]
@@ -303,27 +350,47 @@ class _Worker(asyncio.SubprocessProtocol):
             return
         if not self.batch:
             raise _WorkerGone(f"the worker sent {op!r} while idle")
-        call = self.batch[0]
-        if op not in _FINAL_OPS:
-            self._serve(call, op, message)
+        if op != "ops" or self._waiting:
+            raise _WorkerGone(f"the worker sent {op!r} out of turn")
+        ops, wait = message.get("ops"), message.get("wait")
+        if not isinstance(ops, list) or not isinstance(wait, bool):
+            raise _WorkerGone("the worker sent a malformed ops frame")
+        for item in ops:
+            self._apply(item)
+            if not self.unfinished:
+                self._end_batch()
+                return
+        if not wait:
+            self.silent_since = asyncio.get_running_loop().time()
             return
-        self.batch.popleft()
-        if op == "error" and message.get("code") in RETIRING_CODES:
-            self.retire = True  # its sandbox flag or memory is spent, whoever is told
-        if not call.future.done():
-            self._settle(call, message)
-        if self.retire or not self.batch:
-            self.hooks.on_batch_done(self)
-        else:
-            self.hooks.on_call_started(self, self.batch[0])
+        if not (self._replies or self._invoking):
+            raise _WorkerGone("the worker waits for no answer")
+        self._waiting = True
+        self.silent_since = None  # the node owes the worker now
+        self._answer()
 
-    def _serve(self, call: _Call, op: str, message: Mapping[str, Any]) -> None:
+    def _apply(self, item: Any) -> None:
+        """Apply one op from the worker to its call."""
+        index = item.get("i") if isinstance(item, dict) else None
+        if type(index) is not int or not 0 <= index < len(self.batch):
+            raise _WorkerGone("the worker sent an op without a call index")
+        call = self.batch[index]
+        if call is None:
+            raise _WorkerGone(f"the worker sent an op for call {index}, which had ended")
+        op = item.get("op")
+        if op in _FINAL_OPS:
+            self._end_call(index, call, item)
+        else:
+            self._serve(index, call, op, item)
+
+    def _serve(self, index: int, call: _Call, op: Any, message: Mapping[str, Any]) -> None:
         fields = _OP_FIELDS.get(op)
         if call.ctx is None or fields is None or not all(f in message for f in fields):
             raise _WorkerGone(f"the worker sent an unexpected or incomplete {op!r}")
         if call.first_error is None:
             if op == "invoke":
-                task = asyncio.get_running_loop().create_task(self._invoke(call, message))
+                self._invoking += 1
+                task = asyncio.get_running_loop().create_task(self._invoke(index, call, message))
                 task.add_done_callback(_consume)
                 return
             try:
@@ -337,32 +404,78 @@ class _Worker(asyncio.SubprocessProtocol):
                 )
             else:
                 if op in _REPLY_OPS:
-                    self.send({"op": "value", "value": value})
+                    self._reply(index, call, value)
                 return
         if op in _REPLY_OPS:
-            self._send_error(call)
+            self._reply_error(index, call)
 
-    async def _invoke(self, call: _Call, message: Mapping[str, Any]) -> None:
+    async def _invoke(self, index: int, call: _Call, message: Mapping[str, Any]) -> None:
+        value: Any = None
         try:
             value = await _op_invoke(call.ctx, message)  # type: ignore[arg-type]
         except MeridianError as exc:
             call.first_error = call.first_error or exc
-            self._send_error(call)
         except Exception as exc:
             log.exception("contract %s: invoke failed", self.label)
             call.first_error = call.first_error or ContractFailure(
                 f"the invoked call failed: {type(exc).__name__}", code="contract_error"
             )
-            self._send_error(call)
+        if index >= len(self.batch) or self.batch[index] is not call:
+            return  # its batch ended without it (the worker was stopped or died)
+        self._invoking -= 1
+        if call.first_error is None:
+            self._reply(index, call, value)
         else:
-            self.send({"op": "value", "value": value})
+            self._reply_error(index, call)
+        self._answer()
 
-    def _send_error(self, call: _Call) -> None:
+    def _reply(self, index: int, call: _Call, value: Any) -> None:
+        try:
+            self._replies.append(encode_op({"i": index, "op": "value", "value": value}))
+        except InvalidInput as exc:
+            call.first_error = ContractFailure(
+                f"the answer is too large for the worker: {exc.message}", code="contract_limit"
+            )
+            self._reply_error(index, call)
+
+    def _reply_error(self, index: int, call: _Call) -> None:
         error = call.first_error
         if error is not None:
-            self.send({"op": "error", "code": error.code, "message": error.message})
+            reply = {"i": index, "op": "error", "code": error.code, "message": error.message}
+            self._replies.append(orjson.dumps(reply))
 
-    def _settle(self, call: _Call, message: Mapping[str, Any]) -> None:
+    def _answer(self) -> None:
+        """Send the wave's answers once the worker waits and all of them are ready."""
+        if not self._waiting or self._invoking:
+            return
+        bodies = compute_frame_bodies(_REPLIES_HEAD, self._replies, b"]}")
+        self._reset_wave()
+        for body in bodies:
+            self.send_raw(body)
+        self.silent_since = asyncio.get_running_loop().time()
+
+    def _end_call(self, index: int, call: _Call, message: Mapping[str, Any]) -> None:
+        self.batch[index] = None
+        self.unfinished -= 1
+        code = message.get("code") if message["op"] == "error" else None
+        if code == TIMEOUT:
+            self.retire = True  # the worker keeps the call's abandoned greenlet
+        if not call.future.done() and not self._settle(call, message):
+            self.retire = True  # it broke the protocol: its batch is not to be trusted
+            _abort(self.label, self.take_unfinished(), f"call {index} ended malformed")
+        elif code in STOPPING_CODES:
+            self.retire = True  # its sandbox flag or memory is spent, whoever is told
+            _abort(self.label, self.take_unfinished(), f"call {index} ended with {code}")
+
+    def _end_batch(self) -> None:
+        self.batch = []
+        self.silent_since = None
+        self._reset_wave()
+        self.hooks.on_batch_done(self)
+
+    def _settle(self, call: _Call, message: Mapping[str, Any]) -> bool:
+        """Settle the call's future from its final op; False if that op broke the
+        protocol."""
         try:
             call.future.set_result(self._finish(call, message))
         except MeridianError as exc:
@@ -371,7 +484,8 @@ class _Worker(asyncio.SubprocessProtocol):
             call.future.set_exception(
                 ContractFailure(f"the contract worker misbehaved: {exc}", code="contract_crashed")
             )
-            self.retire = True
+            return False
+        return True
 
     def _finish(self, call: _Call, message: Mapping[str, Any]) -> Any:
         if call.first_error is not None:
@@ -389,8 +503,6 @@ class _Worker(asyncio.SubprocessProtocol):
         code, text = message.get("code"), message.get("message")
         if code not in FINAL_ERROR_CODES or not isinstance(text, str):
             raise _WorkerGone(f"the worker sent an unknown error {code!r}")
-        if code in RETIRING_CODES:
-            self.retire = True
         if code == UNKNOWN_FUNCTION:
             return NotFound(text, code=code)
         if code == BAD_ARGUMENT:
@@ -476,11 +588,10 @@ class ContractPool:
     ``"auto"`` is resolved: ``"bwrap"`` or ``"none"``.
 
     Calls wait in one queue; an idle worker takes a batch of them (up to
-    ``MAX_BATCH``, a fair share of the queue) in one message and runs them in order,
-    so a busy node pays one round trip per batch rather than per call. Each call
-    still has its own deadline: a call over ``call_timeout_s`` gets
-    ``contract_timeout``, its worker is killed, and the calls queued behind it in the
-    batch go back to the front of the queue for another worker.
+    ``MAX_BATCH``, a fair share of the queue) in one message and runs them
+    concurrently, so a busy node pays one round trip per wave of Context operations
+    rather than one per operation. The module docstring gives the deadlines and what
+    happens to a batch's other calls when one of them fails its worker.
     """
 
     def __init__(
@@ -525,16 +636,19 @@ class ContractPool:
         return await self.start_call(function, args, ctx)
 
     def start_call(
-        self, function: str, args: list[Any], ctx: SimulationContext
+        self, function: str, args: list[Any], ctx: SimulationContext, *, solo: bool = False
     ) -> asyncio.Future[Any]:
-        """Queue ``function(ctx, *args)``; the future of its return value (no task needed)."""
+        """Queue ``function(ctx, *args)``; the future of its return value (no task needed).
+
+        ``solo``: run it in a batch of its own (a call run again after ``contract_aborted``).
+        """
         request = {
             "op": "call",
             "function": function,
             "args": _validate_args(args),
             "ctx": _ctx_to_dict(ctx),
         }
-        return self._enqueue(request, ctx)
+        return self._enqueue(request, ctx, solo=solo)
 
     async def close(self, *, drain_s: float = 0.0) -> None:
         """Refuse new calls; after up to ``drain_s`` for those already accepted to finish,
@@ -564,11 +678,11 @@ class ContractPool:
         return await self._enqueue(request, ctx)
 
     def _enqueue(
-        self, request: Mapping[str, Any], ctx: SimulationContext | None
+        self, request: Mapping[str, Any], ctx: SimulationContext | None, *, solo: bool = False
     ) -> asyncio.Future[Any]:
         if self._closed:
             raise Unavailable("the contract pool is closed", code="contract_pool_closed")
-        call = _Call(request, ctx, asyncio.get_running_loop().create_future())
+        call = _Call(request, ctx, asyncio.get_running_loop().create_future(), solo=solo)
         self._queues[call.depth].append(call)
         self._kick()
         return call.future
@@ -604,18 +718,18 @@ class ContractPool:
         return None
 
     def _take_batch(self, queue: deque[_Call]) -> list[_Call]:
-        """A fair share of the queue that fits one frame."""
+        """A fair share of the queue that fits one frame (a solo call goes alone)."""
         first = queue.popleft()
-        if first.op != "call":
+        if first.op != "call" or first.solo:
             return [first]
-        size = min(MAX_BATCH, max(1, len(queue) // self._workers))
+        size = min(MAX_BATCH, max(1, (len(queue) + 1) // self._workers))  # first included
         batch, budget = [first], MAX_FRAME_BYTES - BATCH_FRAME_SLACK - len(first.encoded)
-        while queue and len(batch) < size and queue[0].op == "call":
+        while queue and len(batch) < size:
             nxt = queue[0]
             if nxt.future.done():
                 queue.popleft()
                 continue
-            if len(nxt.encoded) + 1 > budget:
+            if nxt.op != "call" or nxt.solo or len(nxt.encoded) + 1 > budget:
                 break
             budget -= len(nxt.encoded) + 1
             batch.append(queue.popleft())
@@ -660,23 +774,22 @@ class ContractPool:
 
     # ------------------------------------------------------------- worker callbacks
 
-    def on_call_started(self, worker: _Worker, call: _Call) -> None:
-        call.started = asyncio.get_running_loop().time()
+    def on_batch_started(self, worker: _Worker) -> None:
         if self._watchdog is None or self._watchdog.done():
             self._watchdog = asyncio.get_running_loop().create_task(self._watch())
 
     async def _watch(self) -> None:
-        """Expire calls over their deadline (one periodic check, not a timer per call)."""
+        """Find stuck workers (one periodic check, not a timer per batch)."""
         loop = asyncio.get_running_loop()
-        tick = min(WATCHDOG_TICK_S, self.limits.call_timeout_s / 10)
+        timeout_s = self.limits.call_timeout_s
+        tick = min(WATCHDOG_TICK_S, timeout_s / 10)
         while not self._closed and any(w is not None and w.busy for w in self._slots):
             await asyncio.sleep(tick)
             now = loop.time()
             for worker in list(self._slots):
-                if worker is not None and worker.batch:
-                    call = worker.batch[0]
-                    if call.started and now - call.started > self.limits.call_timeout_s:
-                        self._expire(worker, call)
+                since = worker.silent_since if worker is not None else None
+                if worker is not None and since is not None and now - since > timeout_s:
+                    self._expire(worker)
 
     def on_batch_done(self, worker: _Worker) -> None:
         if worker.retire or worker.calls >= self.limits.max_calls_per_worker:
@@ -684,40 +797,41 @@ class ContractPool:
         self._kick()
 
     def on_gone(self, worker: _Worker, gone: _WorkerGone) -> None:
-        if worker.batch:
-            current = worker.batch.popleft()
-            self._spawn(_fail_with_death(worker, gone, current))
+        calls = worker.take_unfinished()
+        if len(calls) == 1:
+            self._spawn(_fail_with_death(worker, gone, calls[0]))
+        else:
+            _abort(worker.label, calls, f"the worker died ({gone})")
         self._release(worker, None)
         self._kick()
 
-    def _expire(self, worker: _Worker, call: _Call) -> None:
-        if not worker.batch or worker.batch[0] is not call:
-            return
-        worker.batch.popleft()
-        _fail_call(
-            call,
-            ContractFailure(
-                f"the call took longer than {self.limits.call_timeout_s} s",
-                code="contract_timeout",
-            ),
-        )
+    def _expire(self, worker: _Worker) -> None:
+        """``worker`` is stuck: time out its one unfinished call, or abort several."""
+        calls = worker.take_unfinished()
+        timeout_s = self.limits.call_timeout_s
+        if len(calls) == 1:
+            error = ContractFailure(f"the call took longer than {timeout_s} s", code=TIMEOUT)
+            _fail_call(calls[0], error)
+        else:
+            _abort(worker.label, calls, f"the worker sent nothing for {timeout_s} s")
         self._release(worker, None)
         self._kick()
 
     def _release(self, worker: _Worker, error: MeridianError | None) -> None:
-        """Take ``worker`` out of its slot; its unstarted calls go back to the queue."""
+        """Take ``worker`` out of its slot and stop it (see :meth:`_discard`)."""
         for index, slot in enumerate(self._slots):
             if slot is worker:
                 self._slots[index] = None
         self._discard(worker, error)
 
     def _discard(self, worker: _Worker, error: MeridianError | None) -> None:
-        while worker.batch:
-            call = worker.batch.pop()
-            if error is not None:
+        """Kill ``worker``; calls it had not finished fail with ``error`` (or are aborted)."""
+        calls = worker.take_unfinished()
+        if error is not None:
+            for call in calls:
                 _fail_call(call, error)
-            elif not call.future.done():
-                self._queues[call.depth].appendleft(call)
+        else:
+            _abort(worker.label, calls, "the worker was stopped")
         worker.kill()
         self._spawn(worker.wait_closed())
 
@@ -730,6 +844,22 @@ class ContractPool:
 def _fail_call(call: _Call, error: BaseException) -> None:
     if not call.future.done():
         call.future.set_exception(error)
+
+
+def _abort(label: str, calls: list[_Call], why: str) -> None:
+    """Fail the co-runners of an unknown culprit with ``contract_aborted`` (none is
+    blamed: each is run again alone, on a fresh Simulation)."""
+    if not calls:
+        return
+    log.info("contract %s: %s; %d unfinished call(s) aborted", label, why, len(calls))
+    for call in calls:
+        _fail_call(
+            call,
+            ContractFailure(
+                f"the call was stopped with its worker's batch ({why}); run it again alone",
+                code=ABORTED,
+            ),
+        )
 
 
 async def _fail_with_death(worker: _Worker, gone: _WorkerGone, call: _Call) -> None:

@@ -5,7 +5,9 @@ channel) run in process as trusted code. User contracts
 are looked up in the app's committed definitions (``_lifecycle`` state), their
 package must be installed on this node, and they run in a sandboxed
 :class:`~meridian.contracts.pool.ContractPool` (one per app and package, so apps
-never share a worker).
+never share a worker). A proposal's call that the pool aborts (``contract_aborted``:
+it shared a worker's batch with a call that got the worker stopped) runs once more,
+alone, on a fresh Simulation (:class:`RestartableCall`).
 """
 
 from __future__ import annotations
@@ -21,11 +23,73 @@ from ..node.policy import Policy
 from .api import ContractError, get_kind
 from .lifecycle import LIFECYCLE, ContractDefinition, Lifecycle
 from .package import PackageStore
-from .pool import ContractPool
+from .pool import ABORTED, ContractPool
 from .sandbox import SandboxLimits
 from .simulation import Simulation
 
 DefinitionReader = Callable[[str], ContractDefinition | None]
+CallStarter = Callable[[Simulation, bool], "asyncio.Future[Any]"]  # (simulation, solo)
+
+
+class RestartableCall:
+    """A proposal's contract call that runs once more from scratch if it is aborted.
+
+    ``contract_aborted`` means that the call shared a worker's batch with a call that
+    got the worker stopped (stuck, dead, or over a sandbox or memory limit), and that
+    nobody knows which call was to blame. The call then runs again through ``start``,
+    alone (``solo``) on ``sim.fresh()``: the aborted Simulation is never reused (a
+    nested call of the aborted run may still be writing to it). A second abort reaches
+    the caller. :attr:`sim` is the Simulation of the latest run: read it once
+    :attr:`future` is done. No task: the runs are chained with done-callbacks.
+    """
+
+    __slots__ = ("_running", "_start", "future", "restarted", "sim")
+
+    def __init__(self, sim: Simulation, start: CallStarter) -> None:
+        running = start(sim, False)  # errors found before the call runs are raised here
+        self.sim = sim
+        self.restarted = False
+        self.future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.future.add_done_callback(self._on_settled)
+        self._start = start
+        self._running = running
+        running.add_done_callback(self._on_run_done)
+
+    def _on_run_done(self, run: asyncio.Future[Any]) -> None:
+        if self.future.done() or run is not self._running:
+            return
+        if run.cancelled():
+            self.future.cancel()
+            return
+        error = run.exception()
+        if error is None:
+            self.future.set_result(run.result())
+        elif not (isinstance(error, ContractFailure) and error.code == ABORTED):
+            self.future.set_exception(error)
+        elif self.restarted:
+            self.future.set_exception(
+                ContractFailure(
+                    "the call was aborted twice with a worker stopped by another call",
+                    code=ABORTED,
+                    hint="submit it again",
+                )
+            )
+        else:
+            self._restart()
+
+    def _restart(self) -> None:
+        self.restarted = True
+        self.sim = self.sim.fresh()
+        try:
+            self._running = self._start(self.sim, True)
+        except Exception as exc:  # e.g. the contract was upgraded away meanwhile
+            self.future.set_exception(exc)
+            return
+        self._running.add_done_callback(self._on_run_done)
+
+    def _on_settled(self, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            self._running.cancel()  # a call still queued is then never run
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,14 +176,33 @@ class ContractRegistry:
         """Run ``contract.function(*args)`` and return its response."""
         return await self.start_call(sim, contract, function, args, submit=submit)
 
-    def start_call(
+    def start_proposal_call(
         self, sim: Simulation, contract: str, function: str, args: list[Any], *, submit: bool
+    ) -> RestartableCall:
+        """Start the call a proposal names (see :meth:`start_call`), to be run once
+        more, alone, on a fresh Simulation if it is aborted."""
+
+        def start(run_sim: Simulation, solo: bool) -> asyncio.Future[Any]:
+            return self.start_call(run_sim, contract, function, args, submit=submit, solo=solo)
+
+        return RestartableCall(sim, start)
+
+    def start_call(
+        self,
+        sim: Simulation,
+        contract: str,
+        function: str,
+        args: list[Any],
+        *,
+        submit: bool,
+        solo: bool = False,
     ) -> asyncio.Future[Any]:
         """Start ``contract.function(*args)``; the future of its response.
 
         Errors found before the call runs (unknown contract or function, a query
         submitted) are raised here. Every contract version that runs is recorded in
         the simulation (see :meth:`Simulation.record_version`), nested calls included.
+        ``solo``: the pool runs it in a batch of its own.
         """
         loop = asyncio.get_running_loop()
         if contract.startswith("_"):
@@ -130,9 +213,11 @@ class ContractRegistry:
         pool = self.pool_for(sim.app, definition)
         if pool.info is None:  # first call: learn the functions, then start it again
             return loop.create_task(
-                self._describe_then_call(pool, sim, contract, function, args, submit=submit)
+                self._describe_then_call(
+                    pool, sim, contract, function, args, submit=submit, solo=solo
+                )
             )
-        return self._start_on(pool, definition, sim, function, args, submit=submit)
+        return self._start_on(pool, definition, sim, function, args, submit=submit, solo=solo)
 
     async def _describe_then_call(
         self,
@@ -143,9 +228,10 @@ class ContractRegistry:
         args: list[Any],
         *,
         submit: bool,
+        solo: bool,
     ) -> Any:
         await pool.describe()
-        return await self.start_call(sim, contract, function, args, submit=submit)
+        return await self.start_call(sim, contract, function, args, submit=submit, solo=solo)
 
     def _start_on(
         self,
@@ -156,6 +242,7 @@ class ContractRegistry:
         args: list[Any],
         *,
         submit: bool,
+        solo: bool,
     ) -> asyncio.Future[Any]:
         contract = definition.name
         info = pool.info
@@ -173,7 +260,7 @@ class ContractRegistry:
                 f"{contract}.{function} is a query: evaluate it instead", code="not_a_transaction"
             )
         sim.record_version(definition.label)
-        return pool.start_call(function, args, sim.context(contract))
+        return pool.start_call(function, args, sim.context(contract), solo=solo)
 
     async def invoke(self, sim: Simulation, contract: str, function: str, args: list[Any]) -> Any:
         """A contract calling another contract of the same app (in the same simulation)."""

@@ -49,10 +49,11 @@ NOBODY_ID = 65534
 PROBE_TIMEOUT_S = 15.0
 HOST_SYMLINKS = ("/bin", "/lib", "/lib64", "/sbin")
 
-# Run by ``python -I -c``: makes meridian importable without relying on the environment,
-# then hands over to the worker main with the remaining arguments.
+# Run by ``python -I -c``: makes the node's own meridian importable without relying on
+# the environment (first on sys.path, ahead of any other copy an editable install puts
+# there), then hands over to the worker main with the remaining arguments.
 _BOOTSTRAP = (
-    "import sys; r = sys.argv[1]; r in sys.path or sys.path.append(r); "
+    "import sys; r = sys.argv[1]; r in sys.path or sys.path.insert(0, r); "
     "import meridian.contracts.worker as w; w.main(sys.argv[2:])"
 )
 

@@ -139,6 +139,18 @@ class Simulation:
         self._entries = 0
         self.depth = 0
 
+    def fresh(self) -> Simulation:
+        """A new, empty Simulation of the same proposal (to run its call again from
+        scratch; this one is left to whatever may still write to it)."""
+        return Simulation(
+            self.state,
+            app=self.app,
+            tx_id=self.tx_id,
+            timestamp_ms=self.timestamp_ms,
+            caller=self.caller,
+            invoker=self._invoker,
+        )
+
     def context(self, contract: str) -> SimulationContext:
         ns = self._namespaces.get(contract)
         if ns is None:

@@ -9,12 +9,31 @@ when loading failed: requests are then answered with the load error) and serves
 requests until stdin closes.
 
 Protocol: frames of a 4-byte big-endian length and orjson bytes (at most
-:data:`MAX_FRAME_BYTES`). The parent sends ``{"op": "describe"}`` or ``{"op": "call",
-"function", "args", "ctx"}``; during a call the worker sends Context operations
-(``get``, ``range``, ``query``, ``history``, ``invoke`` wait for ``{"op": "value"}`` or
-``{"op": "error", "code", "message"}``; ``put``, ``delete``, ``add``, ``emit`` get no
-reply), then a final ``{"op": "return", "value"}`` or ``{"op": "error", "code",
-"message"}``.
+:data:`MAX_FRAME_BYTES`). The parent sends ``{"op": "describe"}`` or a batch
+``{"op": "calls", "calls": [{"op": "call", "function", "args", "ctx"}, ...]}`` (one
+call is a batch of one). The worker runs a batch's calls concurrently, one greenlet
+each (:class:`Batch`): a call runs until it ends or needs an answer. Everything the
+calls say is an *op* tagged with the call's index ``i`` in the batch, in the order
+said: Context operations (``get``, ``range``, ``query``, ``history``, ``invoke`` need
+an answer; ``put``, ``delete``, ``add``, ``emit`` do not) and one final op per call
+(``{"i", "op": "return", "value"}`` or ``{"i", "op": "error", "code", "message"}``;
+``describe`` is answered the same way, as call 0). Ops wait in an outbox; when no
+call can go on, the worker sends them in ``{"op": "ops", "ops": [...], "wait": true}``
+(split over several frames if need be; ``wait`` is on the last) and reads the
+parent's answers, ``{"op": "replies", "replies": [{"i", "op": "value", "value"} or
+{"i", "op": "error", "code", "message"}, ...]}`` (possibly several frames), one per
+waiting call: a *wave*. When every call has ended the outbox goes out with ``"wait":
+false``; it also goes out that way whenever a running batch has sent nothing for a
+tenth of ``call_timeout_s``, so that the parent can tell a slow batch from a stuck one.
+
+A call's time is limited to ``call_timeout_s``: the worker sums, around its
+switches, the time the call runs and the time it waits for the parent's answers (not
+the time the other calls run); past the limit the call ends with ``contract_timeout``
+at its next switch (and is never resumed), so a call cannot outlive its budget by
+reading state in a loop. A sandbox violation is charged to the call that was
+running when it appeared, a MemoryError to the call that raised it: that call ends
+(``contract_forbidden``, ``contract_resource_limit``) and the worker stops the batch
+(the parent retires it and runs the calls left unfinished again, each alone).
 
 The audit hook is a second layer, not a security boundary on its own: the OS sandbox
 (bubblewrap, uid 65534, rlimits) is what contains hostile code.
@@ -23,19 +42,23 @@ The audit hook is a second layer, not a security boundary on its own: the OS san
 from __future__ import annotations
 
 import errno
+import functools
 import importlib
 import inspect
 import os
 import resource
 import struct
 import sys
+import time
 import traceback
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+import greenlet
 import orjson
 
 from .. import codec
@@ -43,7 +66,10 @@ from ..errors import InvalidInput
 from .api import CallerIdentity, Contract, ContractError, HistoryEntry, get_kind
 
 MAX_FRAME_BYTES = 4 * 2**20
+FRAME_ENVELOPE_BYTES = 64  # room for the "ops" or "replies" frame around its items
+MAX_OP_BYTES = MAX_FRAME_BYTES - FRAME_ENVELOPE_BYTES  # one op or reply, encoded
 MAX_MESSAGE_CHARS = 2000
+HEARTBEAT_FRACTION = 0.1  # of call_timeout_s: the longest a running batch keeps quiet
 FRAME_HEADER = struct.Struct(">I")
 
 # Worker → parent final error codes; the parent accepts only these.
@@ -56,6 +82,7 @@ FORBIDDEN = "contract_forbidden"
 LOAD_FAILED = "contract_load_failed"
 BAD_VALUE = "contract_bad_value"
 LIMIT = "contract_limit"
+TIMEOUT = "contract_timeout"
 FINAL_ERROR_CODES = frozenset(
     {
         UNKNOWN_FUNCTION,
@@ -67,8 +94,10 @@ FINAL_ERROR_CODES = frozenset(
         LOAD_FAILED,
         BAD_VALUE,
         LIMIT,
+        TIMEOUT,
     }
 )
+STOPPING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})  # the batch stops after these
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 FORBIDDEN_EVENTS = frozenset(
@@ -146,6 +175,10 @@ class CallFailed(Exception):
     def to_frame(self) -> dict[str, Any]:
         return {"op": "error", "code": self.code, "message": self.message}
 
+    def to_op(self, index: int) -> bytes:
+        """The final op of call ``index`` that ends with this error."""
+        return orjson.dumps({"i": index, **self.to_frame()})
+
 
 class HostError(ContractError):
     """A Context operation failed on the node's side (e.g. a bad key or a size limit).
@@ -188,18 +221,42 @@ def encode_frame(message: Mapping[str, Any]) -> bytes:
     return FRAME_HEADER.pack(len(body)) + body
 
 
-class Channel:
-    """Blocking frame I/O over two file descriptors (the worker's side).
+def encode_op(op: Mapping[str, Any]) -> bytes:
+    """One op or reply; TypeError if not JSON-encodable, InvalidInput over MAX_OP_BYTES."""
+    body = orjson.dumps(op)
+    if len(body) > MAX_OP_BYTES:
+        raise InvalidInput(f"message of {len(body)} bytes is over {MAX_OP_BYTES}", code="too_large")
+    return body
 
-    Reads are buffered; writes of one-way messages (``defer=True``) are held back and
-    go out with the next message that needs an answer, in one system call.
+
+def compute_frame_bodies(head: bytes, items: Sequence[bytes], tail: bytes) -> list[bytes]:
+    """``head + items joined by commas + tail``, split so that each body fits a frame.
+
+    Every item must be at most :data:`MAX_OP_BYTES` and ``head + tail`` at most
+    :data:`FRAME_ENVELOPE_BYTES`.
     """
+    budget = MAX_FRAME_BYTES - len(head) - len(tail)
+    if sum(len(item) + 1 for item in items) <= budget + 1:
+        return [head + b",".join(items) + tail]
+    bodies: list[bytes] = []
+    start, used = 0, 0
+    for end, item in enumerate(items):
+        if end > start and used + len(item) > budget:
+            bodies.append(head + b",".join(items[start:end]) + tail)
+            start, used = end, 0
+        used += len(item) + 1
+    bodies.append(head + b",".join(items[start:]) + tail)
+    return bodies
+
+
+class Channel:
+    """Blocking frame I/O over two file descriptors (the worker's side); reads are
+    buffered, and several frames go out in one system call."""
 
     def __init__(self, fd_in: int, fd_out: int) -> None:
         self._in = fd_in
         self._out = fd_out
         self._inbox = bytearray()
-        self._outbox = bytearray()
 
     @classmethod
     def from_stdio(cls) -> Channel:
@@ -224,18 +281,18 @@ class Channel:
             os._exit(3)  # the parent broke the protocol: nothing sensible left to do
         return message
 
-    def write(self, message: Mapping[str, Any], *, defer: bool = False) -> None:
-        self._outbox += encode_frame(message)
-        if not defer:
-            self.flush()
+    def write(self, message: Mapping[str, Any]) -> None:
+        self._write_all(encode_frame(message))
 
-    def flush(self) -> None:
-        """Send whatever deferred messages are waiting."""
-        view = memoryview(self._outbox)
+    def write_bodies(self, bodies: Sequence[bytes]) -> None:
+        """Frames around ``bodies`` (each at most MAX_FRAME_BYTES), in one go."""
+        self._write_all(b"".join(FRAME_HEADER.pack(len(b)) + b for b in bodies))
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
         while view:
             view = view[os.write(self._out, view) :]
         view.release()
-        self._outbox.clear()
 
     def _read_exactly(self, size: int) -> bytes | None:
         while len(self._inbox) < size:
@@ -486,10 +543,13 @@ def _json_type(value: Any) -> str:
 
 
 class RemoteContext:
-    """The Context contract code sees: every operation is a message to the node."""
+    """The Context contract code sees: every operation is an op to the node, sent
+    through the call's :class:`Batch`; those that need an answer pause the call."""
 
-    def __init__(self, channel: Channel, info: Mapping[str, Any]) -> None:
-        self._channel = channel
+    def __init__(self, batch: Batch, index: int, info: Mapping[str, Any]) -> None:
+        self._batch = batch
+        self._index = index
+        self._owner = greenlet.getcurrent()
         self.host_error: tuple[str, str] | None = None
         self.finished = False
         self.tx_id: str = info["tx_id"]
@@ -499,61 +559,233 @@ class RemoteContext:
         self.contract: str = info["contract"]
 
     def get_state(self, key: str) -> Any:
-        return self._request({"op": "get", "key": key})
+        return self._request({"i": self._index, "op": "get", "key": key})
 
     def put_state(self, key: str, value: Any) -> None:
-        self._send({"op": "put", "key": key, "value": value}, defer=True)
+        self._send({"i": self._index, "op": "put", "key": key, "value": value})
 
     def delete_state(self, key: str) -> None:
-        self._send({"op": "delete", "key": key}, defer=True)
+        self._send({"i": self._index, "op": "delete", "key": key})
 
     def add(self, key: str, delta: int) -> None:
-        self._send({"op": "add", "key": key, "delta": delta}, defer=True)
+        self._send({"i": self._index, "op": "add", "key": key, "delta": delta})
 
     def get_range(self, start: str, end: str, limit: int = 1000) -> list[tuple[str, Any]]:
-        rows = self._request({"op": "range", "start": start, "end": end, "limit": limit})
-        return [(k, v) for k, v in rows]
+        op = {"i": self._index, "op": "range", "start": start, "end": end, "limit": limit}
+        return [(k, v) for k, v in self._request(op)]
 
     def query(self, selector: Mapping[str, Any], limit: int = 1000) -> list[tuple[str, Any]]:
-        rows = self._request({"op": "query", "selector": selector, "limit": limit})
-        return [(k, v) for k, v in rows]
+        op = {"i": self._index, "op": "query", "selector": selector, "limit": limit}
+        return [(k, v) for k, v in self._request(op)]
 
     def get_history(self, key: str, limit: int = 100) -> list[HistoryEntry]:
-        rows = self._request({"op": "history", "key": key, "limit": limit})
+        rows = self._request({"i": self._index, "op": "history", "key": key, "limit": limit})
         return [HistoryEntry(**row) for row in rows]
 
     def emit(self, name: str, payload: Any = None) -> None:
-        self._send({"op": "emit", "name": name, "payload": payload}, defer=True)
+        self._send({"i": self._index, "op": "emit", "name": name, "payload": payload})
 
     def invoke(self, contract: str, function: str, *args: Any) -> Any:
         return self._request(
-            {"op": "invoke", "contract": contract, "function": function, "args": list(args)}
+            {
+                "i": self._index,
+                "op": "invoke",
+                "contract": contract,
+                "function": function,
+                "args": list(args),
+            }
         )
 
-    def _send(self, message: dict[str, Any], *, defer: bool = False) -> None:
-        if self.finished:
-            raise ContractError("this Context belongs to a call that has finished")
-        if self.host_error is not None:
-            raise HostError(*self.host_error)
-        try:
-            self._channel.write(message, defer=defer)
-        except InvalidInput as exc:
-            self._fail(LIMIT, f"{message['op']}: {exc.message}")
-        except TypeError as exc:
-            self._fail(BAD_VALUE, f"{message['op']}: value is not a JSON value ({exc})")
+    def _send(self, op: dict[str, Any]) -> None:
+        self._batch.post(self._encode(op))
 
-    def _request(self, message: dict[str, Any]) -> Any:
-        self._send(message)
-        reply = self._channel.read()
-        if reply is None:
-            os._exit(0)  # the node went away mid-call
+    def _request(self, op: dict[str, Any]) -> Any:
+        reply = self._batch.wait_for(self._encode(op))
         if reply.get("op") == "value":
             return reply.get("value")
         self._fail(str(reply.get("code")), str(reply.get("message")))
 
+    def _encode(self, op: dict[str, Any]) -> bytes:
+        if self.finished:
+            raise ContractError("this Context belongs to a call that has finished")
+        if greenlet.getcurrent() is not self._owner:
+            raise ContractError("this Context belongs to another call")
+        if self.host_error is not None:
+            raise HostError(*self.host_error)
+        try:
+            return encode_op(op)
+        except InvalidInput as exc:
+            self._fail(LIMIT, f"{op['op']}: {exc.message}")
+        except TypeError as exc:
+            self._fail(BAD_VALUE, f"{op['op']}: value is not a JSON value ({exc})")
+
     def _fail(self, code: str, message: str) -> NoReturn:
         self.host_error = (code, message)
         raise HostError(code, message)
+
+
+# -------------------------------------------------------------------------------- batch
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    """A call of a batch, in its greenlet: what to resume it with, and its time so far
+    (its turns and its waits for the parent's answers; not the other calls' turns)."""
+
+    index: int
+    greenlet: greenlet.greenlet
+    resume: tuple[Any, ...] = ()
+    spent_s: float = 0.0
+
+
+_WAITS, _ENDED, _STOPS = "waits", "ended", "stops"  # what a call's turn came to
+_OPS_HEAD = b'{"op":"ops","wait":false,"ops":['
+_OPS_HEAD_WAIT = b'{"op":"ops","wait":true,"ops":['
+
+# Greenlets of calls the worker gave up on (over their time, or in a stopped batch).
+# Kept so that they are never collected: collecting a suspended greenlet would run its
+# code again (GreenletExit is raised in it). The parent retires such a worker.
+_ABANDONED: list[greenlet.greenlet] = []
+
+
+class Batch:
+    """Runs a batch's calls concurrently, one greenlet each, and trades their ops with
+    the parent in waves (see the module docstring).
+
+    The scheduler is the worker's main greenlet. It gives every ready call a turn, in
+    batch order; a turn ends when the call ends or asks for an answer. Each call's ops
+    keep their order; calls see nothing of each other's (each has its own
+    SimulationContext in the parent).
+    """
+
+    def __init__(
+        self, channel: Channel, loaded: LoadedContract, guard: AuditGuard, timeout_s: float
+    ) -> None:
+        self._channel = channel
+        self._loaded = loaded
+        self._guard = guard
+        self._timeout_s = timeout_s
+        self._heartbeat_s = timeout_s * HEARTBEAT_FRACTION
+        self._hub = greenlet.getcurrent()
+        self._outbox: list[bytes] = []
+        self._last_sent = time.monotonic()
+
+    def run(self, calls: Sequence[Any]) -> None:
+        """Run every call to its end, or the batch to a stop."""
+        ready = deque(self._start(index, call) for index, call in enumerate(calls))
+        waiting: dict[int, _Running] = {}
+        while ready:
+            while ready:
+                running = ready.popleft()
+                outcome = self._take_turn(running)
+                if outcome is _STOPS:
+                    _ABANDONED.extend(r.greenlet for r in (*ready, *waiting.values()))
+                    self._flush(wait=False)
+                    return
+                if outcome is _WAITS:
+                    waiting[running.index] = running
+            if waiting:
+                self._flush(wait=True)
+                replies = self._read_replies(waiting)
+                waited_s = time.monotonic() - self._last_sent
+                for index in sorted(replies):
+                    running = waiting.pop(index)
+                    running.spent_s += waited_s  # its wait for the node counts too
+                    running.resume = (replies[index],)
+                    ready.append(running)
+        self._flush(wait=False)
+
+    # ---------------------------------------------------------- called by the calls
+
+    def post(self, op: bytes) -> None:
+        """Queue a one-way op (the call goes on)."""
+        self._outbox.append(op)
+
+    def wait_for(self, op: bytes) -> Any:
+        """Pause the calling call until the parent answers ``op``; the reply."""
+        return self._hub.switch(op)
+
+    # ------------------------------------------------------------------ scheduling
+
+    def _start(self, index: int, call: Any) -> _Running:
+        run = functools.partial(handle_call, call, self._loaded, self._guard, self, index)
+        return _Running(index, greenlet.greenlet(run))
+
+    def _take_turn(self, running: _Running) -> str:
+        """Run one call until it pauses or ends; charge it with what it did meanwhile."""
+        clean = self._guard.violation is None
+        started = time.monotonic()
+        try:
+            out = running.greenlet.switch(*running.resume)
+        except MemoryError:
+            out = CallFailed(RESOURCE_LIMIT, "the contract ran out of memory")
+        except Exception as exc:  # raised outside the method (it catches its own)
+            out = CallFailed(ERROR, describe_exception(exc))
+        running.spent_s += time.monotonic() - started
+        running.resume = ()
+        if clean and self._guard.violation is not None:
+            out = CallFailed(FORBIDDEN, f"the contract attempted {self._guard.violation}")
+        elif running.spent_s > self._timeout_s:
+            out = CallFailed(TIMEOUT, f"the call ran for longer than {self._timeout_s} s")
+        elif not running.greenlet.dead:
+            if not isinstance(out, bytes):
+                out = CallFailed(ERROR, "the call switched greenlets by itself")
+            else:
+                self._outbox.append(out)  # what it waits for
+                self._keep_in_touch()
+                return _WAITS
+        elif isinstance(out, tuple):  # handle_call's (code, final op)
+            code, op = out
+            self._outbox.append(op)
+            if code in STOPPING_CODES:
+                return _STOPS
+            self._keep_in_touch()
+            return _ENDED
+        if not isinstance(out, CallFailed):
+            out = CallFailed(ERROR, "the call ended without an answer")
+        return self._end(running, out)
+
+    def _end(self, running: _Running, failure: CallFailed) -> str:
+        """End a call the scheduler gave up on with ``failure``."""
+        if not running.greenlet.dead:
+            _ABANDONED.append(running.greenlet)
+        self._outbox.append(failure.to_op(running.index))
+        if failure.code in STOPPING_CODES:
+            return _STOPS
+        self._keep_in_touch()
+        return _ENDED
+
+    def _keep_in_touch(self) -> None:
+        """Send what waits if the parent has heard nothing for a while."""
+        if time.monotonic() - self._last_sent >= self._heartbeat_s:
+            self._flush(wait=False)
+
+    def _flush(self, *, wait: bool) -> None:
+        if not self._outbox and not wait:
+            return
+        bodies = compute_frame_bodies(_OPS_HEAD, self._outbox, b"]}")
+        if wait:
+            bodies[-1] = _OPS_HEAD_WAIT + bodies[-1][len(_OPS_HEAD) :]
+        self._channel.write_bodies(bodies)
+        self._outbox = []
+        self._last_sent = time.monotonic()
+
+    def _read_replies(self, waiting: Mapping[int, _Running]) -> dict[int, Any]:
+        """The parent's answers, one for each waiting call."""
+        replies: dict[int, Any] = {}
+        while len(replies) < len(waiting):
+            message = self._channel.read()
+            if message is None:
+                os._exit(0)  # the node went away mid-batch
+            items = message.get("replies") if message.get("op") == "replies" else None
+            if not isinstance(items, list):
+                os._exit(3)  # the parent broke the protocol
+            for reply in items:
+                index = reply.get("i") if isinstance(reply, dict) else None
+                if not isinstance(index, int) or index not in waiting or index in replies:
+                    os._exit(3)
+                replies[index] = reply
+        return replies
 
 
 # --------------------------------------------------------------------------------- calls
@@ -605,9 +837,10 @@ def handle_describe(loaded: LoadedContract) -> dict[str, Any]:
 
 
 def handle_call(
-    message: Mapping[str, Any], loaded: LoadedContract, channel: Channel, guard: AuditGuard
-) -> dict[str, Any]:
-    """Run one call to the end and return the final frame.
+    message: Any, loaded: LoadedContract, guard: AuditGuard, batch: Batch, index: int
+) -> tuple[str | None, bytes]:
+    """Run call ``index`` of ``batch`` to the end (in its greenlet): its final op, and
+    its error code (None if it returned).
 
     Precedence: a sandbox violation, then the first Context error, then what the method
     raised, then a return value that is not a JSON value.
@@ -615,19 +848,26 @@ def handle_call(
     try:
         cls, spec, args = _prepare_call(message, loaded)
     except CallFailed as exc:
-        return exc.to_frame()
-    ctx = RemoteContext(channel, message["ctx"])
-    value, raised = _run_method(cls, spec, ctx, args)
+        return exc.code, exc.to_op(index)
+    ctx = RemoteContext(batch, index, message["ctx"])
+    value, failure = _run_method(cls, spec, ctx, args)
     ctx.finished = True
-    failure = _get_host_failure(guard, ctx) or raised or _check_return(value)
-    return failure.to_frame() if failure else {"op": "return", "value": value}
+    failure = _get_host_failure(guard, ctx) or failure
+    if failure is None:
+        try:
+            return None, _encode_return(index, value)
+        except CallFailed as exc:
+            failure = exc
+    return failure.code, failure.to_op(index)
 
 
 def _prepare_call(
-    message: Mapping[str, Any], loaded: LoadedContract
+    message: Any, loaded: LoadedContract
 ) -> tuple[type[Contract], FunctionSpec, list[Any]]:
     if loaded.failure is not None or loaded.cls is None:
         raise loaded.failure or CallFailed(LOAD_FAILED, "contract not loaded")
+    if not isinstance(message, dict):
+        raise CallFailed(ERROR, "malformed call")
     function, args = message.get("function"), message.get("args")
     spec = loaded.specs.get(function) if isinstance(function, str) else None
     if spec is None:
@@ -662,62 +902,41 @@ def _get_host_failure(guard: AuditGuard, ctx: RemoteContext) -> CallFailed | Non
     return None
 
 
-def _check_return(value: Any) -> CallFailed | None:
+def _encode_return(index: int, value: Any) -> bytes:
+    """The final op of a call that returned ``value``; CallFailed if it is no JSON value."""
     try:
         codec.validate_value(value, what="contract return value")
-        encode_frame({"op": "return", "value": value})
+        return encode_op({"i": index, "op": "return", "value": value})
     except InvalidInput as exc:
-        return CallFailed(BAD_VALUE, exc.message)
+        raise CallFailed(BAD_VALUE, exc.message) from None
     except TypeError as exc:
-        return CallFailed(BAD_VALUE, f"contract return value: {exc}")
-    return None
+        raise CallFailed(BAD_VALUE, f"contract return value: {exc}") from None
 
 
-def serve(channel: Channel, loaded: LoadedContract, guard: AuditGuard) -> None:
+def serve(channel: Channel, loaded: LoadedContract, guard: AuditGuard, timeout_s: float) -> None:
     """Answer requests until the parent closes the channel."""
     while (message := channel.read()) is not None:
-        op = message.get("op")
+        op, calls = message.get("op"), message.get("calls")
         if op == "describe":
-            reply = handle_describe(loaded)
-        elif op == "call":
-            reply = handle_call(message, loaded, channel, guard)
-        elif op == "calls" and isinstance(message.get("calls"), list):
-            handle_calls(message["calls"], loaded, channel, guard)
-            continue
+            final = {"i": 0, **handle_describe(loaded)}
+            channel.write({"op": "ops", "wait": False, "ops": [final]})
+        elif op == "calls" and isinstance(calls, list) and calls:
+            Batch(channel, loaded, guard, timeout_s).run(calls)
         else:
-            reply = CallFailed(ERROR, f"unknown request {op!r}").to_frame()
-        channel.write(reply)
-
-
-def handle_calls(
-    calls: list[Any], loaded: LoadedContract, channel: Channel, guard: AuditGuard
-) -> None:
-    """Run a batch in order, answering each call as it ends.
-
-    After a sandbox violation or a resource limit the worker stops: the node retires
-    it and gives the rest of the batch to another worker.
-    """
-    for call in calls:
-        reply = (
-            handle_call(call, loaded, channel, guard)
-            if isinstance(call, dict)
-            else (CallFailed(ERROR, "malformed call").to_frame())
-        )
-        channel.write(reply)  # at once: the node times each call from the previous answer
-        if reply.get("code") in (FORBIDDEN, RESOURCE_LIMIT):
-            break
+            os._exit(3)  # the parent broke the protocol
 
 
 def main(argv: list[str]) -> None:
     """Worker entry point: ``PACKAGE_DIR ENTRY LIMITS_JSON``."""
     package_dir, entry, limits_json = argv
-    apply_rlimits(orjson.loads(limits_json))
+    limits = orjson.loads(limits_json)
+    apply_rlimits(limits)
     channel = Channel.from_stdio()
     guard = AuditGuard(compute_readable_roots(package_dir))
     guard.install()
     loaded = load_contract(package_dir, entry, guard)
     channel.write({"op": "ready"})
-    serve(channel, loaded, guard)
+    serve(channel, loaded, guard, float(limits["call_timeout_s"]))
 
 
 if __name__ == "__main__":

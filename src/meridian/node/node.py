@@ -24,7 +24,7 @@ from ..consensus.messages import decode_message
 from ..contracts.api import CallerIdentity
 from ..contracts.lifecycle import LIFECYCLE
 from ..contracts.package import InstalledPackage, PackageStore
-from ..contracts.registry import AppContracts, ContractRegistry
+from ..contracts.registry import AppContracts, ContractRegistry, RestartableCall
 from ..contracts.sandbox import SandboxLimits, resolve_sandbox_mode
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership, Role, load_cert_der, load_signer
@@ -103,12 +103,16 @@ class NodeOptions:
 
 @dataclass(frozen=True, slots=True)
 class _Simulating:
-    """A checked proposal whose contract call is running."""
+    """A checked proposal whose contract call is running (``call.sim`` is replaced if
+    the call has to run again: read it once ``future`` is done)."""
 
     signed: SignedProposal
     caller: Identity
-    sim: Simulation
-    future: asyncio.Future[Any]
+    call: RestartableCall
+
+    @property
+    def future(self) -> asyncio.Future[Any]:
+        return self.call.future
 
 
 @dataclass(frozen=True, slots=True)
@@ -753,7 +757,10 @@ class Node:
     def _start_simulation(
         self, app: str, signed: SignedProposal, caller: Identity, *, submit: bool
     ) -> _Simulating:
-        """Start running the proposal's contract call; raises what is wrong up front."""
+        """Start running the proposal's contract call; raises what is wrong up front.
+
+        A call aborted with its worker's batch (``contract_aborted``) runs once more,
+        alone, on a fresh Simulation (see :class:`RestartableCall`)."""
         proposal = signed.proposal
         channel = self.channel(app)
         sim = Simulation(
@@ -764,10 +771,10 @@ class Node:
             caller=self._caller_identity(caller),
             invoker=self.registry.invoke,
         )
-        future = self.registry.start_call(
+        call = self.registry.start_proposal_call(
             sim, proposal.contract, proposal.function, list(proposal.args), submit=submit
         )
-        return _Simulating(signed, caller, sim, future)
+        return _Simulating(signed, caller, call)
 
     def _caller_identity(self, identity: Identity) -> CallerIdentity:
         """What contracts see of the caller (memoised: fixed per certificate)."""
@@ -782,7 +789,8 @@ class Node:
         self, app: str, signed: SignedProposal, caller: Identity, *, submit: bool
     ) -> TxResult:
         running = self._start_simulation(app, signed, caller, submit=submit)
-        return running.sim.result(await running.future)
+        response = await running.future
+        return running.call.sim.result(response)
 
     def endorse(self, signed: SignedProposal, result: TxResult) -> Transaction:
         digest = self._endorsement_digest(signed, result)
@@ -826,7 +834,7 @@ class Node:
         return self._sized(self.endorse(running.signed, result), running.caller)
 
     def _checked_result(self, app: str, running: _Simulating) -> TxResult:
-        result = running.sim.result(running.future.result())
+        result = running.call.sim.result(running.future.result())
         self._check_policies(self.channel(app), running.signed.proposal.contract, result)
         return result
 

@@ -179,3 +179,43 @@ class Probe(Contract):
         with contextlib.suppress(Exception):  # the fixture misbehaves on purpose
             ctx.put_state("", 1)
         return self.dial(ctx)
+
+    @transaction
+    def get_then_put(self, ctx: Context, key: str, value: Any) -> Any:
+        """Read a key, then write it: one answer to wait for."""
+        found = ctx.get_state(key)
+        ctx.put_state(key, value)
+        return found
+
+    @transaction
+    def bump_then_get(self, ctx: Context, key: str, by: int, other: str) -> Any:
+        """An increment the node applies before the read is answered."""
+        ctx.add(key, by)
+        return ctx.get_state(other)
+
+    @query
+    def get_then_spin(self, ctx: Context, key: str) -> None:
+        ctx.get_state(key)
+        while True:
+            pass
+
+    @query
+    def read_forever(self, ctx: Context, key: str) -> None:
+        while True:
+            ctx.get_state(key)
+
+    @query
+    def dial_then_get(self, ctx: Context, key: str) -> Any:
+        """A sandbox violation the contract swallows, then a read (a switch)."""
+        self.dial(ctx)
+        return ctx.get_state(key)
+
+    @query
+    def get_then_hog(self, ctx: Context, key: str) -> int:
+        ctx.get_state(key)
+        return self.hog(ctx)
+
+    @query
+    def get_then_die(self, ctx: Context, key: str) -> None:
+        ctx.get_state(key)
+        os._exit(7)
