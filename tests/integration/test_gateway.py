@@ -857,6 +857,25 @@ def test_batch_signed_proposals_commit_with_batch_signed_endorsements(client: Cl
     assert any(tx.endorsements[0].batch is not None for tx in mine)
 
 
+def test_batch_values_are_checked_per_proposal_and_in_the_rest_of_the_body(
+    client: Client,
+) -> None:
+    good, floating = new_asset(), new_asset()
+    items = [
+        client.propose("create", good, "ida", 1).to_dict(),
+        _signed(client, floating, args=(floating, "x", 1.5)),
+    ]
+    results = ok(client.post(f"{TX_PATH}/batch", {"proposals": items}))["results"]
+    assert [r["ok"] for r in results] == [True, False]
+    assert results[1]["error"]["code"] == "float_not_allowed"
+    assert client.read_asset(floating) is None
+    with ledger_unchanged(client):
+        body = {"proposals": [client.propose("create", new_asset(), "x", 1).to_dict()]}
+        assert_error(
+            client.post(f"{TX_PATH}/batch", {**body, "x": [1.5]}), 400, "float_not_allowed"
+        )
+
+
 @pytest.mark.parametrize("payload", [{"proposals": []}, {"proposals": "x"}, {}])
 def test_invalid_batch_shape(client: Client, payload: dict[str, Any]) -> None:
     with ledger_unchanged(client):

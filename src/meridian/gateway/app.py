@@ -104,6 +104,20 @@ async def _json_body(request: Request) -> Any:
     return codec.decode(await request.body(), max_bytes=MAX_REQUEST_BYTES, what="request body")
 
 
+async def _batch_body(request: Request) -> Any:
+    """A batch's body, its values checked once: the proposals by their own parser
+    (which checks every value it keeps; a bad one fails alone), the rest here."""
+    body = codec.decode(
+        await request.body(), max_bytes=MAX_REQUEST_BYTES, what="request body", check_values=False
+    )
+    if isinstance(body, dict):
+        rest = {k: v for k, v in body.items() if k != "proposals"}
+        codec.validate_value(rest, what="request body")
+        if not isinstance(body.get("proposals"), list):
+            codec.validate_value(body.get("proposals"), what="request body")
+    return body
+
+
 def _get(d: Any, key: str, kind: type, default: Any) -> Any:
     if not isinstance(d, dict):
         raise InvalidInput("request body must be a JSON object", code="malformed")
@@ -266,7 +280,7 @@ def create_app(node: Node, *, manage_node: bool = True) -> FastAPI:
     )
     async def submit_batch(app_name: str, request: Request) -> Any:
         await caller(request, app_name, read=False)
-        body = await _json_body(request)
+        body = await _batch_body(request)
         raw = _get(body, "proposals", list, None)
         if not 0 < len(raw) <= MAX_BATCH_PROPOSALS:
             raise InvalidInput(
