@@ -146,7 +146,7 @@ def _lone(gw: Gateway, count: int) -> list[float]:
 
 
 def run_bench(
-    *, transactions: int = 20_000, nodes: int = 4, output: Path | None = None
+    *, transactions: int, nodes: int = 4, output: Path | None = None
 ) -> BenchResult:
     root = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
     layout = NetworkLayout(root / "network")

@@ -310,7 +310,11 @@ def demo(
 @app.command()
 def bench(
     ctx: typer.Context,
-    transactions: int = typer.Option(20_000, help="Transactions for the throughput run."),
+    transactions: int = typer.Option(
+        60_000,
+        help="Transactions for the throughput run (enough that filling and draining the "
+        "pipeline, about a second, is a small share of it).",
+    ),
     nodes: int = typer.Option(
         DEFAULT_NODES, min=1, max=16, help="Nodes (one process and one org each)."
     ),
