@@ -170,8 +170,11 @@ class BatchProof:
 
     A signer with many digests to sign (a client's batch of proposals, an endorser's
     batch of results) may sign, instead of each digest, the root of an RFC 6962 tree
-    over them (:mod:`meridian.ledger.merkle`), bound to its domain and network; each
-    signature then travels with this proof. A verifier recomputes the root from the
+    over them (:mod:`meridian.ledger.merkle`) together with the tree's size, bound to
+    its domain and network; each signature then travels with this proof. The size is
+    signed because an RFC 6962 path alone fits several (index, size) pairs: without it,
+    anyone could re-state a proof at another position and mint a different encoding of
+    the same transaction. A verifier recomputes the root from the
     digest and the proof and checks the one signature over it, which its verification
     cache then answers for every other digest of the batch.
     """
@@ -202,7 +205,12 @@ class BatchProof:
         root = compute_root_from_proof(digest, self.index, self.size, self.path)
         if root is None:
             return None
-        return bytes(compute_signing_digest(DOMAIN_BATCH, network, root))
+        return _batch_message(root, self.size, network)
+
+
+def _batch_message(root: bytes, size: int, network: str) -> bytes:
+    """What a batch signature covers: the tree's size and root, domain and network."""
+    return bytes(compute_signing_digest(DOMAIN_BATCH, network, size.to_bytes(2, "big") + root))
 
 
 def sign_batch(
@@ -217,7 +225,7 @@ def sign_batch(
             out.append((signer.sign(bytes(chunk[0])), None))
             continue
         root, proofs = compute_root_and_proofs(chunk)
-        signature = signer.sign(bytes(compute_signing_digest(DOMAIN_BATCH, network, root)))
+        signature = signer.sign(_batch_message(root, len(chunk), network))
         out += [
             (signature, BatchProof(i, len(chunk), tuple(path))) for i, path in enumerate(proofs)
         ]

@@ -23,7 +23,7 @@ from meridian.crypto.certs import (
 )
 from meridian.crypto.hashing import compute_signing_digest
 from meridian.crypto.suites import Signer
-from meridian.ledger.merkle import compute_root
+from meridian.ledger.merkle import compute_root, compute_root_from_proof
 from meridian.ledger.store import CommitBatch, SqliteLedger, StateWrite
 from meridian.node.channel import WriterState
 from meridian.node.policy import parse_policy
@@ -445,6 +445,27 @@ def test_invalid_batch_signature_with_a_tampered_proof(
     bad_endorser = Transaction(signed, tx.result, (bad,))
     assert _codes(_validate([bad_creator], _state(), msp)) == [TxCode.BAD_CREATOR_SIGNATURE]
     assert _codes(_validate([bad_endorser], _state(), msp)) == [TxCode.BAD_ENDORSEMENT]
+
+
+def test_invalid_batch_proof_restated_at_an_equivalent_position(
+    world: World, msp: Membership
+) -> None:
+    """An RFC 6962 path fits several (index, size) pairs — the last leaf of 16 climbs to
+    the same root as leaf 23 of 24 — so the signature covers the size too: a relayer
+    cannot mint another encoding of a transaction from its proof."""
+    tx = _batch_signed(world, 16)[15]
+    signed = tx.signed_proposal
+    assert signed.batch is not None and (signed.batch.index, signed.batch.size) == (15, 16)
+    digest = bytes(tx.proposal.signing_digest())
+    moved = _with_proof(signed.batch, index=23, size=24)
+    assert compute_root_from_proof(digest, 23, 24, moved.path) == compute_root_from_proof(
+        digest, 15, 16, signed.batch.path
+    )
+    forged = Transaction(
+        SignedProposal(tx.proposal, signed.signature, moved), tx.result, tx.endorsements
+    )
+    assert _codes(_validate([forged], _state(), msp)) == [TxCode.BAD_CREATOR_SIGNATURE]
+    assert _codes(_validate([tx], _state(), msp)) == [TxCode.VALID]
 
 
 def test_invalid_batch_signature_carried_to_a_proposal_outside_the_batch(

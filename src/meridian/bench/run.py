@@ -145,9 +145,7 @@ def _lone(gw: Gateway, count: int) -> list[float]:
     return out
 
 
-def run_bench(
-    *, transactions: int, nodes: int = 4, output: Path | None = None
-) -> BenchResult:
+def run_bench(*, transactions: int, nodes: int = 4, output: Path | None = None) -> BenchResult:
     root = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
     layout = NetworkLayout(root / "network")
     config = init_network(

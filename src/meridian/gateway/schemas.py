@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 
 class _Strict(BaseModel):
@@ -39,13 +40,14 @@ class SignedProposalIn(_Strict):
     signature: str = Field(
         description="base64 signature over the proposal's signing "
         "digest (domain 'proposal', network, canonical proposal); with `batch`, over "
-        "the signing digest (domain 'batch', network) of the Merkle root of a batch of "
-        "such digests"
+        "the signing digest (domain 'batch', network) of the size (2 bytes) and Merkle "
+        "root of a batch of such digests"
     )
-    batch: BatchProofIn | None = Field(
+    batch: BatchProofIn | SkipJsonSchema[None] = Field(
         None,
         description="where this proposal's digest sits in a batch signed once "
-        "(see docs/transaction-flow.md, batch signatures)",
+        "(see docs/transaction-flow.md, batch signatures); omitted, never null, for a "
+        "proposal signed alone",
     )
 
 
