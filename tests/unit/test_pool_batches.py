@@ -317,6 +317,50 @@ def test_a_call_that_reads_forever_ends_at_its_own_budget() -> None:
     asyncio.run(scenario())
 
 
+def test_a_call_that_keeps_its_worker_talking_still_has_a_deadline() -> None:
+    """The worker's frames do not move the node's own deadline: a call alone that never
+    ends but keeps sending frames times out within 2 * call_timeout_s."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=0.5) as pool:
+            await call(pool, "token")
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                error = await expect_failure(pool, "keep_talking", [20], "contract_timeout")
+            assert time.monotonic() - started < 1.0 + 0.5
+            assert "deadline" in error.message
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_the_node_owes_an_answer_forever_still_has_a_deadline() -> None:
+    """A nested call that never ends holds the wave's answers (the worker waits, silent,
+    as it should); the batch's deadline still ends it: both calls run again alone, the
+    invoking one times out and the other succeeds."""
+
+    async def never(sim: Simulation, contract: str, fn: str, args: list[Any]) -> Any:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=0.5) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("relay", ["peer", "double", "t", 1], new_sim(invoker=never)),
+                    ("get_then_put", ["k", 1], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(5):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert isinstance(outcomes[0], ContractFailure), outcomes
+            assert outcomes[0].code == "contract_timeout"
+            assert outcomes[1] is None
+            assert runs[0].restarted and runs[1].restarted
+
+    asyncio.run(scenario())
+
+
 def test_invokes_run_from_a_concurrent_batch(frames: list[dict[str, Any]]) -> None:
     """Nested calls made side by side are answered in the batch's wave."""
 

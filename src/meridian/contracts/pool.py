@@ -8,19 +8,25 @@ operations come back here tagged with the call's index in the batch and are appl
 in order, to the :class:`SimulationContext` of that call, the one place that records
 reads and writes; the answers a wave of calls waits for go back in one frame.
 
-Deadlines (``call_timeout_s``, wall clock). A worker that owes the node a frame (from
-when a batch or a wave's answers were sent until its next frame) and sends nothing
-for ``call_timeout_s`` is stuck: if one call of its batch is unfinished, that call
-fails with ``contract_timeout``; if several are, the worker is killed and none of them
-is blamed: each fails with ``contract_aborted``, which the caller answers by running
-it again from scratch, alone (``solo``), on a fresh Simulation
-(:class:`~meridian.contracts.registry.RestartableCall`), so that the culprit then
-times out on its own. The same holds for a worker that dies (one call: the death's
+Deadlines (``call_timeout_s``, wall clock, checked every ``WATCHDOG_TICK_S``). The
+node keeps two, and neither relies on what the worker says of its calls' time: a
+batch of n calls must be over (n + 1) * ``call_timeout_s`` after it was sent, whatever
+the worker sends meanwhile and also while this side owes the worker answers (a
+nested call still running); and a worker that owes the node a frame (from when a
+batch or a wave's answers were sent until its next frame) and sends nothing for
+``call_timeout_s`` is stuck. When either passes: if one call of its batch is
+unfinished, that call fails with ``contract_timeout`` (a call alone, as retried and
+nested calls are, thus ends within 2 * ``call_timeout_s``); if several are, the
+worker is killed and none of them is blamed: each fails with ``contract_aborted``,
+which the caller answers by running it again from scratch, alone (``solo``), on a
+fresh Simulation (:class:`~meridian.contracts.registry.RestartableCall`), so that the
+culprit then times out on its own. The same holds for a worker that dies (one call: the death's
 error; several: ``contract_aborted``) and for the calls left unfinished when a call's
 sandbox violation or memory exhaustion stops the batch. The worker itself ends a call
 whose time (its own turns plus its waits for this side's answers, not its co-runners'
-turns) passes ``call_timeout_s`` (``contract_timeout``), so a call that reads state in
-a loop cannot outlive its budget.
+turns) passes ``call_timeout_s`` (``contract_timeout``), so that an honest call that
+reads state in a loop ends at its own budget without disturbing its co-runners; the
+node's deadlines are what holds when the worker does not.
 
 Errors (all :mod:`meridian.errors`, with stable codes):
 
@@ -207,6 +213,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.batch: list[_Call | None] = []  # the running batch by index; None once ended
         self.unfinished = 0
         self.silent_since: float | None = None  # loop time from which it owes a frame
+        self.deadline: float | None = None  # loop time by which its batch must be over
         self.retire = False
         self.transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
@@ -313,8 +320,12 @@ class _Worker(asyncio.SubprocessProtocol):
     def busy(self) -> bool:
         return self.unfinished > 0
 
-    def run(self, calls: list[_Call]) -> None:
-        """Send a batch: calls the worker runs concurrently, or one describe."""
+    def run(self, calls: list[_Call], timeout_s: float) -> None:
+        """Send a batch: calls the worker runs concurrently, or one describe.
+
+        Its deadline, whatever the worker says meanwhile, is ``timeout_s`` per call plus
+        one: an honest batch stays under it (its calls' turns run one at a time, and each
+        call's ``timeout_s`` includes its waits for the node's answers)."""
         if calls[0].op == "call":
             body = b'{"op":"calls","calls":[' + b",".join(c.encoded for c in calls) + b"]}"
         else:
@@ -324,8 +335,18 @@ class _Worker(asyncio.SubprocessProtocol):
         self._reset_wave()
         self.calls += len(calls)
         self.send_raw(body)
-        self.silent_since = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        self.silent_since = now
+        self.deadline = now + timeout_s * (len(calls) + 1)
         self.hooks.on_batch_started(self)
+
+    def get_overdue(self, now: float, timeout_s: float) -> str | None:
+        """Why the running batch is overdue at loop time ``now``, or None if it is not."""
+        if self.deadline is not None and now > self.deadline:
+            return f"its batch of {len(self.batch)} ran past its deadline"
+        if self.silent_since is not None and now - self.silent_since > timeout_s:
+            return f"the worker sent nothing for {timeout_s} s"
+        return None
 
     def take_unfinished(self) -> list[_Call]:
         """End the batch here: the calls it had not finished (their futures untouched)."""
@@ -333,6 +354,7 @@ class _Worker(asyncio.SubprocessProtocol):
         self.batch = []
         self.unfinished = 0
         self.silent_since = None
+        self.deadline = None
         self._reset_wave()
         return calls
 
@@ -470,6 +492,7 @@ class _Worker(asyncio.SubprocessProtocol):
     def _end_batch(self) -> None:
         self.batch = []
         self.silent_since = None
+        self.deadline = None
         self._reset_wave()
         self.hooks.on_batch_done(self)
 
@@ -704,7 +727,7 @@ class ContractPool:
                     self._starting.add(index)  # now, not when the task first runs
                     self._spawn(self._start_slot(index))
             elif not worker.busy and (batch := self._take(depth)):
-                worker.run(batch)
+                worker.run(batch, self.limits.call_timeout_s)
 
     def _take(self, depth: int) -> list[_Call] | None:
         """Work for an idle worker: a reserved slot takes its depth, others anything."""
@@ -787,9 +810,9 @@ class ContractPool:
             await asyncio.sleep(tick)
             now = loop.time()
             for worker in list(self._slots):
-                since = worker.silent_since if worker is not None else None
-                if worker is not None and since is not None and now - since > timeout_s:
-                    self._expire(worker)
+                why = worker.get_overdue(now, timeout_s) if worker is not None else None
+                if worker is not None and why is not None:
+                    self._expire(worker, why)
 
     def on_batch_done(self, worker: _Worker) -> None:
         if worker.retire or worker.calls >= self.limits.max_calls_per_worker:
@@ -805,15 +828,17 @@ class ContractPool:
         self._release(worker, None)
         self._kick()
 
-    def _expire(self, worker: _Worker) -> None:
+    def _expire(self, worker: _Worker, why: str) -> None:
         """``worker`` is stuck: time out its one unfinished call, or abort several."""
         calls = worker.take_unfinished()
         timeout_s = self.limits.call_timeout_s
         if len(calls) == 1:
-            error = ContractFailure(f"the call took longer than {timeout_s} s", code=TIMEOUT)
+            error = ContractFailure(
+                f"the call took longer than {timeout_s} s ({why})", code=TIMEOUT
+            )
             _fail_call(calls[0], error)
         else:
-            _abort(worker.label, calls, f"the worker sent nothing for {timeout_s} s")
+            _abort(worker.label, calls, why)
         self._release(worker, None)
         self._kick()
 

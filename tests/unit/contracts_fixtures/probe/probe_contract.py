@@ -219,3 +219,14 @@ class Probe(Contract):
     def get_then_die(self, ctx: Context, key: str) -> None:
         ctx.get_state(key)
         os._exit(7)
+
+    # Calls that misuse the worker's internals, as a hostile contract may: the node must
+    # not rely on what the worker says of itself.
+
+    @query
+    def keep_talking(self, ctx: Context, every_ms: int) -> None:
+        """Never end, but tell the node every ``every_ms`` that the batch is alive (an
+        empty ops frame, written past the worker's scheduler)."""
+        while True:
+            ctx._batch._channel.write({"op": "ops", "wait": False, "ops": []})
+            time.sleep(every_ms / 1000)
