@@ -361,6 +361,50 @@ def test_a_batch_the_node_owes_an_answer_forever_still_has_a_deadline() -> None:
     asyncio.run(scenario())
 
 
+def test_invalid_a_call_that_does_not_wait_for_its_invoke_stops_its_worker() -> None:
+    """An invoke its call never waits for (the call ends meanwhile) broke the protocol:
+    the worker is killed at once (the wave it held is never left hanging), the call
+    fails, and its co-runner runs again alone and succeeds."""
+
+    async def peer(sim: Simulation, contract: str, fn: str, args: list[Any]) -> Any:
+        return 1
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=1.0) as pool:
+            await call(pool, "token")
+            started = time.monotonic()
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("invoke_unawaited", ["peer", "double", "t", 1], new_sim(invoker=peer)),
+                    ("get_then_put", ["k", 1], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert isinstance(outcomes[0], ContractFailure), outcomes
+            assert outcomes[0].code == "contract_crashed"
+            assert outcomes[1] is None and runs[1].restarted
+            assert time.monotonic() - started < 2.0  # not held until a deadline
+            await assert_serves_restartable(pool)
+
+    asyncio.run(scenario())
+
+
+def test_invalid_reads_a_call_does_not_wait_for_stop_its_worker() -> None:
+    """Reads sent without waiting would pile their answers up in the node: the second
+    one a call sends before it has the first one's answer gets its worker killed."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1) as pool:
+            first = await call(pool, "token")
+            error = await expect_failure(pool, "reads_unawaited", ["k", 1000], "contract_crashed")
+            assert "before its answer" in error.message
+            assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
 def test_invokes_run_from_a_concurrent_batch(frames: list[dict[str, Any]]) -> None:
     """Nested calls made side by side are answered in the batch's wave."""
 

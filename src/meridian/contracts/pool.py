@@ -203,7 +203,9 @@ class _Worker(asyncio.SubprocessProtocol):
     order: Context operations are applied to their call's :class:`SimulationContext`,
     and the answers of a wave go back in one frame once the worker waits and all of
     them are ready (an ``invoke`` is answered when its nested call ends); a call's
-    final op settles its future at once.
+    final op settles its future at once. A call that sent an op needing an answer
+    sends nothing more (not even its final op) until it has the answer: a worker that
+    breaks this is gone (killed), so that each call has at most one answer pending.
     """
 
     def __init__(self, label: str, hooks: _PoolHooks) -> None:
@@ -219,7 +221,8 @@ class _Worker(asyncio.SubprocessProtocol):
         self._stdin: asyncio.WriteTransport | None = None
         self._inbox = bytearray()
         self._replies: list[bytes] = []  # the answers of the current wave
-        self._invoking = 0  # its invokes still running
+        self._owed: set[int] = set()  # calls (by index) the wave owes an answer
+        self._invoking: set[_Call] = set()  # calls whose invoke is still running
         self._waiting = False  # the worker waits for the wave's answers
         self._stderr = bytearray()
         self._stderr_budget = STDERR_LOG_BYTES
@@ -360,7 +363,8 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def _reset_wave(self) -> None:
         self._replies = []
-        self._invoking = 0
+        self._owed = set()
+        self._invoking = set()
         self._waiting = False
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -385,7 +389,7 @@ class _Worker(asyncio.SubprocessProtocol):
         if not wait:
             self.silent_since = asyncio.get_running_loop().time()
             return
-        if not (self._replies or self._invoking):
+        if not self._owed:
             raise _WorkerGone("the worker waits for no answer")
         self._waiting = True
         self.silent_since = None  # the node owes the worker now
@@ -399,6 +403,8 @@ class _Worker(asyncio.SubprocessProtocol):
         call = self.batch[index]
         if call is None:
             raise _WorkerGone(f"the worker sent an op for call {index}, which had ended")
+        if index in self._owed:  # a call waiting for an answer says nothing more
+            raise _WorkerGone(f"the worker sent an op for call {index} before its answer")
         op = item.get("op")
         if op in _FINAL_OPS:
             self._end_call(index, call, item)
@@ -409,9 +415,11 @@ class _Worker(asyncio.SubprocessProtocol):
         fields = _OP_FIELDS.get(op)
         if call.ctx is None or fields is None or not all(f in message for f in fields):
             raise _WorkerGone(f"the worker sent an unexpected or incomplete {op!r}")
+        if op in _REPLY_OPS:
+            self._owed.add(index)
         if call.first_error is None:
             if op == "invoke":
-                self._invoking += 1
+                self._invoking.add(call)
                 task = asyncio.get_running_loop().create_task(self._invoke(index, call, message))
                 task.add_done_callback(_consume)
                 return
@@ -442,9 +450,9 @@ class _Worker(asyncio.SubprocessProtocol):
             call.first_error = call.first_error or ContractFailure(
                 f"the invoked call failed: {type(exc).__name__}", code="contract_error"
             )
-        if index >= len(self.batch) or self.batch[index] is not call:
+        if call not in self._invoking:
             return  # its batch ended without it (the worker was stopped or died)
-        self._invoking -= 1
+        self._invoking.discard(call)
         if call.first_error is None:
             self._reply(index, call, value)
         else:

@@ -22,9 +22,11 @@ call can go on, the worker sends them in ``{"op": "ops", "ops": [...], "wait": t
 (split over several frames if need be; ``wait`` is on the last) and reads the
 parent's answers, ``{"op": "replies", "replies": [{"i", "op": "value", "value"} or
 {"i", "op": "error", "code", "message"}, ...]}`` (possibly several frames), one per
-waiting call: a *wave*. When every call has ended the outbox goes out with ``"wait":
-false``; it also goes out that way whenever a running batch has sent nothing for a
-tenth of ``call_timeout_s``, so that the parent can tell a slow batch from a stuck one.
+waiting call: a *wave*. A call that sent an op needing an answer sends nothing more
+until it has it; the parent kills a worker that breaks this. When every call has
+ended the outbox goes out with ``"wait": false``; it also goes out that way whenever a
+running batch has sent nothing for a tenth of ``call_timeout_s``, so that the parent
+can tell a slow batch from a stuck one.
 
 A call's time is limited to ``call_timeout_s``: the worker sums, around its
 switches, the time the call runs and the time it waits for the parent's answers (not

@@ -230,3 +230,17 @@ class Probe(Contract):
         while True:
             ctx._batch._channel.write({"op": "ops", "wait": False, "ops": []})
             time.sleep(every_ms / 1000)
+
+    @transaction
+    def invoke_unawaited(self, ctx: Context, contract: str, function: str, *args: Any) -> str:
+        """Send an invoke without waiting for its answer, then return."""
+        op = {"i": ctx._index, "op": "invoke", "contract": contract, "function": function}
+        ctx._batch.post(ctx._encode({**op, "args": list(args)}))
+        return "posted"
+
+    @query
+    def reads_unawaited(self, ctx: Context, key: str, n: int) -> str:
+        """Send ``n`` reads without waiting for their answers, then return."""
+        for _ in range(n):
+            ctx._batch.post(ctx._encode({"i": ctx._index, "op": "get", "key": key}))
+        return "posted"
