@@ -405,6 +405,25 @@ def test_invalid_reads_a_call_does_not_wait_for_stop_its_worker() -> None:
     asyncio.run(scenario())
 
 
+def test_invalid_a_worker_that_does_not_read_its_input_is_stopped() -> None:
+    """The node does not buffer without bound what a worker leaves unread: past
+    MAX_UNREAD_BYTES the worker is killed (here long before the call's deadline)."""
+    state = DictState({(NS, "big"): ("x" * 2**20, Version(1, 0))})
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=5.0) as pool:
+            first = await call(pool, "token")
+            started = time.monotonic()
+            with pytest.raises(ContractFailure) as info:
+                await pool.call("ask_without_reading", ["big", 40], new_sim(state).context(NS))
+            assert info.value.code == "contract_crashed"
+            assert "unread" in info.value.message
+            assert time.monotonic() - started < 5.0
+            assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
 def test_invokes_run_from_a_concurrent_batch(frames: list[dict[str, Any]]) -> None:
     """Nested calls made side by side are answered in the batch's wave."""
 

@@ -99,6 +99,7 @@ LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 DEFAULT_LIMITS = SandboxLimits()
 MAX_BATCH = 64
 BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
+MAX_UNREAD_BYTES = 16 * 2**20  # of the node's frames a worker may leave unread
 WATCHDOG_TICK_S = 0.05  # how often deadlines are checked (their precision)
 ABORTED = "contract_aborted"  # a co-runner's failure stopped the batch: run it again alone
 _REPLIES_HEAD = b'{"op":"replies","replies":['
@@ -299,10 +300,13 @@ class _Worker(asyncio.SubprocessProtocol):
         return message
 
     def send_raw(self, body: bytes) -> None:
-        """One frame; the pool keeps every frame under MAX_FRAME_BYTES."""
+        """One frame; the pool keeps every frame under MAX_FRAME_BYTES. A worker that
+        leaves more than MAX_UNREAD_BYTES of its input unread is gone (it is broken)."""
         if self._gone is not None or self._stdin is None or self._stdin.is_closing():
             return  # the pool learns of the death through on_gone
         self._stdin.write(FRAME_HEADER.pack(len(body)) + body)
+        if self._stdin.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            self._fail(_WorkerGone(f"the worker left over {MAX_UNREAD_BYTES} bytes unread"))
 
     # --------------------------------------------------------------------- requests
 
@@ -337,11 +341,11 @@ class _Worker(asyncio.SubprocessProtocol):
         self.unfinished = len(calls)
         self._reset_wave()
         self.calls += len(calls)
-        self.send_raw(body)
         now = asyncio.get_running_loop().time()
         self.silent_since = now
         self.deadline = now + timeout_s * (len(calls) + 1)
         self.hooks.on_batch_started(self)
+        self.send_raw(body)  # last: it may find the worker gone
 
     def get_overdue(self, now: float, timeout_s: float) -> str | None:
         """Why the running batch is overdue at loop time ``now``, or None if it is not."""
@@ -480,9 +484,9 @@ class _Worker(asyncio.SubprocessProtocol):
             return
         bodies = compute_frame_bodies(_REPLIES_HEAD, self._replies, b"]}")
         self._reset_wave()
-        for body in bodies:
-            self.send_raw(body)
         self.silent_since = asyncio.get_running_loop().time()
+        for body in bodies:
+            self.send_raw(body)  # last: it may find the worker gone
 
     def _end_call(self, index: int, call: _Call, message: Mapping[str, Any]) -> None:
         self.batch[index] = None

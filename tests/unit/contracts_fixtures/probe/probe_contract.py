@@ -244,3 +244,13 @@ class Probe(Contract):
         for _ in range(n):
             ctx._batch.post(ctx._encode({"i": ctx._index, "op": "get", "key": key}))
         return "posted"
+
+    @query
+    def ask_without_reading(self, ctx: Context, key: str, n: int) -> None:
+        """Ask the node for ``key`` ``n`` times (past the scheduler), read none of the
+        answers, and never end."""
+        for _ in range(n):
+            op = {"i": ctx._index, "op": "get", "key": key}
+            ctx._batch._channel.write({"op": "ops", "wait": True, "ops": [op]})
+        while True:
+            time.sleep(0.01)
