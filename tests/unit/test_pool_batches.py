@@ -454,6 +454,36 @@ def test_invokes_run_from_a_concurrent_batch(frames: list[dict[str, Any]]) -> No
     assert [f for f in sent_ops(frames) if f[0] == "replies"] == [("replies", 5)]
 
 
+def test_a_call_is_not_charged_for_its_neighbours_nested_calls() -> None:
+    """The node holds a wave's answers until its nested calls end, but tells how long it
+    held each: a call that only reads, in waves that two other calls' 0.6 s invokes
+    hold up, is not charged 1.2 s of a 1 s budget (nor is the second invoker)."""
+
+    async def slow(sim: Simulation, contract: str, fn: str, args: list[Any]) -> Any:
+        await asyncio.sleep(0.6)
+        return fn
+
+    state = DictState({(NS, "k"): ("v", Version(1, 0))})
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=1.0) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("relay", ["peer", "first"], new_sim(state, invoker=slow)),
+                    ("get_then_relay", ["k", "peer", "second"], new_sim(state, invoker=slow)),
+                    ("read_times", ["k", 3], new_sim(state)),
+                ],
+            )
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert outcomes == ["first", "second", "v"]
+            assert not any(r.restarted for r in runs)
+
+    asyncio.run(scenario())
+
+
 def test_a_call_aborted_twice_reports_it() -> None:
     """A restart is alone (``solo``) on a fresh Simulation, and happens once."""
 

@@ -24,9 +24,11 @@ culprit then times out on its own. The same holds for a worker that dies (one ca
 error; several: ``contract_aborted``) and for the calls left unfinished when a call's
 sandbox violation or memory exhaustion stops the batch. The worker itself ends a call
 whose time (its own turns plus its waits for this side's answers, not its co-runners'
-turns) passes ``call_timeout_s`` (``contract_timeout``), so that an honest call that
-reads state in a loop ends at its own budget without disturbing its co-runners; the
-node's deadlines are what holds when the worker does not.
+turns nor the time this side held its answer back for their nested calls, which each
+answer tells as ``held_ms``) passes ``call_timeout_s`` (``contract_timeout``), so
+that an honest call that reads state in a loop ends at its own budget without
+disturbing its co-runners; the node's deadlines are what holds when the worker does
+not.
 
 Errors (all :mod:`meridian.errors`, with stable codes):
 
@@ -100,6 +102,7 @@ DEFAULT_LIMITS = SandboxLimits()
 MAX_BATCH = 64
 BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
 MAX_UNREAD_BYTES = 16 * 2**20  # of the node's frames a worker may leave unread
+MAX_HELD_MS = 999_999_999  # the "held_ms" of a reply, capped to keep its size bounded
 WATCHDOG_TICK_S = 0.05  # how often deadlines are checked (their precision)
 ABORTED = "contract_aborted"  # a co-runner's failure stopped the batch: run it again alone
 _REPLIES_HEAD = b'{"op":"replies","replies":['
@@ -221,10 +224,11 @@ class _Worker(asyncio.SubprocessProtocol):
         self.transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._inbox = bytearray()
-        self._replies: list[bytes] = []  # the answers of the current wave
+        self._replies: list[tuple[bytes, float]] = []  # the wave's answers, when ready
         self._owed: set[int] = set()  # calls (by index) the wave owes an answer
         self._invoking: set[_Call] = set()  # calls whose invoke is still running
         self._waiting = False  # the worker waits for the wave's answers
+        self._waiting_since = 0.0  # loop time from which it did
         self._stderr = bytearray()
         self._stderr_budget = STDERR_LOG_BYTES
         self._gone: _WorkerGone | None = None
@@ -396,6 +400,7 @@ class _Worker(asyncio.SubprocessProtocol):
         if not self._owed:
             raise _WorkerGone("the worker waits for no answer")
         self._waiting = True
+        self._waiting_since = asyncio.get_running_loop().time()
         self.silent_since = None  # the node owes the worker now
         self._answer()
 
@@ -465,7 +470,8 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def _reply(self, index: int, call: _Call, value: Any) -> None:
         try:
-            self._replies.append(encode_op({"i": index, "op": "value", "value": value}))
+            reply = encode_op({"i": index, "op": "value", "value": value})
+            self._replies.append((reply, asyncio.get_running_loop().time()))
         except InvalidInput as exc:
             call.first_error = ContractFailure(
                 f"the answer is too large for the worker: {exc.message}", code="contract_limit"
@@ -476,15 +482,21 @@ class _Worker(asyncio.SubprocessProtocol):
         error = call.first_error
         if error is not None:
             reply = {"i": index, "op": "error", "code": error.code, "message": error.message}
-            self._replies.append(orjson.dumps(reply))
+            self._replies.append((orjson.dumps(reply), asyncio.get_running_loop().time()))
 
     def _answer(self) -> None:
-        """Send the wave's answers once the worker waits and all of them are ready."""
+        """Send the wave's answers once the worker waits and all of them are ready, each
+        with how long it was held back after it was ready (while the worker waited)."""
         if not self._waiting or self._invoking:
             return
-        bodies = compute_frame_bodies(_REPLIES_HEAD, self._replies, b"]}")
+        now = asyncio.get_running_loop().time()
+        replies = [
+            _compute_held_reply(reply, now - max(ready, self._waiting_since))
+            for reply, ready in self._replies
+        ]
+        bodies = compute_frame_bodies(_REPLIES_HEAD, replies, b"]}")
         self._reset_wave()
-        self.silent_since = asyncio.get_running_loop().time()
+        self.silent_since = now
         for body in bodies:
             self.send_raw(body)  # last: it may find the worker gone
 
@@ -583,6 +595,13 @@ class _Worker(asyncio.SubprocessProtocol):
             lines, rest = [*lines, rest], bytearray()
         self._stderr = bytearray(rest)
         self._stderr_budget = _log_lines(self.label, [bytes(x) for x in lines], self._stderr_budget)
+
+
+def _compute_held_reply(reply: bytes, held_s: float) -> bytes:
+    """``reply`` (an encoded object) with ``"held_ms"`` first; the field's at most 20
+    bytes fit the frame envelope that :func:`compute_frame_bodies` leaves spare."""
+    held_ms = min(max(0, round(held_s * 1000)), MAX_HELD_MS)
+    return b'{"held_ms":%d,' % held_ms + reply[1:]
 
 
 def _consume(task: asyncio.Task[None]) -> None:

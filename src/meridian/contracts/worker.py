@@ -20,22 +20,25 @@ an answer; ``put``, ``delete``, ``add``, ``emit`` do not) and one final op per c
 ``describe`` is answered the same way, as call 0). Ops wait in an outbox; when no
 call can go on, the worker sends them in ``{"op": "ops", "ops": [...], "wait": true}``
 (split over several frames if need be; ``wait`` is on the last) and reads the
-parent's answers, ``{"op": "replies", "replies": [{"i", "op": "value", "value"} or
-{"i", "op": "error", "code", "message"}, ...]}`` (possibly several frames), one per
-waiting call: a *wave*. A call that sent an op needing an answer sends nothing more
-until it has it; the parent kills a worker that breaks this. When every call has
-ended the outbox goes out with ``"wait": false``; it also goes out that way whenever a
-running batch has sent nothing for a tenth of ``call_timeout_s``, so that the parent
-can tell a slow batch from a stuck one.
+parent's answers, ``{"op": "replies", "replies": [{"held_ms", "i", "op": "value",
+"value"} or {"held_ms", "i", "op": "error", "code", "message"}, ...]}`` (possibly
+several frames), one per waiting call: a *wave*. ``held_ms`` is how long the parent
+held that answer back after it was ready (waiting for other calls' nested calls). A
+call that sent an op needing an answer sends nothing more until it has it; the
+parent kills a worker that breaks this. When every call has ended the outbox goes
+out with ``"wait": false``; it also goes out that way whenever a running batch has
+sent nothing for a tenth of ``call_timeout_s``, so that the parent can tell a slow
+batch from a stuck one.
 
 A call's time is limited to ``call_timeout_s``: the worker sums, around its
 switches, the time the call runs and the time it waits for the parent's answers (not
-the time the other calls run); past the limit the call ends with ``contract_timeout``
-at its next switch (and is never resumed), so a call cannot outlive its budget by
-reading state in a loop. A sandbox violation is charged to the call that was
-running when it appeared, a MemoryError to the call that raised it: that call ends
-(``contract_forbidden``, ``contract_resource_limit``) and the worker stops the batch
-(the parent retires it and runs the calls left unfinished again, each alone).
+the time the other calls run, nor the ``held_ms`` of its answers); past the limit the
+call ends with ``contract_timeout`` at its next switch (and is never resumed), so a
+call cannot outlive its budget by reading state in a loop. A sandbox violation is
+charged to the call that was running when it appeared, a MemoryError to the call
+that raised it: that call ends (``contract_forbidden``, ``contract_resource_limit``)
+and the worker stops the batch (the parent retires it and runs the calls left
+unfinished again, each alone).
 
 The audit hook is a second layer, not a security boundary on its own: the OS sandbox
 (bubblewrap, uid 65534, rlimits) is what contains hostile code.
@@ -632,7 +635,8 @@ class RemoteContext:
 @dataclass(slots=True, eq=False)
 class _Running:
     """A call of a batch, in its greenlet: what to resume it with, and its time so far
-    (its turns and its waits for the parent's answers; not the other calls' turns)."""
+    (its turns and its waits for the parent's answers; not the other calls' turns, nor
+    the time the parent held its answers back for the other calls')."""
 
     index: int
     greenlet: greenlet.greenlet
@@ -692,7 +696,8 @@ class Batch:
                 waited_s = time.monotonic() - self._last_sent
                 for index in sorted(replies):
                     running = waiting.pop(index)
-                    running.spent_s += waited_s  # its wait for the node counts too
+                    held_s = replies[index]["held_ms"] / 1000  # ready, held for others
+                    running.spent_s += max(0.0, waited_s - held_s)  # its own wait counts
                     running.resume = (replies[index],)
                     ready.append(running)
         self._flush(wait=False)
@@ -785,6 +790,8 @@ class Batch:
             for reply in items:
                 index = reply.get("i") if isinstance(reply, dict) else None
                 if not isinstance(index, int) or index not in waiting or index in replies:
+                    os._exit(3)
+                if type(reply.get("held_ms")) is not int:
                     os._exit(3)
                 replies[index] = reply
         return replies

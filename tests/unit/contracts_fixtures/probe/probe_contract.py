@@ -220,6 +220,17 @@ class Probe(Contract):
         ctx.get_state(key)
         os._exit(7)
 
+    @transaction
+    def get_then_relay(self, ctx: Context, key: str, contract: str, function: str) -> Any:
+        """A read, then an invoke: two waves."""
+        ctx.get_state(key)
+        return ctx.invoke(contract, function)
+
+    @query
+    def read_times(self, ctx: Context, key: str, n: int) -> Any:
+        """Read ``key`` ``n`` times, one wave each."""
+        return [ctx.get_state(key) for _ in range(n)][-1]
+
     # Calls that misuse the worker's internals, as a hostile contract may: the node must
     # not rely on what the worker says of itself.
 
