@@ -294,6 +294,54 @@ def test_a_sandbox_failure_in_a_batch_is_charged_to_its_call(
     asyncio.run(scenario())
 
 
+@both_modes
+def test_running_out_of_memory_beside_other_calls_blames_none(mode: str) -> None:
+    """All calls of a batch hold memory at once: the one that crosses the limit beside
+    another's 64 MiB is not blamed. The worker stops, both run again alone and succeed."""
+
+    async def scenario() -> None:
+        async with open_pool(mode, workers=1, memory_bytes=128 * 2**20) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool, [("hold_then_get", [64, "k"], new_sim()), ("allocate", [64], new_sim())]
+            )
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert outcomes == [64, 64]
+            assert runs[0].restarted and runs[1].restarted
+            await expect_failure(pool, "hog", [], "contract_resource_limit")  # alone: blamed
+
+    asyncio.run(scenario())
+
+
+@both_modes
+def test_a_violation_outside_any_call_blames_none(mode: str) -> None:
+    """A violation while no call's turn runs (here in the worker's own sending, which a
+    call hooked) is no one call's: not the call that happens to run next. Every call
+    runs again alone; the hooking call, stopped again alone, is reported aborted."""
+
+    async def scenario() -> None:
+        async with open_pool(mode, workers=1) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("get_then_put", ["a", 1], new_sim()),
+                    ("dial_between_turns", ["k"], new_sim()),
+                    ("get_then_put", ["b", 2], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert outcomes[0] is None and outcomes[2] is None, outcomes
+            assert isinstance(outcomes[1], ContractFailure), outcomes
+            assert outcomes[1].code == "contract_aborted"
+            assert all(r.restarted for r in runs)
+            await assert_serves_restartable(pool)
+
+    asyncio.run(scenario())
+
+
 def test_a_call_that_reads_forever_ends_at_its_own_budget() -> None:
     """It keeps its worker talking, so only its own time budget can end it: the worker
     does, and the call beside it finishes on the same worker (nothing is aborted). Its

@@ -22,7 +22,9 @@ which the caller answers by running it again from scratch, alone (``solo``), on 
 fresh Simulation (:class:`~meridian.contracts.registry.RestartableCall`), so that the
 culprit then times out on its own. The same holds for a worker that dies (one call: the death's
 error; several: ``contract_aborted``) and for the calls left unfinished when a call's
-sandbox violation or memory exhaustion stops the batch. The worker itself ends a call
+sandbox violation or memory exhaustion stops the batch. A worker that exits with
+``UNBLAMED_EXIT`` stopped without blaming any call (see :mod:`.worker`): even a
+single unfinished call is then aborted. The worker itself ends a call
 whose time (its own turns plus its waits for this side's answers, not its co-runners'
 turns nor the time this side held its answer back for their nested calls, which each
 answer tells as ``held_ms``) passes ``call_timeout_s`` (``contract_timeout``), so
@@ -37,7 +39,7 @@ Errors (all :mod:`meridian.errors`, with stable codes):
   ``contract_error`` (any other exception), ``contract_timeout``,
   ``contract_resource_limit``, ``contract_forbidden``, ``contract_crashed``,
   ``contract_load_failed``, ``contract_bad_value`` (the return value is not JSON),
-  ``contract_aborted`` (a co-runner stopped the batch: run the call again alone);
+  ``contract_aborted`` (the batch stopped without blaming the call: run it again alone);
 * the first error a SimulationContext operation raised, as itself, even if the
   contract caught it inside the worker.
 """
@@ -85,6 +87,7 @@ from .worker import (
     MAX_FRAME_BYTES,
     STOPPING_CODES,
     TIMEOUT,
+    UNBLAMED_EXIT,
     UNKNOWN_FUNCTION,
     compute_frame_bodies,
     encode_op,
@@ -104,7 +107,7 @@ BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
 MAX_UNREAD_BYTES = 16 * 2**20  # of the node's frames a worker may leave unread
 MAX_HELD_MS = 999_999_999  # the "held_ms" of a reply, capped to keep its size bounded
 WATCHDOG_TICK_S = 0.05  # how often deadlines are checked (their precision)
-ABORTED = "contract_aborted"  # a co-runner's failure stopped the batch: run it again alone
+ABORTED = "contract_aborted"  # the batch stopped, the call unblamed: run it again alone
 _REPLIES_HEAD = b'{"op":"replies","replies":['
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -919,13 +922,28 @@ def _abort(label: str, calls: list[_Call], why: str) -> None:
 
 
 async def _fail_with_death(worker: _Worker, gone: _WorkerGone, call: _Call) -> None:
-    _fail_call(call, await _death_error(worker, gone))
+    """The one unfinished call of a dead worker gets the death's error, unless the worker
+    stopped blaming no call: then it runs again alone, as co-runners would."""
+    status = await _get_exit_status(worker, gone)
+    if status == UNBLAMED_EXIT:
+        _abort(worker.label, [call], "the worker stopped without blaming a call")
+    else:
+        _fail_call(call, _compute_death_error(status, gone))
 
 
 async def _death_error(worker: _Worker, gone: _WorkerGone) -> ContractFailure:
-    """contract_resource_limit if an rlimit (or the OOM killer) ended it, else crashed."""
+    return _compute_death_error(await _get_exit_status(worker, gone), gone)
+
+
+async def _get_exit_status(worker: _Worker, gone: _WorkerGone) -> int | None:
+    """The exit status of a worker that exited (None if unknown), once it is killed."""
     status = await worker.exit_status(EXIT_WAIT_S) if gone.exited else None
     worker.kill()
+    return status
+
+
+def _compute_death_error(status: int | None, gone: _WorkerGone) -> ContractFailure:
+    """contract_resource_limit if an rlimit (or the OOM killer) ended it, else crashed."""
     signum = -status if status is not None and status < 0 else None
     if status is not None and status > 128:  # bubblewrap reports 128 + signal
         signum = status - 128

@@ -36,9 +36,13 @@ the time the other calls run, nor the ``held_ms`` of its answers); past the limi
 call ends with ``contract_timeout`` at its next switch (and is never resumed), so a
 call cannot outlive its budget by reading state in a loop. A sandbox violation is
 charged to the call that was running when it appeared, a MemoryError to the call
-that raised it: that call ends (``contract_forbidden``, ``contract_resource_limit``)
-and the worker stops the batch (the parent retires it and runs the calls left
-unfinished again, each alone).
+that raised it if it is the batch's last unfinished call: that call ends
+(``contract_forbidden``, ``contract_resource_limit``) and the worker stops the batch
+(the parent retires it and runs the calls left unfinished again, each alone). A
+MemoryError while other calls (which hold memory too) are unfinished, or a violation
+that appeared while no call's turn ran, is no one call's: the worker exits at once
+with status :data:`UNBLAMED_EXIT`, and the parent runs every call it has not seen end
+again, alone.
 
 The audit hook is a second layer, not a security boundary on its own: the OS sandbox
 (bubblewrap, uid 65534, rlimits) is what contains hostile code.
@@ -103,6 +107,7 @@ FINAL_ERROR_CODES = frozenset(
     }
 )
 STOPPING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})  # the batch stops after these
+UNBLAMED_EXIT = 4  # exit status: the worker stopped its batch without blaming a call
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 FORBIDDEN_EVENTS = frozenset(
@@ -675,11 +680,13 @@ class Batch:
         self._hub = greenlet.getcurrent()
         self._outbox: list[bytes] = []
         self._last_sent = time.monotonic()
+        self._unfinished = 0
 
     def run(self, calls: Sequence[Any]) -> None:
         """Run every call to its end, or the batch to a stop."""
         ready = deque(self._start(index, call) for index, call in enumerate(calls))
         waiting: dict[int, _Running] = {}
+        self._unfinished = len(ready)
         while ready:
             while ready:
                 running = ready.popleft()
@@ -690,6 +697,8 @@ class Batch:
                     return
                 if outcome is _WAITS:
                     waiting[running.index] = running
+                else:
+                    self._unfinished -= 1
             if waiting:
                 self._flush(wait=True)
                 replies = self._read_replies(waiting)
@@ -719,8 +728,13 @@ class Batch:
         return _Running(index, greenlet.greenlet(run))
 
     def _take_turn(self, running: _Running) -> str:
-        """Run one call until it pauses or ends; charge it with what it did meanwhile."""
-        clean = self._guard.violation is None
+        """Run one call until it pauses or ends; charge it with what it did meanwhile.
+
+        What cannot be charged to one call stops the worker at once, unblamed: a
+        sandbox violation that appeared while no call's turn ran (say in a ``__del__``),
+        and a MemoryError while other calls, which hold memory too, are unfinished."""
+        if self._guard.violation is not None:
+            _exit_unblamed(b"a sandbox violation outside any call's turn")
         started = time.monotonic()
         try:
             out = running.greenlet.switch(*running.resume)
@@ -730,8 +744,10 @@ class Batch:
             out = CallFailed(ERROR, describe_exception(exc))
         running.spent_s += time.monotonic() - started
         running.resume = ()
-        if clean and self._guard.violation is not None:
+        if self._guard.violation is not None:
             out = CallFailed(FORBIDDEN, f"the contract attempted {self._guard.violation}")
+        elif self._unfinished > 1 and _is_out_of_memory(out, running):
+            _exit_unblamed(b"out of memory with several calls unfinished")
         elif running.spent_s > self._timeout_s:
             out = CallFailed(TIMEOUT, f"the call ran for longer than {self._timeout_s} s")
         elif not running.greenlet.dead:
@@ -795,6 +811,20 @@ class Batch:
                     os._exit(3)
                 replies[index] = reply
         return replies
+
+
+def _is_out_of_memory(out: Any, running: _Running) -> bool:
+    """Whether a turn's outcome is the call's MemoryError (raised in or around it)."""
+    if isinstance(out, CallFailed):
+        return out.code == RESOURCE_LIMIT
+    return running.greenlet.dead and isinstance(out, tuple) and out[0] == RESOURCE_LIMIT
+
+
+def _exit_unblamed(why: bytes) -> NoReturn:
+    """Stop at once, blaming no call: the parent runs each call it has not seen end
+    again, alone, in another worker (what is still in the outbox is dropped)."""
+    os.write(2, b"meridian worker: stopping unblamed: " + why + b"\n")
+    os._exit(UNBLAMED_EXIT)
 
 
 # --------------------------------------------------------------------------------- calls

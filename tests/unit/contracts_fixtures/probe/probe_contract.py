@@ -231,6 +231,17 @@ class Probe(Contract):
         """Read ``key`` ``n`` times, one wave each."""
         return [ctx.get_state(key) for _ in range(n)][-1]
 
+    @query
+    def hold_then_get(self, ctx: Context, mb: int, key: str) -> int:
+        """Hold ``mb`` MiB across a read (a wave)."""
+        block = bytearray(mb * 2**20)
+        ctx.get_state(key)
+        return len(block) // 2**20
+
+    @query
+    def allocate(self, ctx: Context, mb: int) -> int:
+        return len(bytearray(mb * 2**20)) // 2**20
+
     # Calls that misuse the worker's internals, as a hostile contract may: the node must
     # not rely on what the worker says of itself.
 
@@ -265,3 +276,18 @@ class Probe(Contract):
             ctx._batch._channel.write({"op": "ops", "wait": True, "ops": [op]})
         while True:
             time.sleep(0.01)
+
+    @query
+    def dial_between_turns(self, ctx: Context, key: str) -> Any:
+        """Have the worker's scheduler dial out (a violation, swallowed) when it next
+        sends, outside any call's turn; then read."""
+        channel = ctx._batch._channel
+        write_bodies = channel.write_bodies
+
+        def dialing(bodies: Any) -> None:
+            channel.write_bodies = write_bodies
+            self.dial(ctx)
+            write_bodies(bodies)
+
+        channel.write_bodies = dialing
+        return ctx.get_state(key)
