@@ -140,6 +140,20 @@ def test_worker_is_retired_after_a_violation_even_after_a_host_error() -> None:
     asyncio.run(scenario())
 
 
+def test_worker_is_retired_after_a_call_it_gave_up_on_alive() -> None:
+    """A call that switches greenlets by itself fails with contract_error and its worker,
+    which keeps the call's greenlet alive, is not used again."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1) as pool:
+            first = await call(pool, "token")
+            error = await expect_failure(pool, "switch_away", [], "contract_error")
+            assert "switched greenlets" in error.message
+            assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
 def test_invalid_call_larger_than_a_frame_is_refused_up_front() -> None:
     async def scenario() -> None:
         async with open_pool(workers=1) as pool:

@@ -507,8 +507,8 @@ class _Worker(asyncio.SubprocessProtocol):
         self.batch[index] = None
         self.unfinished -= 1
         code = message.get("code") if message["op"] == "error" else None
-        if code == TIMEOUT:
-            self.retire = True  # the worker keeps the call's abandoned greenlet
+        if code == TIMEOUT or message.get("retire") is True:
+            self.retire = True  # the worker keeps a greenlet it gave up on
         if not call.future.done() and not self._settle(call, message):
             self.retire = True  # it broke the protocol: its batch is not to be trusted
             _abort(self.label, self.take_unfinished(), f"call {index} ended malformed")

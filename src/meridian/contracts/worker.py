@@ -16,7 +16,8 @@ each (:class:`Batch`): a call runs until it ends or needs an answer. Everything 
 calls say is an *op* tagged with the call's index ``i`` in the batch, in the order
 said: Context operations (``get``, ``range``, ``query``, ``history``, ``invoke`` need
 an answer; ``put``, ``delete``, ``add``, ``emit`` do not) and one final op per call
-(``{"i", "op": "return", "value"}`` or ``{"i", "op": "error", "code", "message"}``;
+(``{"i", "op": "return", "value"}`` or ``{"i", "op": "error", "code", "message"}``,
+with ``"retire": true`` if the worker keeps the call's greenlet alive;
 ``describe`` is answered the same way, as call 0). Ops wait in an outbox; when no
 call can go on, the worker sends them in ``{"op": "ops", "ops": [...], "wait": true}``
 (split over several frames if need be; ``wait`` is on the last) and reads the
@@ -185,9 +186,10 @@ class CallFailed(Exception):
     def to_frame(self) -> dict[str, Any]:
         return {"op": "error", "code": self.code, "message": self.message}
 
-    def to_op(self, index: int) -> bytes:
-        """The final op of call ``index`` that ends with this error."""
-        return orjson.dumps({"i": index, **self.to_frame()})
+    def to_op(self, index: int, *, retire: bool = False) -> bytes:
+        """The final op of call ``index`` that ends with this error; ``retire``: the
+        parent is to retire the worker after the batch."""
+        return orjson.dumps({"i": index, **self.to_frame(), **({"retire": True} if retire else {})})
 
 
 class HostError(ContractError):
@@ -653,9 +655,11 @@ _WAITS, _ENDED, _STOPS = "waits", "ended", "stops"  # what a call's turn came to
 _OPS_HEAD = b'{"op":"ops","wait":false,"ops":['
 _OPS_HEAD_WAIT = b'{"op":"ops","wait":true,"ops":['
 
-# Greenlets of calls the worker gave up on (over their time, or in a stopped batch).
-# Kept so that they are never collected: collecting a suspended greenlet would run its
-# code again (GreenletExit is raised in it). The parent retires such a worker.
+# Greenlets of calls the worker gave up on (over their time, switched away by
+# themselves, or in a stopped batch). Kept so that they are never collected: collecting
+# a suspended greenlet would run its code again (GreenletExit is raised in it). The
+# parent retires such a worker after the batch: the final op of a call given up on
+# alive says "retire": true, and a stopped batch retires its worker anyway.
 _ABANDONED: list[greenlet.greenlet] = []
 
 
@@ -770,9 +774,10 @@ class Batch:
 
     def _end(self, running: _Running, failure: CallFailed) -> str:
         """End a call the scheduler gave up on with ``failure``."""
-        if not running.greenlet.dead:
+        abandoned = not running.greenlet.dead
+        if abandoned:
             _ABANDONED.append(running.greenlet)
-        self._outbox.append(failure.to_op(running.index))
+        self._outbox.append(failure.to_op(running.index, retire=abandoned))
         if failure.code in STOPPING_CODES:
             return _STOPS
         self._keep_in_touch()

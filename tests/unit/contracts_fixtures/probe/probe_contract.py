@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any
 
+import greenlet
+
 from meridian.contracts import Context, Contract, ContractError, query, transaction
 
 WORKER_TOKEN = os.urandom(8).hex()  # tells the tests which worker process ran a call
@@ -291,3 +293,9 @@ class Probe(Contract):
 
         channel.write_bodies = dialing
         return ctx.get_state(key)
+
+    @query
+    def switch_away(self, ctx: Context) -> None:
+        """Switch to the worker's scheduler by itself, without an op (it is never
+        resumed, and its greenlet stays alive)."""
+        greenlet.getcurrent().parent.switch(None)
