@@ -35,9 +35,9 @@ def frames(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
     send_raw = pool_module._Worker.send_raw
 
-    def recording(worker: pool_module._Worker, body: bytes) -> None:
-        sent.append(orjson.loads(body))
-        send_raw(worker, body)
+    def recording(worker: pool_module._Worker, *bodies: bytes) -> None:
+        sent.extend(orjson.loads(body) for body in bodies)
+        send_raw(worker, *bodies)
 
     monkeypatch.setattr(pool_module._Worker, "send_raw", recording)
     return sent
@@ -482,6 +482,23 @@ def test_invalid_a_worker_that_does_not_read_its_input_is_stopped() -> None:
             assert "unread" in info.value.message
             assert time.monotonic() - started < 5.0
             assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
+def test_a_wave_of_answers_larger_than_the_unread_limit_is_served() -> None:
+    """The limit is on what a worker leaves unread of earlier frames, not on one wave:
+    twenty reads of 1 MiB answered at once (20 MiB, several frames) all succeed."""
+    state = DictState({(NS, "big"): ("x" * 2**20, Version(1, 0))})
+
+    async def scenario() -> None:
+        async with open_pool(workers=1) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(pool, [("get", ["big"], new_sim(state)) for _ in range(20)])
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert all(o == "x" * 2**20 for o in outcomes), [type(o) for o in outcomes]
+            assert not any(r.restarted for r in runs)
 
     asyncio.run(scenario())
 

@@ -306,14 +306,20 @@ class _Worker(asyncio.SubprocessProtocol):
             raise _WorkerGone("the worker sent a message without an op")
         return message
 
-    def send_raw(self, body: bytes) -> None:
-        """One frame; the pool keeps every frame under MAX_FRAME_BYTES. A worker that
-        leaves more than MAX_UNREAD_BYTES of its input unread is gone (it is broken)."""
+    def send_raw(self, *bodies: bytes) -> None:
+        """The frames of one message; the pool keeps every frame under MAX_FRAME_BYTES.
+
+        A worker that left more than MAX_UNREAD_BYTES of the earlier messages unread is
+        gone (it is broken: an honest one reads a message before it answers, and the
+        node sends the next one only then), so one message is the most that piles up
+        on top of that bound."""
         if self._gone is not None or self._stdin is None or self._stdin.is_closing():
             return  # the pool learns of the death through on_gone
-        self._stdin.write(FRAME_HEADER.pack(len(body)) + body)
         if self._stdin.get_write_buffer_size() > MAX_UNREAD_BYTES:
             self._fail(_WorkerGone(f"the worker left over {MAX_UNREAD_BYTES} bytes unread"))
+            return
+        for body in bodies:
+            self._stdin.write(FRAME_HEADER.pack(len(body)) + body)
 
     # --------------------------------------------------------------------- requests
 
@@ -500,8 +506,7 @@ class _Worker(asyncio.SubprocessProtocol):
         bodies = compute_frame_bodies(_REPLIES_HEAD, replies, b"]}")
         self._reset_wave()
         self.silent_since = now
-        for body in bodies:
-            self.send_raw(body)  # last: it may find the worker gone
+        self.send_raw(*bodies)  # last: it may find the worker gone
 
     def _end_call(self, index: int, call: _Call, message: Mapping[str, Any]) -> None:
         self.batch[index] = None
