@@ -328,6 +328,29 @@ def test_running_out_of_memory_beside_other_calls_blames_none(mode: str) -> None
     asyncio.run(scenario())
 
 
+def test_running_out_of_memory_beside_a_call_given_up_on_blames_none() -> None:
+    """A call the worker gave up on (timed out) keeps its greenlet, and its memory: the
+    batch's last unfinished call, running out of memory beside it, is not blamed."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=1.0, memory_bytes=128 * 2**20) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("hold_then_nap_forever", [64, "k"], new_sim()),
+                    ("read_then_allocate", ["k", 20, 64], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert isinstance(outcomes[0], ContractFailure), outcomes
+            assert outcomes[0].code == "contract_timeout" and not runs[0].restarted
+            assert outcomes[1] == 64 and runs[1].restarted
+
+    asyncio.run(scenario())
+
+
 @both_modes
 def test_a_violation_outside_any_call_blames_none(mode: str) -> None:
     """A violation while no call's turn runs (here in the worker's own sending, which a

@@ -31,18 +31,18 @@ out with ``"wait": false``; it also goes out that way whenever a running batch h
 sent nothing for a tenth of ``call_timeout_s``, so that the parent can tell a slow
 batch from a stuck one.
 
-A call's time is limited to ``call_timeout_s``: the worker sums, around its
-switches, the time the call runs and the time it waits for the parent's answers (not
-the time the other calls run, nor the ``held_ms`` of its answers); past the limit the
-call ends with ``contract_timeout`` at its next switch (and is never resumed), so a
-call cannot outlive its budget by reading state in a loop. A sandbox violation is
-charged to the call that was running when it appeared, a MemoryError to the call
-that raised it if it is the batch's last unfinished call: that call ends
-(``contract_forbidden``, ``contract_resource_limit``) and the worker stops the batch
-(the parent retires it and runs the calls left unfinished again, each alone). A
-MemoryError while other calls (which hold memory too) are unfinished, or a violation
-that appeared while no call's turn ran, is no one call's: the worker exits at once
-with status :data:`UNBLAMED_EXIT`, and the parent runs every call it has not seen end
+A call's time is limited to ``call_timeout_s``: the worker sums, around its switches,
+the time the call runs and the time it waits for the parent's answers (not the time
+the other calls run, nor the ``held_ms`` of its answers); past the limit the call ends
+with ``contract_timeout`` at its next switch (and is never resumed), so a call cannot
+outlive its budget by reading state in a loop. A sandbox violation is charged to the
+call that was running when it appeared, a MemoryError to the call that raised it if it
+is the batch's last call alive: that call ends (``contract_forbidden``,
+``contract_resource_limit``) and the worker stops the batch (the parent retires it and
+runs the calls left unfinished again, each alone). A MemoryError while other calls
+(which hold memory too) are alive, unfinished or given up on, or a violation that
+appeared while no call's turn ran, is no one call's: the worker exits at once with
+status :data:`UNBLAMED_EXIT`, and the parent runs every call it has not seen end
 again, alone.
 
 The audit hook is a second layer, not a security boundary on its own: the OS sandbox
@@ -684,13 +684,13 @@ class Batch:
         self._hub = greenlet.getcurrent()
         self._outbox: list[bytes] = []
         self._last_sent = time.monotonic()
-        self._unfinished = 0
+        self._calls: list[_Running] = []
 
     def run(self, calls: Sequence[Any]) -> None:
         """Run every call to its end, or the batch to a stop."""
-        ready = deque(self._start(index, call) for index, call in enumerate(calls))
+        self._calls = [self._start(index, call) for index, call in enumerate(calls)]
+        ready = deque(self._calls)
         waiting: dict[int, _Running] = {}
-        self._unfinished = len(ready)
         while ready:
             while ready:
                 running = ready.popleft()
@@ -701,8 +701,6 @@ class Batch:
                     return
                 if outcome is _WAITS:
                     waiting[running.index] = running
-                else:
-                    self._unfinished -= 1
             if waiting:
                 self._flush(wait=True)
                 replies = self._read_replies(waiting)
@@ -736,7 +734,8 @@ class Batch:
 
         What cannot be charged to one call stops the worker at once, unblamed: a
         sandbox violation that appeared while no call's turn ran (say in a ``__del__``),
-        and a MemoryError while other calls, which hold memory too, are unfinished."""
+        and a MemoryError while other calls of the batch, which hold memory too, are
+        alive (unfinished, or given up on)."""
         if self._guard.violation is not None:
             _exit_unblamed(b"a sandbox violation outside any call's turn")
         started = time.monotonic()
@@ -750,8 +749,8 @@ class Batch:
         running.resume = ()
         if self._guard.violation is not None:
             out = CallFailed(FORBIDDEN, f"the contract attempted {self._guard.violation}")
-        elif self._unfinished > 1 and _is_out_of_memory(out, running):
-            _exit_unblamed(b"out of memory with several calls unfinished")
+        elif _is_out_of_memory(out, running) and self._is_any_other_alive(running):
+            _exit_unblamed(b"out of memory with several calls alive")
         elif running.spent_s > self._timeout_s:
             out = CallFailed(TIMEOUT, f"the call ran for longer than {self._timeout_s} s")
         elif not running.greenlet.dead:
@@ -771,6 +770,9 @@ class Batch:
         if not isinstance(out, CallFailed):
             out = CallFailed(ERROR, "the call ended without an answer")
         return self._end(running, out)
+
+    def _is_any_other_alive(self, running: _Running) -> bool:
+        return any(not r.greenlet.dead for r in self._calls if r is not running)
 
     def _end(self, running: _Running, failure: CallFailed) -> str:
         """End a call the scheduler gave up on with ``failure``."""

@@ -244,6 +244,21 @@ class Probe(Contract):
     def allocate(self, ctx: Context, mb: int) -> int:
         return len(bytearray(mb * 2**20)) // 2**20
 
+    @query
+    def hold_then_nap_forever(self, ctx: Context, mb: int, key: str) -> None:
+        """Hold ``mb`` MiB, then read and nap 0.1 s for ever (until timed out)."""
+        block = bytearray(mb * 2**20)
+        while block:
+            ctx.get_state(key)
+            time.sleep(0.1)
+
+    @query
+    def read_then_allocate(self, ctx: Context, key: str, n: int, mb: int) -> int:
+        """Read ``key`` ``n`` times, one wave each, then allocate ``mb`` MiB."""
+        for _ in range(n):
+            ctx.get_state(key)
+        return self.allocate(ctx, mb)
+
     # Calls that misuse the worker's internals, as a hostile contract may: the node must
     # not rely on what the worker says of itself.
 
