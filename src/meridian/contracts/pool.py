@@ -9,28 +9,27 @@ in order, to the :class:`SimulationContext` of that call, the one place that rec
 reads and writes; the answers a wave of calls waits for go back in one frame.
 
 Deadlines (``call_timeout_s``, wall clock, checked every ``WATCHDOG_TICK_S``). The
-node keeps two, and neither relies on what the worker says of its calls' time: a
-batch of n calls must be over (n + 1) * ``call_timeout_s`` after it was sent, whatever
-the worker sends meanwhile and also while this side owes the worker answers (a
-nested call still running); and a worker that owes the node a frame (from when a
-batch or a wave's answers were sent until its next frame) and sends nothing for
-``call_timeout_s`` is stuck. When either passes: if one call of its batch is
-unfinished, that call fails with ``contract_timeout`` (a call alone, as retried and
-nested calls are, thus ends within 2 * ``call_timeout_s``); if several are, the
-worker is killed and none of them is blamed: each fails with ``contract_aborted``,
-which the caller answers by running it again from scratch, alone (``solo``), on a
-fresh Simulation (:class:`~meridian.contracts.registry.RestartableCall`), so that the
-culprit then times out on its own. The same holds for a worker that dies (one call: the death's
+node keeps two, and neither relies on what the worker says of its calls' time: a batch
+of n calls must be over (n + 1) * ``call_timeout_s`` after it was sent, whatever the
+worker sends meanwhile and also while this side owes the worker answers (a nested call
+still running); and a worker that owes the node a frame (from when a batch or a wave's
+answers were sent until its next frame) and sends nothing for ``call_timeout_s`` is
+stuck. When either passes: if one call of its batch is unfinished, that call fails
+with ``contract_timeout`` (a call alone, as retried and nested calls are, thus ends
+within 2 * ``call_timeout_s``); if several are, the worker is killed and none of them
+is blamed: each fails with ``contract_aborted``, which the caller answers by running
+it again from scratch, alone (``solo``), on a fresh Simulation
+(:class:`~meridian.contracts.registry.RestartableCall`), so that the culprit then
+times out on its own. The same holds for a worker that dies (one call: the death's
 error; several: ``contract_aborted``) and for the calls left unfinished when a call's
 sandbox violation or memory exhaustion stops the batch. A worker that exits with
-``UNBLAMED_EXIT`` stopped without blaming any call (see :mod:`.worker`): even a
-single unfinished call is then aborted. The worker itself ends a call
-whose time (its own turns plus its waits for this side's answers, not its co-runners'
-turns nor the time this side held its answer back for their nested calls, which each
-answer tells as ``held_ms``) passes ``call_timeout_s`` (``contract_timeout``), so
-that an honest call that reads state in a loop ends at its own budget without
-disturbing its co-runners; the node's deadlines are what holds when the worker does
-not.
+``UNBLAMED_EXIT`` stopped without blaming any call (see :mod:`.worker`): even a single
+unfinished call is then aborted. The worker itself ends a call whose time (its own
+turns plus its waits for this side's answers, not its co-runners' turns nor the time
+this side held its answer back for their nested calls, which each answer tells as
+``held_ms``) passes ``call_timeout_s`` (``contract_timeout``), so that an honest call
+that reads state in a loop ends at its own budget without disturbing its co-runners;
+the node's deadlines are what holds when the worker does not.
 
 Errors (all :mod:`meridian.errors`, with stable codes):
 
