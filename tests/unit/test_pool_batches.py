@@ -35,9 +35,9 @@ def frames(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
     send_raw = pool_module._Worker.send_raw
 
-    def recording(worker: pool_module._Worker, body: bytes) -> None:
-        sent.append(orjson.loads(body))
-        send_raw(worker, body)
+    def recording(worker: pool_module._Worker, *bodies: bytes) -> None:
+        sent.extend(orjson.loads(body) for body in bodies)
+        send_raw(worker, *bodies)
 
     monkeypatch.setattr(pool_module._Worker, "send_raw", recording)
     return sent
@@ -135,6 +135,20 @@ def test_worker_is_retired_after_a_violation_even_after_a_host_error() -> None:
             first = await call(pool, "token")
             await expect_failure(pool, "bad_key_then_dial", [], "contract_bad_key")
             assert await call(pool, "echo", 1) == 1  # a fresh worker, not a tainted one
+            assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
+def test_worker_is_retired_after_a_call_it_gave_up_on_alive() -> None:
+    """A call that switches greenlets by itself fails with contract_error and its worker,
+    which keeps the call's greenlet alive, is not used again."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1) as pool:
+            first = await call(pool, "token")
+            error = await expect_failure(pool, "switch_away", [], "contract_error")
+            assert "switched greenlets" in error.message
             assert await call(pool, "token") != first
 
     asyncio.run(scenario())
@@ -294,6 +308,77 @@ def test_a_sandbox_failure_in_a_batch_is_charged_to_its_call(
     asyncio.run(scenario())
 
 
+@both_modes
+def test_running_out_of_memory_beside_other_calls_blames_none(mode: str) -> None:
+    """All calls of a batch hold memory at once: the one that crosses the limit beside
+    another's 64 MiB is not blamed. The worker stops, both run again alone and succeed."""
+
+    async def scenario() -> None:
+        async with open_pool(mode, workers=1, memory_bytes=128 * 2**20) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool, [("hold_then_get", [64, "k"], new_sim()), ("allocate", [64], new_sim())]
+            )
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert outcomes == [64, 64]
+            assert runs[0].restarted and runs[1].restarted
+            await expect_failure(pool, "hog", [], "contract_resource_limit")  # alone: blamed
+
+    asyncio.run(scenario())
+
+
+def test_running_out_of_memory_beside_a_call_given_up_on_blames_none() -> None:
+    """A call the worker gave up on (timed out) keeps its greenlet, and its memory: the
+    batch's last unfinished call, running out of memory beside it, is not blamed."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=1.0, memory_bytes=128 * 2**20) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("hold_then_nap_forever", [64, "k"], new_sim()),
+                    ("read_then_allocate", ["k", 20, 64], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert isinstance(outcomes[0], ContractFailure), outcomes
+            assert outcomes[0].code == "contract_timeout" and not runs[0].restarted
+            assert outcomes[1] == 64 and runs[1].restarted
+
+    asyncio.run(scenario())
+
+
+@both_modes
+def test_a_violation_outside_any_call_blames_none(mode: str) -> None:
+    """A violation while no call's turn runs (here in the worker's own sending, which a
+    call hooked) is no one call's: not the call that happens to run next. Every call
+    runs again alone; the hooking call, stopped again alone, is reported aborted."""
+
+    async def scenario() -> None:
+        async with open_pool(mode, workers=1) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("get_then_put", ["a", 1], new_sim()),
+                    ("dial_between_turns", ["k"], new_sim()),
+                    ("get_then_put", ["b", 2], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert outcomes[0] is None and outcomes[2] is None, outcomes
+            assert isinstance(outcomes[1], ContractFailure), outcomes
+            assert outcomes[1].code == "contract_aborted"
+            assert all(r.restarted for r in runs)
+            await assert_serves_restartable(pool)
+
+    asyncio.run(scenario())
+
+
 def test_a_call_that_reads_forever_ends_at_its_own_budget() -> None:
     """It keeps its worker talking, so only its own time budget can end it: the worker
     does, and the call beside it finishes on the same worker (nothing is aborted). Its
@@ -313,6 +398,130 @@ def test_a_call_that_reads_forever_ends_at_its_own_budget() -> None:
             assert info.value.code == "contract_timeout"
             assert not runs[0].restarted and not runs[1].restarted
             assert time.monotonic() - started < 3
+
+    asyncio.run(scenario())
+
+
+def test_a_call_that_keeps_its_worker_talking_still_has_a_deadline() -> None:
+    """The worker's frames do not move the node's own deadline: a call alone that never
+    ends but keeps sending frames times out within 2 * call_timeout_s."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=0.5) as pool:
+            await call(pool, "token")
+            started = time.monotonic()
+            async with asyncio.timeout(5):
+                error = await expect_failure(pool, "keep_talking", [20], "contract_timeout")
+            assert time.monotonic() - started < 1.0 + 0.5
+            assert "deadline" in error.message
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_the_node_owes_an_answer_forever_still_has_a_deadline() -> None:
+    """A nested call that never ends holds the wave's answers (the worker waits, silent,
+    as it should); the batch's deadline still ends it: both calls run again alone, the
+    invoking one times out and the other succeeds."""
+
+    async def never(sim: Simulation, contract: str, fn: str, args: list[Any]) -> Any:
+        await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=0.5) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("relay", ["peer", "double", "t", 1], new_sim(invoker=never)),
+                    ("get_then_put", ["k", 1], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(5):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert isinstance(outcomes[0], ContractFailure), outcomes
+            assert outcomes[0].code == "contract_timeout"
+            assert outcomes[1] is None
+            assert runs[0].restarted and runs[1].restarted
+
+    asyncio.run(scenario())
+
+
+def test_invalid_a_call_that_does_not_wait_for_its_invoke_stops_its_worker() -> None:
+    """An invoke its call never waits for (the call ends meanwhile) broke the protocol:
+    the worker is killed at once (the wave it held is never left hanging), the call
+    fails, and its co-runner runs again alone and succeeds."""
+
+    async def peer(sim: Simulation, contract: str, fn: str, args: list[Any]) -> Any:
+        return 1
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=1.0) as pool:
+            await call(pool, "token")
+            started = time.monotonic()
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("invoke_unawaited", ["peer", "double", "t", 1], new_sim(invoker=peer)),
+                    ("get_then_put", ["k", 1], new_sim()),
+                ],
+            )
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert isinstance(outcomes[0], ContractFailure), outcomes
+            assert outcomes[0].code == "contract_crashed"
+            assert outcomes[1] is None and runs[1].restarted
+            assert time.monotonic() - started < 2.0  # not held until a deadline
+            await assert_serves_restartable(pool)
+
+    asyncio.run(scenario())
+
+
+def test_invalid_reads_a_call_does_not_wait_for_stop_its_worker() -> None:
+    """Reads sent without waiting would pile their answers up in the node: the second
+    one a call sends before it has the first one's answer gets its worker killed."""
+
+    async def scenario() -> None:
+        async with open_pool(workers=1) as pool:
+            first = await call(pool, "token")
+            error = await expect_failure(pool, "reads_unawaited", ["k", 1000], "contract_crashed")
+            assert "before its answer" in error.message
+            assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
+def test_invalid_a_worker_that_does_not_read_its_input_is_stopped() -> None:
+    """The node does not buffer without bound what a worker leaves unread: past
+    MAX_UNREAD_BYTES the worker is killed (here long before the call's deadline)."""
+    state = DictState({(NS, "big"): ("x" * 2**20, Version(1, 0))})
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=5.0) as pool:
+            first = await call(pool, "token")
+            started = time.monotonic()
+            with pytest.raises(ContractFailure) as info:
+                await pool.call("ask_without_reading", ["big", 40], new_sim(state).context(NS))
+            assert info.value.code == "contract_crashed"
+            assert "unread" in info.value.message
+            assert time.monotonic() - started < 5.0
+            assert await call(pool, "token") != first
+
+    asyncio.run(scenario())
+
+
+def test_a_wave_of_answers_larger_than_the_unread_limit_is_served() -> None:
+    """The limit is on what a worker leaves unread of earlier frames, not on one wave:
+    twenty reads of 1 MiB answered at once (20 MiB, several frames) all succeed."""
+    state = DictState({(NS, "big"): ("x" * 2**20, Version(1, 0))})
+
+    async def scenario() -> None:
+        async with open_pool(workers=1) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(pool, [("get", ["big"], new_sim(state)) for _ in range(20)])
+            async with asyncio.timeout(30):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert all(o == "x" * 2**20 for o in outcomes), [type(o) for o in outcomes]
+            assert not any(r.restarted for r in runs)
 
     asyncio.run(scenario())
 
@@ -345,6 +554,36 @@ def test_invokes_run_from_a_concurrent_batch(frames: list[dict[str, Any]]) -> No
     for i, run in enumerate(runs[:4]):
         assert rwset(run.sim, "peer").writes == (KVWrite(f"t{i}", 2 * i),)
     assert [f for f in sent_ops(frames) if f[0] == "replies"] == [("replies", 5)]
+
+
+def test_a_call_is_not_charged_for_its_neighbours_nested_calls() -> None:
+    """The node holds a wave's answers until its nested calls end, but tells how long it
+    held each: a call that only reads, in waves that two other calls' 0.6 s invokes
+    hold up, is not charged 1.2 s of a 1 s budget (nor is the second invoker)."""
+
+    async def slow(sim: Simulation, contract: str, fn: str, args: list[Any]) -> Any:
+        await asyncio.sleep(0.6)
+        return fn
+
+    state = DictState({(NS, "k"): ("v", Version(1, 0))})
+
+    async def scenario() -> None:
+        async with open_pool(workers=1, call_timeout_s=1.0) as pool:
+            await call(pool, "token")
+            runs = start_in_one_batch(
+                pool,
+                [
+                    ("relay", ["peer", "first"], new_sim(state, invoker=slow)),
+                    ("get_then_relay", ["k", "peer", "second"], new_sim(state, invoker=slow)),
+                    ("read_times", ["k", 3], new_sim(state)),
+                ],
+            )
+            async with asyncio.timeout(10):
+                outcomes = await asyncio.gather(*(r.future for r in runs), return_exceptions=True)
+            assert outcomes == ["first", "second", "v"]
+            assert not any(r.restarted for r in runs)
+
+    asyncio.run(scenario())
 
 
 def test_a_call_aborted_twice_reports_it() -> None:

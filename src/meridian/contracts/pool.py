@@ -8,19 +8,28 @@ operations come back here tagged with the call's index in the batch and are appl
 in order, to the :class:`SimulationContext` of that call, the one place that records
 reads and writes; the answers a wave of calls waits for go back in one frame.
 
-Deadlines (``call_timeout_s``, wall clock). A worker that owes the node a frame (from
-when a batch or a wave's answers were sent until its next frame) and sends nothing
-for ``call_timeout_s`` is stuck: if one call of its batch is unfinished, that call
-fails with ``contract_timeout``; if several are, the worker is killed and none of them
+Deadlines (``call_timeout_s``, wall clock, checked every ``WATCHDOG_TICK_S``). The
+node keeps two, and neither relies on what the worker says of its calls' time: a batch
+of n calls must be over (n + 1) * ``call_timeout_s`` after it was sent, whatever the
+worker sends meanwhile and also while this side owes the worker answers (a nested call
+still running); and a worker that owes the node a frame (from when a batch or a wave's
+answers were sent until its next frame) and sends nothing for ``call_timeout_s`` is
+stuck. When either passes: if one call of its batch is unfinished, that call fails
+with ``contract_timeout`` (a call alone, as retried and nested calls are, thus ends
+within 2 * ``call_timeout_s``); if several are, the worker is killed and none of them
 is blamed: each fails with ``contract_aborted``, which the caller answers by running
 it again from scratch, alone (``solo``), on a fresh Simulation
 (:class:`~meridian.contracts.registry.RestartableCall`), so that the culprit then
 times out on its own. The same holds for a worker that dies (one call: the death's
 error; several: ``contract_aborted``) and for the calls left unfinished when a call's
-sandbox violation or memory exhaustion stops the batch. The worker itself ends a call
-whose time (its own turns plus its waits for this side's answers, not its co-runners'
-turns) passes ``call_timeout_s`` (``contract_timeout``), so a call that reads state in
-a loop cannot outlive its budget.
+sandbox violation or memory exhaustion stops the batch. A worker that exits with
+``UNBLAMED_EXIT`` stopped without blaming any call (see :mod:`.worker`): even a single
+unfinished call is then aborted. The worker itself ends a call whose time (its own
+turns plus its waits for this side's answers, not its co-runners' turns nor the time
+this side held its answer back for their nested calls, which each answer tells as
+``held_ms``) passes ``call_timeout_s`` (``contract_timeout``), so that an honest call
+that reads state in a loop ends at its own budget without disturbing its co-runners;
+the node's deadlines are what holds when the worker does not.
 
 Errors (all :mod:`meridian.errors`, with stable codes):
 
@@ -29,7 +38,7 @@ Errors (all :mod:`meridian.errors`, with stable codes):
   ``contract_error`` (any other exception), ``contract_timeout``,
   ``contract_resource_limit``, ``contract_forbidden``, ``contract_crashed``,
   ``contract_load_failed``, ``contract_bad_value`` (the return value is not JSON),
-  ``contract_aborted`` (a co-runner stopped the batch: run the call again alone);
+  ``contract_aborted`` (the batch stopped without blaming the call: run it again alone);
 * the first error a SimulationContext operation raised, as itself, even if the
   contract caught it inside the worker.
 """
@@ -77,6 +86,7 @@ from .worker import (
     MAX_FRAME_BYTES,
     STOPPING_CODES,
     TIMEOUT,
+    UNBLAMED_EXIT,
     UNKNOWN_FUNCTION,
     compute_frame_bodies,
     encode_op,
@@ -93,8 +103,10 @@ LIMIT_SIGNALS = frozenset({signal.SIGXCPU, signal.SIGXFSZ, signal.SIGKILL})
 DEFAULT_LIMITS = SandboxLimits()
 MAX_BATCH = 64
 BATCH_FRAME_SLACK = 64 * 1024  # room for the batch envelope around the calls
+MAX_UNREAD_BYTES = 16 * 2**20  # of the node's frames a worker may leave unread
+MAX_HELD_MS = 999_999_999  # the "held_ms" of a reply, capped to keep its size bounded
 WATCHDOG_TICK_S = 0.05  # how often deadlines are checked (their precision)
-ABORTED = "contract_aborted"  # a co-runner's failure stopped the batch: run it again alone
+ABORTED = "contract_aborted"  # the batch stopped, the call unblamed: run it again alone
 _REPLIES_HEAD = b'{"op":"replies","replies":['
 _UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -197,7 +209,9 @@ class _Worker(asyncio.SubprocessProtocol):
     order: Context operations are applied to their call's :class:`SimulationContext`,
     and the answers of a wave go back in one frame once the worker waits and all of
     them are ready (an ``invoke`` is answered when its nested call ends); a call's
-    final op settles its future at once.
+    final op settles its future at once. A call that sent an op needing an answer
+    sends nothing more (not even its final op) until it has the answer: a worker that
+    breaks this is gone (killed), so that each call has at most one answer pending.
     """
 
     def __init__(self, label: str, hooks: _PoolHooks) -> None:
@@ -207,13 +221,16 @@ class _Worker(asyncio.SubprocessProtocol):
         self.batch: list[_Call | None] = []  # the running batch by index; None once ended
         self.unfinished = 0
         self.silent_since: float | None = None  # loop time from which it owes a frame
+        self.deadline: float | None = None  # loop time by which its batch must be over
         self.retire = False
         self.transport: asyncio.SubprocessTransport | None = None
         self._stdin: asyncio.WriteTransport | None = None
         self._inbox = bytearray()
-        self._replies: list[bytes] = []  # the answers of the current wave
-        self._invoking = 0  # its invokes still running
+        self._replies: list[tuple[bytes, float]] = []  # the wave's answers, when ready
+        self._owed: set[int] = set()  # calls (by index) the wave owes an answer
+        self._invoking: set[_Call] = set()  # calls whose invoke is still running
         self._waiting = False  # the worker waits for the wave's answers
+        self._waiting_since = 0.0  # loop time from which it did
         self._stderr = bytearray()
         self._stderr_budget = STDERR_LOG_BYTES
         self._gone: _WorkerGone | None = None
@@ -288,11 +305,20 @@ class _Worker(asyncio.SubprocessProtocol):
             raise _WorkerGone("the worker sent a message without an op")
         return message
 
-    def send_raw(self, body: bytes) -> None:
-        """One frame; the pool keeps every frame under MAX_FRAME_BYTES."""
+    def send_raw(self, *bodies: bytes) -> None:
+        """The frames of one message; the pool keeps every frame under MAX_FRAME_BYTES.
+
+        A worker that left more than MAX_UNREAD_BYTES of the earlier messages unread is
+        gone (it is broken: an honest one reads a message before it answers, and the
+        node sends the next one only then), so one message is the most that piles up
+        on top of that bound."""
         if self._gone is not None or self._stdin is None or self._stdin.is_closing():
             return  # the pool learns of the death through on_gone
-        self._stdin.write(FRAME_HEADER.pack(len(body)) + body)
+        if self._stdin.get_write_buffer_size() > MAX_UNREAD_BYTES:
+            self._fail(_WorkerGone(f"the worker left over {MAX_UNREAD_BYTES} bytes unread"))
+            return
+        for body in bodies:
+            self._stdin.write(FRAME_HEADER.pack(len(body)) + body)
 
     # --------------------------------------------------------------------- requests
 
@@ -313,8 +339,12 @@ class _Worker(asyncio.SubprocessProtocol):
     def busy(self) -> bool:
         return self.unfinished > 0
 
-    def run(self, calls: list[_Call]) -> None:
-        """Send a batch: calls the worker runs concurrently, or one describe."""
+    def run(self, calls: list[_Call], timeout_s: float) -> None:
+        """Send a batch: calls the worker runs concurrently, or one describe.
+
+        Its deadline, whatever the worker says meanwhile, is ``timeout_s`` per call plus
+        one: an honest batch stays under it (its calls' turns run one at a time, and each
+        call's ``timeout_s`` includes its waits for the node's answers)."""
         if calls[0].op == "call":
             body = b'{"op":"calls","calls":[' + b",".join(c.encoded for c in calls) + b"]}"
         else:
@@ -323,9 +353,19 @@ class _Worker(asyncio.SubprocessProtocol):
         self.unfinished = len(calls)
         self._reset_wave()
         self.calls += len(calls)
-        self.send_raw(body)
-        self.silent_since = asyncio.get_running_loop().time()
+        now = asyncio.get_running_loop().time()
+        self.silent_since = now
+        self.deadline = now + timeout_s * (len(calls) + 1)
         self.hooks.on_batch_started(self)
+        self.send_raw(body)  # last: it may find the worker gone
+
+    def get_overdue(self, now: float, timeout_s: float) -> str | None:
+        """Why the running batch is overdue at loop time ``now``, or None if it is not."""
+        if self.deadline is not None and now > self.deadline:
+            return f"its batch of {len(self.batch)} ran past its deadline"
+        if self.silent_since is not None and now - self.silent_since > timeout_s:
+            return f"the worker sent nothing for {timeout_s} s"
+        return None
 
     def take_unfinished(self) -> list[_Call]:
         """End the batch here: the calls it had not finished (their futures untouched)."""
@@ -333,12 +373,14 @@ class _Worker(asyncio.SubprocessProtocol):
         self.batch = []
         self.unfinished = 0
         self.silent_since = None
+        self.deadline = None
         self._reset_wave()
         return calls
 
     def _reset_wave(self) -> None:
         self._replies = []
-        self._invoking = 0
+        self._owed = set()
+        self._invoking = set()
         self._waiting = False
 
     def _dispatch(self, message: dict[str, Any]) -> None:
@@ -363,9 +405,10 @@ class _Worker(asyncio.SubprocessProtocol):
         if not wait:
             self.silent_since = asyncio.get_running_loop().time()
             return
-        if not (self._replies or self._invoking):
+        if not self._owed:
             raise _WorkerGone("the worker waits for no answer")
         self._waiting = True
+        self._waiting_since = asyncio.get_running_loop().time()
         self.silent_since = None  # the node owes the worker now
         self._answer()
 
@@ -377,6 +420,8 @@ class _Worker(asyncio.SubprocessProtocol):
         call = self.batch[index]
         if call is None:
             raise _WorkerGone(f"the worker sent an op for call {index}, which had ended")
+        if index in self._owed:  # a call waiting for an answer says nothing more
+            raise _WorkerGone(f"the worker sent an op for call {index} before its answer")
         op = item.get("op")
         if op in _FINAL_OPS:
             self._end_call(index, call, item)
@@ -387,9 +432,11 @@ class _Worker(asyncio.SubprocessProtocol):
         fields = _OP_FIELDS.get(op)
         if call.ctx is None or fields is None or not all(f in message for f in fields):
             raise _WorkerGone(f"the worker sent an unexpected or incomplete {op!r}")
+        if op in _REPLY_OPS:
+            self._owed.add(index)
         if call.first_error is None:
             if op == "invoke":
-                self._invoking += 1
+                self._invoking.add(call)
                 task = asyncio.get_running_loop().create_task(self._invoke(index, call, message))
                 task.add_done_callback(_consume)
                 return
@@ -420,9 +467,9 @@ class _Worker(asyncio.SubprocessProtocol):
             call.first_error = call.first_error or ContractFailure(
                 f"the invoked call failed: {type(exc).__name__}", code="contract_error"
             )
-        if index >= len(self.batch) or self.batch[index] is not call:
+        if call not in self._invoking:
             return  # its batch ended without it (the worker was stopped or died)
-        self._invoking -= 1
+        self._invoking.discard(call)
         if call.first_error is None:
             self._reply(index, call, value)
         else:
@@ -431,7 +478,8 @@ class _Worker(asyncio.SubprocessProtocol):
 
     def _reply(self, index: int, call: _Call, value: Any) -> None:
         try:
-            self._replies.append(encode_op({"i": index, "op": "value", "value": value}))
+            reply = encode_op({"i": index, "op": "value", "value": value})
+            self._replies.append((reply, asyncio.get_running_loop().time()))
         except InvalidInput as exc:
             call.first_error = ContractFailure(
                 f"the answer is too large for the worker: {exc.message}", code="contract_limit"
@@ -442,24 +490,29 @@ class _Worker(asyncio.SubprocessProtocol):
         error = call.first_error
         if error is not None:
             reply = {"i": index, "op": "error", "code": error.code, "message": error.message}
-            self._replies.append(orjson.dumps(reply))
+            self._replies.append((orjson.dumps(reply), asyncio.get_running_loop().time()))
 
     def _answer(self) -> None:
-        """Send the wave's answers once the worker waits and all of them are ready."""
+        """Send the wave's answers once the worker waits and all of them are ready, each
+        with how long it was held back after it was ready (while the worker waited)."""
         if not self._waiting or self._invoking:
             return
-        bodies = compute_frame_bodies(_REPLIES_HEAD, self._replies, b"]}")
+        now = asyncio.get_running_loop().time()
+        replies = [
+            _compute_held_reply(reply, now - max(ready, self._waiting_since))
+            for reply, ready in self._replies
+        ]
+        bodies = compute_frame_bodies(_REPLIES_HEAD, replies, b"]}")
         self._reset_wave()
-        for body in bodies:
-            self.send_raw(body)
-        self.silent_since = asyncio.get_running_loop().time()
+        self.silent_since = now
+        self.send_raw(*bodies)  # last: it may find the worker gone
 
     def _end_call(self, index: int, call: _Call, message: Mapping[str, Any]) -> None:
         self.batch[index] = None
         self.unfinished -= 1
         code = message.get("code") if message["op"] == "error" else None
-        if code == TIMEOUT:
-            self.retire = True  # the worker keeps the call's abandoned greenlet
+        if code == TIMEOUT or message.get("retire") is True:
+            self.retire = True  # the worker keeps a greenlet it gave up on
         if not call.future.done() and not self._settle(call, message):
             self.retire = True  # it broke the protocol: its batch is not to be trusted
             _abort(self.label, self.take_unfinished(), f"call {index} ended malformed")
@@ -470,6 +523,7 @@ class _Worker(asyncio.SubprocessProtocol):
     def _end_batch(self) -> None:
         self.batch = []
         self.silent_since = None
+        self.deadline = None
         self._reset_wave()
         self.hooks.on_batch_done(self)
 
@@ -548,6 +602,13 @@ class _Worker(asyncio.SubprocessProtocol):
             lines, rest = [*lines, rest], bytearray()
         self._stderr = bytearray(rest)
         self._stderr_budget = _log_lines(self.label, [bytes(x) for x in lines], self._stderr_budget)
+
+
+def _compute_held_reply(reply: bytes, held_s: float) -> bytes:
+    """``reply`` (an encoded object) with ``"held_ms"`` first; the field's at most 20
+    bytes fit the frame envelope that :func:`compute_frame_bodies` leaves spare."""
+    held_ms = min(max(0, round(held_s * 1000)), MAX_HELD_MS)
+    return b'{"held_ms":%d,' % held_ms + reply[1:]
 
 
 def _consume(task: asyncio.Task[None]) -> None:
@@ -704,7 +765,7 @@ class ContractPool:
                     self._starting.add(index)  # now, not when the task first runs
                     self._spawn(self._start_slot(index))
             elif not worker.busy and (batch := self._take(depth)):
-                worker.run(batch)
+                worker.run(batch, self.limits.call_timeout_s)
 
     def _take(self, depth: int) -> list[_Call] | None:
         """Work for an idle worker: a reserved slot takes its depth, others anything."""
@@ -787,9 +848,9 @@ class ContractPool:
             await asyncio.sleep(tick)
             now = loop.time()
             for worker in list(self._slots):
-                since = worker.silent_since if worker is not None else None
-                if worker is not None and since is not None and now - since > timeout_s:
-                    self._expire(worker)
+                why = worker.get_overdue(now, timeout_s) if worker is not None else None
+                if worker is not None and why is not None:
+                    self._expire(worker, why)
 
     def on_batch_done(self, worker: _Worker) -> None:
         if worker.retire or worker.calls >= self.limits.max_calls_per_worker:
@@ -805,15 +866,17 @@ class ContractPool:
         self._release(worker, None)
         self._kick()
 
-    def _expire(self, worker: _Worker) -> None:
+    def _expire(self, worker: _Worker, why: str) -> None:
         """``worker`` is stuck: time out its one unfinished call, or abort several."""
         calls = worker.take_unfinished()
         timeout_s = self.limits.call_timeout_s
         if len(calls) == 1:
-            error = ContractFailure(f"the call took longer than {timeout_s} s", code=TIMEOUT)
+            error = ContractFailure(
+                f"the call took longer than {timeout_s} s ({why})", code=TIMEOUT
+            )
             _fail_call(calls[0], error)
         else:
-            _abort(worker.label, calls, f"the worker sent nothing for {timeout_s} s")
+            _abort(worker.label, calls, why)
         self._release(worker, None)
         self._kick()
 
@@ -863,13 +926,28 @@ def _abort(label: str, calls: list[_Call], why: str) -> None:
 
 
 async def _fail_with_death(worker: _Worker, gone: _WorkerGone, call: _Call) -> None:
-    _fail_call(call, await _death_error(worker, gone))
+    """The one unfinished call of a dead worker gets the death's error, unless the worker
+    stopped blaming no call: then it runs again alone, as co-runners would."""
+    status = await _get_exit_status(worker, gone)
+    if status == UNBLAMED_EXIT:
+        _abort(worker.label, [call], "the worker stopped without blaming a call")
+    else:
+        _fail_call(call, _compute_death_error(status, gone))
 
 
 async def _death_error(worker: _Worker, gone: _WorkerGone) -> ContractFailure:
-    """contract_resource_limit if an rlimit (or the OOM killer) ended it, else crashed."""
+    return _compute_death_error(await _get_exit_status(worker, gone), gone)
+
+
+async def _get_exit_status(worker: _Worker, gone: _WorkerGone) -> int | None:
+    """The exit status of a worker that exited (None if unknown), once it is killed."""
     status = await worker.exit_status(EXIT_WAIT_S) if gone.exited else None
     worker.kill()
+    return status
+
+
+def _compute_death_error(status: int | None, gone: _WorkerGone) -> ContractFailure:
+    """contract_resource_limit if an rlimit (or the OOM killer) ended it, else crashed."""
     signum = -status if status is not None and status < 0 else None
     if status is not None and status > 128:  # bubblewrap reports 128 + signal
         signum = status - 128

@@ -35,12 +35,13 @@ class RestartableCall:
     """A proposal's contract call that runs once more from scratch if it is aborted.
 
     ``contract_aborted`` means that the call shared a worker's batch with a call that
-    got the worker stopped (stuck, dead, or over a sandbox or memory limit), and that
-    nobody knows which call was to blame. The call then runs again through ``start``,
-    alone (``solo``) on ``sim.fresh()``: the aborted Simulation is never reused (a
-    nested call of the aborted run may still be writing to it). A second abort reaches
-    the caller. :attr:`sim` is the Simulation of the latest run: read it once
-    :attr:`future` is done. No task: the runs are chained with done-callbacks.
+    got the worker stopped (stuck, dead, or over a sandbox or memory limit), or that
+    the worker stopped without blaming any call, and that nobody knows which call was
+    to blame. The call then runs again through ``start``, alone (``solo``) on
+    ``sim.fresh()``: the aborted Simulation is never reused (a nested call of the
+    aborted run may still be writing to it). A second abort reaches the caller.
+    :attr:`sim` is the Simulation of the latest run: read it once :attr:`future` is
+    done. No task: the runs are chained with done-callbacks.
     """
 
     __slots__ = ("_running", "_start", "future", "restarted", "sim")

@@ -62,9 +62,15 @@ _BOOTSTRAP = (
 class SandboxLimits:
     """Resource limits of one worker process, and the sandbox mode.
 
-    ``call_timeout_s`` is the wall-clock limit of one call (the real guard);
-    ``cpu_seconds`` is a cumulative RLIMIT_CPU backstop per worker; workers are
-    replaced after ``max_calls_per_worker`` calls.
+    ``call_timeout_s`` is a call's time budget (wall clock). The worker ends a call
+    whose own time (its turns plus its waits for the node's answers) passes it, but
+    the worker runs the contract's code and cannot be trusted to: the node's guard is
+    its own deadline per batch, (n + 1) * ``call_timeout_s`` for n calls from when the
+    batch was sent, whatever the worker sends meanwhile (so 2 * ``call_timeout_s`` for
+    a call alone, as retried and nested calls are), and ``call_timeout_s`` of silence
+    from a worker that owes the node a frame (see :mod:`.pool`). ``cpu_seconds`` is a
+    cumulative RLIMIT_CPU backstop per worker; workers are replaced after
+    ``max_calls_per_worker`` calls.
     """
 
     call_timeout_s: float = 5.0

@@ -16,24 +16,34 @@ each (:class:`Batch`): a call runs until it ends or needs an answer. Everything 
 calls say is an *op* tagged with the call's index ``i`` in the batch, in the order
 said: Context operations (``get``, ``range``, ``query``, ``history``, ``invoke`` need
 an answer; ``put``, ``delete``, ``add``, ``emit`` do not) and one final op per call
-(``{"i", "op": "return", "value"}`` or ``{"i", "op": "error", "code", "message"}``;
+(``{"i", "op": "return", "value"}`` or ``{"i", "op": "error", "code", "message"}``,
+with ``"retire": true`` if the worker keeps the call's greenlet alive;
 ``describe`` is answered the same way, as call 0). Ops wait in an outbox; when no
 call can go on, the worker sends them in ``{"op": "ops", "ops": [...], "wait": true}``
 (split over several frames if need be; ``wait`` is on the last) and reads the
-parent's answers, ``{"op": "replies", "replies": [{"i", "op": "value", "value"} or
-{"i", "op": "error", "code", "message"}, ...]}`` (possibly several frames), one per
-waiting call: a *wave*. When every call has ended the outbox goes out with ``"wait":
-false``; it also goes out that way whenever a running batch has sent nothing for a
-tenth of ``call_timeout_s``, so that the parent can tell a slow batch from a stuck one.
+parent's answers, ``{"op": "replies", "replies": [{"held_ms", "i", "op": "value",
+"value"} or {"held_ms", "i", "op": "error", "code", "message"}, ...]}`` (possibly
+several frames), one per waiting call: a *wave*. ``held_ms`` is how long the parent
+held that answer back after it was ready (waiting for other calls' nested calls). A
+call that sent an op needing an answer sends nothing more until it has it; the
+parent kills a worker that breaks this. When every call has ended the outbox goes
+out with ``"wait": false``; it also goes out that way whenever a running batch has
+sent nothing for a tenth of ``call_timeout_s``, so that the parent can tell a slow
+batch from a stuck one.
 
-A call's time is limited to ``call_timeout_s``: the worker sums, around its
-switches, the time the call runs and the time it waits for the parent's answers (not
-the time the other calls run); past the limit the call ends with ``contract_timeout``
-at its next switch (and is never resumed), so a call cannot outlive its budget by
-reading state in a loop. A sandbox violation is charged to the call that was
-running when it appeared, a MemoryError to the call that raised it: that call ends
-(``contract_forbidden``, ``contract_resource_limit``) and the worker stops the batch
-(the parent retires it and runs the calls left unfinished again, each alone).
+A call's time is limited to ``call_timeout_s``: the worker sums, around its switches,
+the time the call runs and the time it waits for the parent's answers (not the time
+the other calls run, nor the ``held_ms`` of its answers); past the limit the call ends
+with ``contract_timeout`` at its next switch (and is never resumed), so a call cannot
+outlive its budget by reading state in a loop. A sandbox violation is charged to the
+call that was running when it appeared, a MemoryError to the call that raised it if it
+is the batch's last call alive: that call ends (``contract_forbidden``,
+``contract_resource_limit``) and the worker stops the batch (the parent retires it and
+runs the calls left unfinished again, each alone). A MemoryError while other calls
+(which hold memory too) are alive, unfinished or given up on, or a violation that
+appeared while no call's turn ran, is no one call's: the worker exits at once with
+status :data:`UNBLAMED_EXIT`, and the parent runs every call it has not seen end
+again, alone.
 
 The audit hook is a second layer, not a security boundary on its own: the OS sandbox
 (bubblewrap, uid 65534, rlimits) is what contains hostile code.
@@ -98,6 +108,7 @@ FINAL_ERROR_CODES = frozenset(
     }
 )
 STOPPING_CODES = frozenset({RESOURCE_LIMIT, FORBIDDEN})  # the batch stops after these
+UNBLAMED_EXIT = 4  # exit status: the worker stopped its batch without blaming a call
 
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
 FORBIDDEN_EVENTS = frozenset(
@@ -175,9 +186,10 @@ class CallFailed(Exception):
     def to_frame(self) -> dict[str, Any]:
         return {"op": "error", "code": self.code, "message": self.message}
 
-    def to_op(self, index: int) -> bytes:
-        """The final op of call ``index`` that ends with this error."""
-        return orjson.dumps({"i": index, **self.to_frame()})
+    def to_op(self, index: int, *, retire: bool = False) -> bytes:
+        """The final op of call ``index`` that ends with this error; ``retire``: the
+        parent is to retire the worker after the batch."""
+        return orjson.dumps({"i": index, **self.to_frame(), **({"retire": True} if retire else {})})
 
 
 class HostError(ContractError):
@@ -630,7 +642,8 @@ class RemoteContext:
 @dataclass(slots=True, eq=False)
 class _Running:
     """A call of a batch, in its greenlet: what to resume it with, and its time so far
-    (its turns and its waits for the parent's answers; not the other calls' turns)."""
+    (its turns and its waits for the parent's answers; not the other calls' turns, nor
+    the time the parent held its answers back for the other calls')."""
 
     index: int
     greenlet: greenlet.greenlet
@@ -642,9 +655,11 @@ _WAITS, _ENDED, _STOPS = "waits", "ended", "stops"  # what a call's turn came to
 _OPS_HEAD = b'{"op":"ops","wait":false,"ops":['
 _OPS_HEAD_WAIT = b'{"op":"ops","wait":true,"ops":['
 
-# Greenlets of calls the worker gave up on (over their time, or in a stopped batch).
-# Kept so that they are never collected: collecting a suspended greenlet would run its
-# code again (GreenletExit is raised in it). The parent retires such a worker.
+# Greenlets of calls the worker gave up on (over their time, switched away by
+# themselves, or in a stopped batch). Kept so that they are never collected: collecting
+# a suspended greenlet would run its code again (GreenletExit is raised in it). The
+# parent retires such a worker after the batch: the final op of a call given up on
+# alive says "retire": true, and a stopped batch retires its worker anyway.
 _ABANDONED: list[greenlet.greenlet] = []
 
 
@@ -669,10 +684,12 @@ class Batch:
         self._hub = greenlet.getcurrent()
         self._outbox: list[bytes] = []
         self._last_sent = time.monotonic()
+        self._calls: list[_Running] = []
 
     def run(self, calls: Sequence[Any]) -> None:
         """Run every call to its end, or the batch to a stop."""
-        ready = deque(self._start(index, call) for index, call in enumerate(calls))
+        self._calls = [self._start(index, call) for index, call in enumerate(calls)]
+        ready = deque(self._calls)
         waiting: dict[int, _Running] = {}
         while ready:
             while ready:
@@ -690,7 +707,8 @@ class Batch:
                 waited_s = time.monotonic() - self._last_sent
                 for index in sorted(replies):
                     running = waiting.pop(index)
-                    running.spent_s += waited_s  # its wait for the node counts too
+                    held_s = replies[index]["held_ms"] / 1000  # ready, held for others
+                    running.spent_s += max(0.0, waited_s - held_s)  # its own wait counts
                     running.resume = (replies[index],)
                     ready.append(running)
         self._flush(wait=False)
@@ -712,8 +730,14 @@ class Batch:
         return _Running(index, greenlet.greenlet(run))
 
     def _take_turn(self, running: _Running) -> str:
-        """Run one call until it pauses or ends; charge it with what it did meanwhile."""
-        clean = self._guard.violation is None
+        """Run one call until it pauses or ends; charge it with what it did meanwhile.
+
+        What cannot be charged to one call stops the worker at once, unblamed: a
+        sandbox violation that appeared while no call's turn ran (say in a ``__del__``),
+        and a MemoryError while other calls of the batch, which hold memory too, are
+        alive (unfinished, or given up on)."""
+        if self._guard.violation is not None:
+            _exit_unblamed(b"a sandbox violation outside any call's turn")
         started = time.monotonic()
         try:
             out = running.greenlet.switch(*running.resume)
@@ -723,8 +747,10 @@ class Batch:
             out = CallFailed(ERROR, describe_exception(exc))
         running.spent_s += time.monotonic() - started
         running.resume = ()
-        if clean and self._guard.violation is not None:
+        if self._guard.violation is not None:
             out = CallFailed(FORBIDDEN, f"the contract attempted {self._guard.violation}")
+        elif _is_out_of_memory(out, running) and self._is_any_other_alive(running):
+            _exit_unblamed(b"out of memory with several calls alive")
         elif running.spent_s > self._timeout_s:
             out = CallFailed(TIMEOUT, f"the call ran for longer than {self._timeout_s} s")
         elif not running.greenlet.dead:
@@ -745,11 +771,15 @@ class Batch:
             out = CallFailed(ERROR, "the call ended without an answer")
         return self._end(running, out)
 
+    def _is_any_other_alive(self, running: _Running) -> bool:
+        return any(not r.greenlet.dead for r in self._calls if r is not running)
+
     def _end(self, running: _Running, failure: CallFailed) -> str:
         """End a call the scheduler gave up on with ``failure``."""
-        if not running.greenlet.dead:
+        abandoned = not running.greenlet.dead
+        if abandoned:
             _ABANDONED.append(running.greenlet)
-        self._outbox.append(failure.to_op(running.index))
+        self._outbox.append(failure.to_op(running.index, retire=abandoned))
         if failure.code in STOPPING_CODES:
             return _STOPS
         self._keep_in_touch()
@@ -784,8 +814,24 @@ class Batch:
                 index = reply.get("i") if isinstance(reply, dict) else None
                 if not isinstance(index, int) or index not in waiting or index in replies:
                     os._exit(3)
+                if type(reply.get("held_ms")) is not int:
+                    os._exit(3)
                 replies[index] = reply
         return replies
+
+
+def _is_out_of_memory(out: Any, running: _Running) -> bool:
+    """Whether a turn's outcome is the call's MemoryError (raised in or around it)."""
+    if isinstance(out, CallFailed):
+        return out.code == RESOURCE_LIMIT
+    return running.greenlet.dead and isinstance(out, tuple) and out[0] == RESOURCE_LIMIT
+
+
+def _exit_unblamed(why: bytes) -> NoReturn:
+    """Stop at once, blaming no call: the parent runs each call it has not seen end
+    again, alone, in another worker (what is still in the outbox is dropped)."""
+    os.write(2, b"meridian worker: stopping unblamed: " + why + b"\n")
+    os._exit(UNBLAMED_EXIT)
 
 
 # --------------------------------------------------------------------------------- calls

@@ -7,6 +7,8 @@ import os
 import time
 from typing import Any
 
+import greenlet
+
 from meridian.contracts import Context, Contract, ContractError, query, transaction
 
 WORKER_TOKEN = os.urandom(8).hex()  # tells the tests which worker process ran a call
@@ -219,3 +221,96 @@ class Probe(Contract):
     def get_then_die(self, ctx: Context, key: str) -> None:
         ctx.get_state(key)
         os._exit(7)
+
+    @transaction
+    def get_then_relay(self, ctx: Context, key: str, contract: str, function: str) -> Any:
+        """A read, then an invoke: two waves."""
+        ctx.get_state(key)
+        return ctx.invoke(contract, function)
+
+    @query
+    def read_times(self, ctx: Context, key: str, n: int) -> Any:
+        """Read ``key`` ``n`` times, one wave each."""
+        return [ctx.get_state(key) for _ in range(n)][-1]
+
+    @query
+    def hold_then_get(self, ctx: Context, mb: int, key: str) -> int:
+        """Hold ``mb`` MiB across a read (a wave)."""
+        block = bytearray(mb * 2**20)
+        ctx.get_state(key)
+        return len(block) // 2**20
+
+    @query
+    def allocate(self, ctx: Context, mb: int) -> int:
+        return len(bytearray(mb * 2**20)) // 2**20
+
+    @query
+    def hold_then_nap_forever(self, ctx: Context, mb: int, key: str) -> None:
+        """Hold ``mb`` MiB, then read and nap 0.1 s for ever (until timed out)."""
+        block = bytearray(mb * 2**20)
+        while block:
+            ctx.get_state(key)
+            time.sleep(0.1)
+
+    @query
+    def read_then_allocate(self, ctx: Context, key: str, n: int, mb: int) -> int:
+        """Read ``key`` ``n`` times, one wave each, then allocate ``mb`` MiB."""
+        for _ in range(n):
+            ctx.get_state(key)
+        return self.allocate(ctx, mb)
+
+    # Calls that misuse the worker's internals, as a hostile contract may: the node must
+    # not rely on what the worker says of itself.
+
+    @query
+    def keep_talking(self, ctx: Context, every_ms: int) -> None:
+        """Never end, but tell the node every ``every_ms`` that the batch is alive (an
+        empty ops frame, written past the worker's scheduler)."""
+        while True:
+            ctx._batch._channel.write({"op": "ops", "wait": False, "ops": []})
+            time.sleep(every_ms / 1000)
+
+    @transaction
+    def invoke_unawaited(self, ctx: Context, contract: str, function: str, *args: Any) -> str:
+        """Send an invoke without waiting for its answer, then return."""
+        op = {"i": ctx._index, "op": "invoke", "contract": contract, "function": function}
+        ctx._batch.post(ctx._encode({**op, "args": list(args)}))
+        return "posted"
+
+    @query
+    def reads_unawaited(self, ctx: Context, key: str, n: int) -> str:
+        """Send ``n`` reads without waiting for their answers, then return."""
+        for _ in range(n):
+            ctx._batch.post(ctx._encode({"i": ctx._index, "op": "get", "key": key}))
+        return "posted"
+
+    @query
+    def ask_without_reading(self, ctx: Context, key: str, n: int) -> None:
+        """Ask the node for ``key`` ``n`` times (past the scheduler), read none of the
+        answers, and never end."""
+        for _ in range(n):
+            op = {"i": ctx._index, "op": "get", "key": key}
+            ctx._batch._channel.write({"op": "ops", "wait": True, "ops": [op]})
+        while True:
+            time.sleep(0.01)
+
+    @query
+    def dial_between_turns(self, ctx: Context, key: str) -> Any:
+        """Have the worker's scheduler dial out (a violation, swallowed) when it next
+        sends, outside any call's turn; then read."""
+        channel = ctx._batch._channel
+        write_bodies = channel.write_bodies
+
+        def dialing(bodies: Any) -> None:
+            channel.write_bodies = write_bodies
+            self.dial(ctx)
+            write_bodies(bodies)
+
+        channel.write_bodies = dialing
+        return ctx.get_state(key)
+
+    @query
+    def switch_away(self, ctx: Context) -> None:
+        """Switch to the worker's scheduler by itself, without an op (it is never
+        resumed, and its greenlet stays alive)."""
+        greenlet.getcurrent().parent.switch(None)
