@@ -838,7 +838,7 @@ class Node:
         self._check_policies(self.channel(app), running.signed.proposal.contract, result)
         return result
 
-    async def _finish_all(
+    def _finish_all(
         self, app: str, started: Sequence[_Simulating | MeridianError]
     ) -> list[Endorsed | MeridianError]:
         """Endorse a batch's finished simulations, as :meth:`_finish` does one, with
@@ -950,7 +950,7 @@ class Node:
         futures = [s.future for s in started if isinstance(s, _Simulating)]
         if futures:
             await asyncio.wait(futures)
-        results = await self._finish_all(app, started)
+        results = self._finish_all(app, started)
         seen: set[str] = set()
         endorsed: list[Endorsed] = []
         for i, res in enumerate(results):
