@@ -110,11 +110,10 @@ async def _batch_body(request: Request) -> Any:
     body = codec.decode(
         await request.body(), max_bytes=MAX_REQUEST_BYTES, what="request body", check_values=False
     )
-    if isinstance(body, dict):
-        rest = {k: v for k, v in body.items() if k != "proposals"}
-        codec.validate_value(rest, what="request body")
-        if not isinstance(body.get("proposals"), list):
-            codec.validate_value(body.get("proposals"), what="request body")
+    if isinstance(body, dict):  # anything else is refused as malformed by the route
+        codec.validate_value(
+            {k: v for k, v in body.items() if k != "proposals"}, what="request body"
+        )
     return body
 
 
