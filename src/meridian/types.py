@@ -587,6 +587,12 @@ def compute_endorsement_payload(tx_id: TxId, result: TxResult) -> bytes:
     return codec.encode({"tx_id": tx_id, "result": result.digest.hex()})
 
 
+def compute_endorsement_digest(tx_id: TxId, result: TxResult, network: str) -> bytes:
+    """What an endorser signs (alone, or as a leaf of a signed batch)."""
+    payload = compute_endorsement_payload(tx_id, result)
+    return bytes(compute_signing_digest(DOMAIN_ENDORSEMENT, network, payload))
+
+
 @dataclass(frozen=True, slots=True)
 class Transaction:
     """An endorsed transaction as it is ordered and stored."""
@@ -596,6 +602,21 @@ class Transaction:
     endorsements: tuple[Endorsement, ...]
     _encoded: bytes = field(init=False, repr=False, compare=False, default=b"")
     _hash: Digest = field(init=False, repr=False, compare=False, default=Digest(b""))
+    _endorsed_messages: tuple[bytes | None, ...] | None = field(
+        init=False, repr=False, compare=False, default=None
+    )
+
+    def endorsement_messages(self) -> tuple[bytes | None, ...]:
+        """What each endorsement's signature covers, on the proposal's network (None:
+        an impossible batch proof); computed once — pre-verification and validation
+        both ask."""
+        if self._endorsed_messages is None:
+            network = self.proposal.network
+            digest = compute_endorsement_digest(self.tx_id, self.result, network)
+            messages = tuple(e.signed_message(digest, network) for e in self.endorsements)
+            object.__setattr__(self, "_endorsed_messages", messages)
+            return messages
+        return self._endorsed_messages
 
     @property
     def proposal(self) -> Proposal:

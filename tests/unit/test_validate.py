@@ -21,7 +21,6 @@ from meridian.crypto.certs import (
     load_cert_der,
     load_signer,
 )
-from meridian.crypto.hashing import compute_signing_digest
 from meridian.crypto.suites import Signer
 from meridian.ledger.merkle import compute_root, compute_root_from_proof
 from meridian.ledger.store import CommitBatch, SqliteLedger, StateWrite
@@ -29,7 +28,6 @@ from meridian.node.channel import WriterState
 from meridian.node.policy import parse_policy
 from meridian.node.validate import AppRules, compute_result_root, validate_block
 from meridian.types import (
-    DOMAIN_ENDORSEMENT,
     ZERO_DIGEST,
     BatchProof,
     Block,
@@ -48,7 +46,7 @@ from meridian.types import (
     TxId,
     TxResult,
     Version,
-    compute_endorsement_payload,
+    compute_endorsement_digest,
     compute_tx_hash,
     sign_batch,
 )
@@ -168,9 +166,8 @@ def _rw(ns: str = NS, **parts: Sequence[Any]) -> NsRWSet:
 
 
 def _endorse(node: Actor, tx_id: str, result: TxResult, network: str = NET) -> Endorsement:
-    payload = compute_endorsement_payload(TxId(tx_id), result)
-    digest = compute_signing_digest(DOMAIN_ENDORSEMENT, network, payload)
-    return Endorsement(node.cert_der, node.signer.sign(bytes(digest)))
+    digest = compute_endorsement_digest(TxId(tx_id), result, network)
+    return Endorsement(node.cert_der, node.signer.sign(digest))
 
 
 def _tx(
@@ -392,14 +389,7 @@ def _batch_signed(world: World, n: int) -> list[Transaction]:
     creator = sign_batch(
         world.client1.signer, [bytes(t.proposal.signing_digest()) for t in txs], NET
     )
-    digests = [
-        bytes(
-            compute_signing_digest(
-                DOMAIN_ENDORSEMENT, NET, compute_endorsement_payload(t.tx_id, t.result)
-            )
-        )
-        for t in txs
-    ]
+    digests = [compute_endorsement_digest(t.tx_id, t.result, NET) for t in txs]
     endorser = sign_batch(world.node1.signer, digests, NET)
     return [
         Transaction(

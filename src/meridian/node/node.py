@@ -28,7 +28,6 @@ from ..contracts.registry import AppContracts, ContractRegistry, RestartableCall
 from ..contracts.sandbox import SandboxLimits, resolve_sandbox_mode
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership, Role, load_cert_der, load_signer
-from ..crypto.hashing import compute_signing_digest
 from ..crypto.suites import remember_own_signature, verify_cached
 from ..errors import (
     AuthError,
@@ -55,7 +54,6 @@ from ..network.governance import GOVERNANCE, compute_view_after
 from ..network.history import ConfigHistory, load_bootstrap
 from ..p2p.transport import PeerAddress, Transport
 from ..types import (
-    DOMAIN_ENDORSEMENT,
     MAX_TX_BYTES,
     BatchProof,
     BlockHeader,
@@ -63,7 +61,7 @@ from ..types import (
     SignedProposal,
     Transaction,
     TxResult,
-    compute_endorsement_payload,
+    compute_endorsement_digest,
     sign_batch,
 )
 from .channel import Channel, Receipt
@@ -797,8 +795,7 @@ class Node:
         return self._endorsed(signed, result, digest, self.signer.sign(digest), None)
 
     def _endorsement_digest(self, signed: SignedProposal, result: TxResult) -> bytes:
-        payload = compute_endorsement_payload(signed.proposal.tx_id, result)
-        return bytes(compute_signing_digest(DOMAIN_ENDORSEMENT, self.config.network, payload))
+        return compute_endorsement_digest(signed.proposal.tx_id, result, self.config.network)
 
     def _endorsed(
         self,
@@ -997,12 +994,10 @@ class Node:
     def _preverify_transactions(self, txs: Sequence[Transaction]) -> None:
         """Check forwarded transactions' signatures on the crypto threads, in the
         background: the verdicts wait in the verification cache for validation."""
-        network, when = self.config.network, _now()
+        when = _now()
         jobs = list(
             dict.fromkeys(  # a signed batch's transactions share their checks
-                job
-                for tx in txs
-                for job in compute_signature_checks(tx, self.membership, network, when)
+                job for tx in txs for job in compute_signature_checks(tx, self.membership, when)
             )
         )
         if jobs:

@@ -58,11 +58,10 @@ from ..contracts.api import CallerIdentity, get_kind
 from ..contracts.lifecycle import LIFECYCLE, ContractDefinition, get_definition
 from ..contracts.simulation import Simulation
 from ..crypto.certs import Identity, Membership
-from ..crypto.hashing import Digest, compute_digest, compute_signing_digest
+from ..crypto.hashing import Digest, compute_digest
 from ..crypto.suites import verify_cached
 from ..errors import CertificateError
 from ..ledger.store import BlockEvent, CommitBatch, StateWrite
-from ..types import DOMAIN_ENDORSEMENT as _DOMAIN_ENDORSEMENT
 from ..types import (
     Block,
     NsRWSet,
@@ -387,14 +386,11 @@ def _endorsing_orgs(
 ) -> set[str] | None:
     if not tx.endorsements:
         return None
-    payload = compute_endorsement_payload(tx.tx_id, tx.result)
-    digest = bytes(compute_signing_digest(_DOMAIN_ENDORSEMENT, rules.network, payload))
-    orgs: set[str] = set()
-    for endorsement in tx.endorsements:
+    orgs: set[str] = set()  # the proposal's network is the app's (checked before)
+    for endorsement, message in zip(tx.endorsements, tx.endorsement_messages(), strict=True):
         node = _identity(membership, endorsement.endorser, when)
         if node is None or not rules.is_endorser(node) or not rules.is_usable(node):
             return None
-        message = endorsement.signed_message(digest, rules.network)
         if message is None or not verify_cached(
             node.suite, node.public_key, message, endorsement.signature
         ):
@@ -404,7 +400,7 @@ def _endorsing_orgs(
 
 
 def compute_signature_checks(
-    tx: Transaction, membership: Membership, network: str, when: datetime
+    tx: Transaction, membership: Membership, when: datetime
 ) -> list[tuple[str, bytes, bytes, bytes]]:
     """The signature checks validation will make for ``tx``: (suite, key, message, sig).
 
@@ -418,11 +414,8 @@ def compute_signature_checks(
     message = tx.signed_proposal.signed_message()
     if creator is not None and message is not None:
         checks.append((creator.suite, creator.public_key, message, tx.signed_proposal.signature))
-    payload = compute_endorsement_payload(tx.tx_id, tx.result)
-    digest = bytes(compute_signing_digest(_DOMAIN_ENDORSEMENT, network, payload))
-    for endorsement in tx.endorsements:
+    for endorsement, message in zip(tx.endorsements, tx.endorsement_messages(), strict=True):
         node = _identity(membership, endorsement.endorser, when)
-        message = endorsement.signed_message(digest, network)
         if node is not None and message is not None:
             checks.append((node.suite, node.public_key, message, endorsement.signature))
     return checks
