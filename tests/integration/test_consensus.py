@@ -24,7 +24,7 @@ import httpx
 import orjson
 import pytest
 
-from meridian.client import Gateway
+from meridian.client import Gateway, Receipt
 from meridian.client.lifecycle import set_consenters
 from meridian.errors import MeridianError
 from meridian.types import Proposal
@@ -76,7 +76,12 @@ def test_every_node_commits_the_same_blocks(quad: RunningNetwork) -> None:
             contract = gw.app(APP).contract(CONTRACT)
             for i in range(3):
                 receipts.append(contract.submit_receipt("create", f"{entry.id}-{i}", entry.org, i))
-    assert all(r.valid for r in receipts)
+    with quad.gateway("org3/user1", url=quad.config.node("node3").url) as gw:
+        # batch-signed by the client and endorsed in a signed batch by node3: every
+        # other node must judge them the same (a divergence would halt it, below)
+        calls = [("create", [f"batch-{i}", "org3", i]) for i in range(20)]
+        receipts += gw.app(APP).contract(CONTRACT).submit_many(calls)
+    assert all(isinstance(r, Receipt) and r.valid for r in receipts), receipts
     ids = [n.id for n in quad.config.nodes]
     height = _wait_same_height(quad, ids)
     reference = _block_hashes(quad, ids[0], height)
